@@ -1,0 +1,108 @@
+"""Comparisons: many runs, one table. ``peftlab compare configs/seed000 --out runs/seed000``.
+
+Each config trains into ``OUT/<config name>``; a run already complete there is reused, so an
+interrupted comparison picks up where it stopped. The table goes to the terminal and to
+``OUT/results.md`` / ``results.json``, and a figure to ``OUT/results.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from peftlab import rundir
+from peftlab.errors import ConfigError
+
+COLUMNS = [
+    ("method", "Method", "{}"),
+    ("trainable_params", "Trainable params", "{:,}"),
+    ("trainable_pct", "Trainable %", "{:.2f}"),
+    ("bleu", "BLEU", "{:.2f}"),
+    ("codexglue_bleu", "CodeXGLUE BLEU", "{:.2f}"),
+    ("rouge_l", "ROUGE-L", "{:.2f}"),
+    ("steps", "Steps", "{}"),
+    ("train_seconds", "Train s", "{:.1f}"),
+    ("tokens_per_second", "Tokens/s", "{:,.0f}"),
+    ("final_loss", "Final loss", "{:.3f}"),
+]
+
+
+def expand(paths: Sequence[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(p.glob("*.yaml"))
+            if not found:
+                raise ConfigError(f"{p}: directory holds no *.yaml configs")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError(f"{p}: no such config file or directory")
+    return out
+
+
+def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = (), progress: bool = True) -> list[dict]:
+    from peftlab.config import load_config
+    from peftlab.run import train_run
+    from peftlab.schema import RunConfig
+
+    paths = expand(configs)
+    loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path, cfg in loaded:
+        run_dir = out / path.stem
+        if rundir.read_status(run_dir).get("state") == "complete":
+            metrics = rundir.read_metrics(run_dir)
+        else:
+            if run_dir.exists():  # an interrupted or failed attempt: keep it aside, never delete it
+                run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
+            metrics = train_run(cfg, run_dir, progress=progress)
+        rows.append(dict(metrics, config=str(path), run_dir=str(run_dir)))
+    table = markdown_table(rows)
+    print(table)
+    rundir.write_text(out / "results.md", table + "\n")
+    rundir.write_json(out / "results.json", rows)
+    plot(rows, out / "results.png")
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in COLUMNS) + "|"
+    lines = [head, rule]
+    for r in rows:
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """BLEU and ROUGE-L per method, with trainable parameters (log scale) beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["method"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    x = range(len(rows))
+    w = 0.38
+    ax1.bar([i - w / 2 for i in x], [r["bleu"] for r in rows], w, label="BLEU")
+    ax1.bar([i + w / 2 for i in x], [r["rouge_l"] for r in rows], w, label="ROUGE-L")
+    ax1.set_xticks(list(x), names, rotation=20, ha="right")
+    ax1.set_ylabel("score")
+    ax1.legend()
+    ax2.bar(list(x), [max(r["trainable_params"], 1) for r in rows], color="gray")
+    ax2.set_yscale("log")
+    ax2.set_xticks(list(x), names, rotation=20, ha="right")
+    ax2.set_ylabel("trainable parameters")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def load_results(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())

@@ -1,0 +1,282 @@
+"""Typed run configs: YAML files and ``key=value`` overrides, validated with file/line/field errors.
+
+A config is a tree of frozen dataclasses. ``from_dict`` builds one from plain data and checks every
+key and type on the way, so a typo fails at load time with the nearest valid key suggested, not an
+hour into a run. YAML is parsed with node positions kept, so errors name ``file:line: field``.
+Library code never mutates a config; ``replace``/``apply_overrides`` return new ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from peftlab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of plain data (dict/list/scalars) against dataclass types
+# --------------------------------------------------------------------------------------------
+class _Where:
+    """Turns a field path into a location string, using YAML line numbers when known."""
+
+    def __init__(self, source: str | None = None, lines: dict[tuple, int] | None = None):
+        self.source, self.lines = source, lines or {}
+
+    def __call__(self, path: tuple) -> str:
+        field = ".".join(str(p) for p in path) or "<top level>"
+        if self.source is None:
+            return field
+        line = self.lines.get(path)
+        while line is None and path:
+            path = path[:-1]
+            line = self.lines.get(path)
+        if isinstance(line, str):  # the value came from a command-line override
+            return f"{line}: {field}"
+        return f"{self.source}:{line}: {field}" if line else f"{self.source}: {field}"
+
+
+_YAML_BOOLS = {False: ("no", "false", "off", "n"), True: ("yes", "true", "on", "y")}
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{where(path)}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare no/yes/off/on as a boolean
+            value = next((a for a in get_args(tp) if a in _YAML_BOOLS[value]), value)
+        if any(value == a and type(value) is type(a) for a in get_args(tp)):
+            return value
+        raise ConfigError(f"{where(path)}: expected one of {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if hasattr(tp, "dispatch"):  # polymorphic: {"name": ..., **fields} -> registered subclass
+            return _dispatch(tp, value, path, where)
+        return _build(tp, value, path, where)
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where(path)}: expected a list, got {value!r}")
+        (item_tp, *_) = get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, path + (i,), where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(path)}: expected a mapping, got {value!r}")
+        _, val_tp = get_args(tp) or (str, Any)
+        return {str(k): _coerce(v, val_tp, path + (k,), where) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where(path)}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where(path)}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 as a string (YAML 1.1); accept it
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where(path)}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where(path)}: expected a string, got {value!r}")
+    return value
+
+
+class FieldError(ValueError):
+    """Raised by a config's ``__post_init__`` to blame one field: ``FieldError("r", "must be >= 1")``."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def suggest(name: str, valid: typing.Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the nearest valid name, or the list of valid names."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    close = close or [v for v in valid if name.startswith(v) or v.startswith(name)][:1]  # rank -> r
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (valid keys: {', '.join(valid)})"
+
+
+def _dispatch(base: type, value: Any, path: tuple, where: _Where) -> Any:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict) or "name" not in value:
+        raise ConfigError(f"{where(path)}: expected a mapping with a 'name' key, got {value!r}")
+    try:
+        cls = base.dispatch(value["name"])
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{where(path + ('name',))}: {e.args[0]}") from None
+    rest = {k: v for k, v in value.items() if k != "name"}
+    return _build(cls, rest, path, where)
+
+
+def _build(cls: type[T], data: Any, path: tuple, where: _Where) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where(path)}: expected a mapping of {cls.__name__} fields, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{where(path + (key,))}: unknown key {key!r}{suggest(str(key), fields)}")
+    kwargs = {k: _coerce(v, hints[k], path + (k,), where) for k, v in data.items()}
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{where(path)}: missing required key {missing[0]!r}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, ConfigError) as e:  # __post_init__ checks
+        field = getattr(e, "field", None)
+        raise ConfigError(f"{where(path + (field,) if field else path)}: {e}") from None
+
+
+def from_dict(cls: type[T], data: Any, *, source: str | None = None, lines=None) -> T:
+    """Build dataclass ``cls`` from plain data, validating keys and types."""
+    return _coerce(data, cls, (), _Where(source, lines))
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config (what gets written as YAML/JSON)."""
+    if hasattr(obj, "dispatch") and dataclasses.is_dataclass(obj):
+        return to_dict(obj.to_dict())
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with line numbers
+# --------------------------------------------------------------------------------------------
+def _node_lines(node, path: tuple, out: dict) -> None:
+    import yaml
+
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, val_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _node_lines(val_node, path + (key,), out)
+            out[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, path + (i,), out)
+
+
+def read_yaml(path: str | Path) -> tuple[Any, dict]:
+    """Parse a YAML file into plain data plus a map ``field path -> line number``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    lines: dict = {}
+    if node is not None:
+        _node_lines(node, (), lines)
+    return data, lines
+
+
+def parse_override(text: str) -> tuple[tuple, Any]:
+    """``train.lr=1e-4`` -> (("train", "lr"), 1e-4); list items by index: ``methods.0.r=8``."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    return path, value
+
+
+def set_path(data: Any, path: tuple, value: Any, text: str) -> Any:
+    """Return a copy of plain ``data`` with ``path`` set to ``value`` (creating mappings as needed)."""
+    head, *rest = path
+    if isinstance(data, list):
+        if not isinstance(head, int) or not -len(data) <= head < len(data):
+            raise ConfigError(f"override {text!r}: {head!r} is not an index of a {len(data)}-item list")
+        out = list(data)
+    else:
+        out = dict(data or {})
+    if rest:
+        out[head] = set_path(out[head] if (isinstance(out, list) or head in out) else {}, tuple(rest), value, text)
+    else:
+        out[head] = value
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
+    """Load ``cls`` from a YAML file (or nothing) and apply ``key=value`` overrides on top."""
+    data, lines = read_yaml(path) if path is not None else ({}, {})
+    for text in overrides:
+        key, value = parse_override(text)
+        data = set_path(data, key, value, text)
+        lines = {p: ln for p, ln in lines.items() if p[: len(key)] != key}
+        lines[key] = f"override {text!r}"
+    return from_dict(cls, data, source=str(path) if path else "overrides", lines=lines)

@@ -1,0 +1,45 @@
+"""PEFT methods: the registry, and applying any list of them to one model.
+
+``apply_methods(model, [LoraConfig(...), AlignmentConfig(...)])`` freezes the model, injects each
+method in order and makes exactly the methods' parameters trainable. Adding a method is one file
+(its config dataclass + modules) and one line in ``_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.state import PeftState, apply_methods, peft_state
+
+_REGISTRY = {
+    "lora": "peftlab.methods.lora:LoraConfig",
+    "alignment": "peftlab.methods.alignment:AlignmentConfig",
+    "full": "peftlab.methods.full:FullFineTuneConfig",
+    "zero_shot": "peftlab.methods.full:ZeroShotConfig",
+}
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[MethodConfig]:
+    """The config class registered as ``name``; ``KeyError`` with the nearest name otherwise."""
+    if name not in _REGISTRY:
+        from peftlab.config import suggest
+
+        raise KeyError(f"unknown method {name!r}{suggest(str(name), _REGISTRY)}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = [
+    "AdapterModule",
+    "MethodConfig",
+    "PeftState",
+    "apply_methods",
+    "get_method",
+    "method_names",
+    "peft_state",
+]

@@ -1,0 +1,31 @@
+"""The two baselines every comparison needs, as methods of the same bench.
+
+* ``full``: full fine-tuning — every base parameter is trainable, nothing is injected.
+* ``zero_shot``: no training — nothing is trainable; the run only evaluates the base model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peftlab.methods.base import MethodConfig
+
+
+@dataclass(frozen=True)
+class FullFineTuneConfig(MethodConfig):
+    name = "full"
+    trains_base = True
+
+    def describe(self) -> str:
+        return "full fine-tune"
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig(MethodConfig):
+    name = "zero_shot"
+
+    def describe(self) -> str:
+        return "zero-shot"
+
+    def apply(self, model, family):
+        return []

@@ -1,0 +1,130 @@
+"""LoRA: Low-Rank Adaptation of Large Language Models (Hu et al., 2021, arXiv:2106.09685).
+
+A frozen linear map ``W`` (out × in) gets a trainable low-rank update::
+
+    h = W x + b + (α / r) · B A dropout(x)        A: (r × in), B: (out × r)
+
+``A`` starts Kaiming-uniform (or Gaussian), ``B`` starts at zero, so ``h = W x + b`` at init.
+``merge`` folds ``(α/r) B A`` into ``W`` for zero inference latency; ``unmerge`` takes it out.
+With ``rslora`` the scale is ``α / √r`` (Kalajdzievski, 2023). The wrapper keeps ``weight`` and
+``bias`` under their original names, so base checkpoints still load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.errors import ModelError
+from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.targets import find_linears, replace_module
+
+
+class LoraLinear(AdapterModule):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init: str, rslora: bool):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias  # frozen, original names
+        device = base.weight.device
+        self.lora_a = nn.Parameter(torch.empty(r, self.in_features, device=device))  # (r, in)
+        self.lora_b = nn.Parameter(torch.zeros(self.out_features, r, device=device))  # (out, r)
+        if init == "gaussian":
+            nn.init.normal_(self.lora_a, std=1.0 / r)
+        else:
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+
+    def adapter_parameters(self):
+        return iter((self.lora_a, self.lora_b))
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_b @ self.lora_a) * self.scaling  # (out, in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return y
+        a, b = self.lora_a, self.lora_b
+        if not torch.is_autocast_enabled(x.device.type) and a.dtype != x.dtype:
+            a, b = a.to(x.dtype), b.to(x.dtype)
+        return y + F.linear(F.linear(self.dropout(x), a), b) * self.scaling
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.weight += self.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        r = self.lora_a.shape[0]
+        return f"in={self.in_features}, out={self.out_features}, r={r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+@dataclass(frozen=True)
+class LoraConfig(MethodConfig):
+    name = "lora"
+    r: int = 8  # rank of the update
+    alpha: float = 16.0  # scale numerator: update is (alpha / r) B A
+    dropout: float = 0.0  # dropout on the LoRA branch's input
+    targets: tuple[str, ...] = ("q", "v")  # roles, leaf names, "all-linear" or "re:<regex>"
+    stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack
+    init: Literal["kaiming", "gaussian"] = "kaiming"  # init of A (B is always zero)
+    rslora: bool = False  # scale by alpha / sqrt(r)
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            raise ValueError("targets must name at least one module")
+        if isinstance(self.targets, str):  # a bare string would be iterated char by char
+            raise ValueError(f"targets must be a list of module names, got the string {self.targets!r}")
+        if self.init not in ("kaiming", "gaussian"):
+            raise ValueError(f"init must be 'kaiming' or 'gaussian', got {self.init!r}")
+
+    def describe(self) -> str:
+        return f"LoRA r={self.r}"
+
+    def apply(self, model: nn.Module, family) -> list[nn.Module]:
+        found = find_linears(model, family, self.targets, stacks=self.stacks, method="lora")
+        wrapped = []
+        for name, linear in found:
+            if isinstance(linear, LoraLinear) or type(linear) is not nn.Linear:
+                raise ModelError(f"lora: {name} is already wrapped ({type(linear).__name__})")
+            module = LoraLinear(linear, self.r, self.alpha, self.dropout, self.init, self.rslora)
+            replace_module(model, name, module)
+            wrapped.append(module)
+        return wrapped
+
+
+def lora_modules(model: nn.Module) -> list[LoraLinear]:
+    return [m for m in model.modules() if isinstance(m, LoraLinear)]
+
+
+def merge(model: nn.Module) -> int:
+    """Fold every LoRA update into its base weight; returns how many layers were merged."""
+    mods = lora_modules(model)
+    for m in mods:
+        m.merge()
+    return len(mods)
+
+
+def unmerge(model: nn.Module) -> int:
+    mods = lora_modules(model)
+    for m in mods:
+        m.unmerge()
+    return len(mods)

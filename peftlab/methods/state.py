@@ -1,0 +1,87 @@
+"""Applying methods to a model, and the record of what was applied (``PeftState``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from torch import nn
+
+from peftlab.errors import ModelError
+from peftlab.methods.base import AdapterModule, MethodConfig
+
+_ATTR = "_peftlab_state"
+
+
+@dataclass
+class PeftState:
+    """What ``apply_methods`` did to a model: the configs and each method's parameter names."""
+
+    configs: list[MethodConfig]
+    param_names: dict[str, list[str]] = field(default_factory=dict)  # method key -> param names
+    total_params: int = 0
+
+    def trainable_names(self) -> list[str]:
+        return [n for names in self.param_names.values() for n in names]
+
+    def counts(self, model: nn.Module) -> dict[str, int]:
+        params = dict(model.named_parameters())
+        return {k: sum(params[n].numel() for n in names) for k, names in self.param_names.items()}
+
+    def trainable_params(self, model: nn.Module) -> int:
+        return sum(self.counts(model).values())
+
+    def summary(self, model: nn.Module) -> str:
+        n, total = self.trainable_params(model), sum(p.numel() for p in model.parameters())
+        parts = ", ".join(f"{k} {v:,}" for k, v in self.counts(model).items())
+        tail = f"  [{parts}]" if parts else ""
+        return f"trainable {n:,} / {total:,} ({100 * n / max(total, 1):.2f}%){tail}"
+
+
+def peft_state(model: nn.Module) -> PeftState | None:
+    return getattr(model, _ATTR, None)
+
+
+def _method_key(config: MethodConfig, taken: dict) -> str:
+    key, i = config.name, 2
+    while key in taken:
+        key, i = f"{config.name}#{i}", i + 1
+    return key
+
+
+def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None) -> PeftState:
+    """Freeze ``model``, inject ``configs`` in order, make only their parameters trainable."""
+    from peftlab.models.arch import family_of
+
+    if peft_state(model) is not None:
+        applied = ", ".join(c.name for c in peft_state(model).configs) or "none"
+        raise ModelError(f"methods were already applied to this model ({applied}); start from a fresh base model")
+    family = family or family_of(model)
+    for config in configs:
+        if config.families is not None and family.name not in config.families:
+            raise ModelError(
+                f"method {config.name!r} does not support the {family.name!r} family "
+                f"(supported: {', '.join(config.families)})"
+            )
+    model.requires_grad_(False)
+    state = PeftState(configs=list(configs))
+    owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param
+    for config in configs:
+        key = _method_key(config, state.param_names)
+        if config.trains_base:
+            params = [p for p in model.parameters() if id(p) not in owned]
+        else:
+            modules = config.apply(model, family)
+            params = [p for m in modules if isinstance(m, AdapterModule) for p in m.adapter_parameters()]
+        for p in params:
+            if id(p) in owned:
+                raise ModelError(f"methods {owned[id(p)]!r} and {key!r} both claim one parameter")
+            owned[id(p)] = key
+            p.requires_grad_(True)
+        state.param_names[key] = []
+    for name, p in model.named_parameters():
+        if id(p) in owned:
+            state.param_names[owned[id(p)]].append(name)
+    state.total_params = sum(p.numel() for p in model.parameters())
+    setattr(model, _ATTR, state)
+    return state

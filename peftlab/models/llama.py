@@ -1,0 +1,31 @@
+"""LLaMA family table: LLaMA 1/2/3, Mistral-style decoders (HF ``LlamaForCausalLM`` layout).
+
+Blocks are ``model.layers.N``; attention linears ``q_proj,k_proj,v_proj,o_proj`` in ``self_attn``;
+the SwiGLU FFN is ``gate_proj``, ``up_proj``, ``down_proj`` in ``mlp``.
+"""
+
+from peftlab.models.arch import Family
+
+LLAMA = Family(
+    name="llama",
+    model_types=("llama", "mistral", "qwen2"),
+    kind="causal",
+    linear_roles={
+        "q": ("q_proj",),
+        "k": ("k_proj",),
+        "v": ("v_proj",),
+        "o": ("o_proj",),
+        "ffn_in": ("up_proj",),
+        "ffn_gate": ("gate_proj",),
+        "ffn_out": ("down_proj",),
+    },
+    stacks={"decoder": "model.layers"},
+    encoder=None,
+    hidden_size="hidden_size",
+    num_heads="num_attention_heads",
+    default_lora_targets=("q", "v"),
+    tiny_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+    ),
+)

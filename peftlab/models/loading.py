@@ -1,0 +1,115 @@
+"""Loading models: short names of the shipped models, local directories, hub ids, or a config.
+
+``load_model(spec, seed)`` returns the HF model, its tokenizer and its family table. With
+``init: random`` only the config (and tokenizer) of ``spec.name`` are read and the weights are
+drawn from ``seed``, so a random-init run can be rebuilt exactly to evaluate its adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftlab.errors import ModelError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def models_dirs() -> list[Path]:
+    """Where short names are looked up: ``$PEFTLAB_MODELS`` (colon-separated), then the repo's models/."""
+    dirs = [Path(p) for p in os.environ.get("PEFTLAB_MODELS", "").split(os.pathsep) if p]
+    return dirs + [Path(__file__).resolve().parents[2] / "models"]
+
+
+def short_names() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for d in models_dirs():
+        if d.is_dir():
+            for sub in sorted(d.iterdir()):
+                if (sub / "config.json").is_file():
+                    out.setdefault(sub.name, sub)
+    return out
+
+
+def resolve_model_name(name: str) -> str:
+    """A short name -> its directory; an existing path -> itself; a hub id -> itself; else error."""
+    shorts = short_names()
+    if name in shorts:
+        return str(shorts[name])
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model path {name!r} exists but has no config.json")
+        return str(path)
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    if looks_like_path:
+        raise ModelError(f"model path {name!r} does not exist")
+    if not _HUB_ID.match(name):
+        raise ModelError(
+            f"model {name!r} is neither a short name ({', '.join(shorts) or 'none shipped'}), "
+            f"an existing path, nor a hub id like 'google/flan-t5-base'"
+        )
+    return name
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    family: Any
+    source: str  # the resolved directory or hub id
+
+
+def _hub_error(name: str, e: Exception) -> ModelError:
+    return ModelError(
+        f"could not load model {name!r}: not a short name or local directory, and the hub said: "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    )
+
+
+def load_model(spec, seed: int = 0) -> LoadedModel:
+    """Build the model described by a ``ModelSpec`` (see ``peftlab.schema``)."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from peftlab.models.arch import family_of
+
+    source = resolve_model_name(spec.name)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=spec.revision)
+    except OSError as e:
+        raise _hub_error(spec.name, e) from None
+    family = family_of(config)
+    auto = transformers.AutoModelForSeq2SeqLM if family.kind == "seq2seq" else transformers.AutoModelForCausalLM
+    for key in spec.config:
+        if not hasattr(config, key):
+            raise ModelError(f"model.config.{key}: {type(config).__name__} has no such field")
+    dtype = getattr(torch, _DTYPES[spec.dtype])
+    if spec.init == "random":
+        config.update(dict(spec.config))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = auto.from_config(config, dtype=dtype)
+    else:
+        try:
+            model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **dict(spec.config))
+        except OSError as e:
+            raise _hub_error(spec.name, e) from None
+    tok_source = resolve_model_name(spec.tokenizer) if spec.tokenizer else source
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a tokenizer from {tok_source!r}: {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise ModelError(
+            f"tokenizer {tok_source!r} has {len(tokenizer)} tokens but the model's embedding has "
+            f"{model.get_input_embeddings().num_embeddings}: they do not belong together"
+        )
+    return LoadedModel(model=model, tokenizer=tokenizer, family=family, source=source)

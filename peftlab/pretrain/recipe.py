@@ -1,0 +1,250 @@
+"""``peftlab pretrain CONFIG --out DIR``: make one of peftlab's small pretrained models.
+
+corpus (stdlib minus code→doc valid/test files) -> byte-level BPE tokenizer -> packed examples
+(T5 span corruption, or causal LM) -> the shared train loop (bf16 autocast, atomic checkpoints,
+resumable) -> a plain Hugging Face model directory with a model card. A few corpus files are held
+out (by a second hash of their bytes) to measure held-out loss against a randomly initialised twin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+
+from peftlab import rundir
+from peftlab.config import to_dict
+from peftlab.errors import ConfigError, DataError
+from peftlab.schema import TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    name: str  # model name in the card, e.g. mini-t5
+    objective: Literal["span_corruption", "causal"]
+    architecture: dict[str, Any]  # HF config fields; model_type "t5" or "llama" picks the class
+    train: TrainSpec = field(default_factory=TrainSpec)
+    tokenizer: Optional[str] = None  # directory of an existing tokenizer; None = train one here
+    vocab_size: int = 8192
+    corpus: Optional[tuple[str, ...]] = None  # source roots; None = this interpreter's stdlib
+    inputs_length: int = 256  # T5 encoder input / causal window, in tokens
+    noise_density: float = 0.15
+    mean_span_length: float = 3.0
+    heldout_percent: int = 2  # corpus files held out for held-out loss (never trained on)
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    eval_batches: int = 40  # held-out batches per evaluation
+
+    def __post_init__(self):
+        if self.architecture.get("model_type") not in ("t5", "llama"):
+            raise ValueError("architecture.model_type must be 't5' or 'llama'")
+        if (self.objective == "span_corruption") != (self.architecture["model_type"] == "t5"):
+            raise ValueError("span_corruption goes with model_type t5, causal with llama")
+
+
+def heldout(digest: str, percent: int) -> bool:
+    """A second, independent hash bucket of the file bytes (the first decides code→doc splits)."""
+    return int(digest[8:16], 16) % 100 < percent
+
+
+class PackedPlan:
+    """Fixed-length examples, re-corrupted with fresh noise every epoch (T5), in a seeded order."""
+
+    def __init__(self, make_epoch, batch_size: int, seed: int):
+        self.make_epoch, self.batch_size, self.seed = make_epoch, batch_size, seed
+        self.rank, self.world = 0, 1
+        self._epoch, self._tensors = None, None
+
+    def tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._epoch != epoch:
+            self._tensors, self._epoch = self.make_epoch(epoch), epoch
+        return self._tensors
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        n = len(self.tensors(epoch)[0])
+        order = np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
+        batches = [order[i : i + self.batch_size] for i in range(0, n - self.batch_size + 1, self.batch_size)]
+        usable = len(batches) - len(batches) % self.world
+        return batches[:usable][self.rank :: self.world]
+
+    def make_batch(self, rows: list[int], epoch: int = 0) -> dict[str, torch.Tensor]:
+        inputs, labels = self.tensors(epoch)
+        idx = torch.tensor(rows)
+        x = inputs[idx]
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels[idx]}
+
+    def iterate(self, epoch: int = 0, index: int = 0):
+        while True:
+            batches = self.epoch_batches(epoch)
+            for i in range(index, len(batches)):
+                yield epoch, i, self.make_batch(batches[i], epoch)
+            epoch, index = epoch + 1, 0
+
+
+def _plan(cfg: PretrainConfig, docs: list[list[int]], tok, seed: int, batch_size: int) -> PackedPlan:
+    from peftlab.pretrain.objectives import pack_causal, pack_span_corruption
+    from peftlab.pretrain.tokenizer import sentinel_ids
+
+    if cfg.objective == "causal":
+        windows = torch.tensor(list(pack_causal(docs, cfg.inputs_length, tok.bos_token_id, tok.eos_token_id)))
+        if len(windows) == 0:
+            raise DataError("pretraining corpus is shorter than one window")
+        return PackedPlan(lambda epoch: (windows, windows), batch_size, seed)
+    sentinels = sentinel_ids(tok)
+
+    def make_epoch(epoch: int):
+        rng = np.random.default_rng([seed, epoch])
+        pairs = list(pack_span_corruption(docs, cfg.inputs_length, sentinels, tok.eos_token_id, rng,
+                                          cfg.noise_density, cfg.mean_span_length))
+        if not pairs:
+            raise DataError("pretraining corpus is shorter than one span-corruption chunk")
+        return torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+
+    return PackedPlan(make_epoch, batch_size, seed)
+
+
+def _tokenizer(cfg: PretrainConfig, corpus, train_idx: list[int], out: Path):
+    from transformers import AutoTokenizer
+
+    from peftlab.pretrain.tokenizer import save_tokenizer, train_tokenizer
+
+    if cfg.tokenizer:
+        src = Path(cfg.tokenizer)
+        if not (src / "tokenizer.json").is_file():
+            raise ConfigError(f"tokenizer: {src} has no tokenizer.json")
+        tok = AutoTokenizer.from_pretrained(str(src))
+    else:
+        texts = (corpus.files[i].read_bytes().decode("utf-8") for i in train_idx)
+        save_tokenizer(train_tokenizer(texts, cfg.vocab_size), out)
+        tok = AutoTokenizer.from_pretrained(str(out))
+    if cfg.objective == "span_corruption":
+        from peftlab.pretrain.tokenizer import sentinel_ids
+
+        sentinel_ids(tok)  # fail now, not after an hour of tokenising
+    if cfg.tokenizer:
+        tok.save_pretrained(str(out))
+    return tok
+
+
+def _model(cfg: PretrainConfig, tok, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    arch = {k: v for k, v in cfg.architecture.items() if k != "model_type"}
+    common = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if cfg.architecture["model_type"] == "t5":
+        config = T5Config(decoder_start_token_id=tok.pad_token_id, **common, **arch)
+        cls = T5ForConditionalGeneration
+    else:
+        config = LlamaConfig(bos_token_id=tok.bos_token_id, **common, **arch)
+        cls = LlamaForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(config)
+
+
+def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, resume: bool = False,
+             progress: bool = True, command: Optional[str] = None, halt_at: Optional[int] = None) -> dict:
+    """Run the recipe into the model directory ``out``; checkpoints live in ``work`` (default out/checkpoints).
+
+    ``halt_at`` stops after that step's checkpoint without writing the model (continue with ``resume``).
+    """
+    from peftlab.pretrain.corpus import build_corpus
+    from peftlab.pretrain.tokenizer import encode_sources
+    from peftlab.train.loop import LoopOptions, _make_accelerator, evaluate_loss, jsonl_writer, train
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = work or out / "checkpoints"
+    if not resume and any(work.glob("step-*")):
+        raise ConfigError(f"{work} holds checkpoints of an earlier run: pass --resume, or choose another --out/--work")
+    t_start = time.time()
+    corpus = build_corpus([Path(p) for p in cfg.corpus] if cfg.corpus else None)
+    held = [i for i, d in enumerate(corpus.digests) if heldout(d, cfg.heldout_percent)]
+    train_idx = [i for i in range(len(corpus.files)) if not heldout(corpus.digests[i], cfg.heldout_percent)]
+    if not held or not train_idx:
+        raise DataError(f"corpus of {len(corpus.files)} files is too small to hold out {cfg.heldout_percent}%")
+    tok = _tokenizer(cfg, corpus, train_idx, out)
+    texts = lambda idx: (corpus.files[i].read_bytes().decode("utf-8") for i in idx)  # noqa: E731
+    train_docs, held_docs = list(encode_sources(tok, texts(train_idx))), list(encode_sources(tok, texts(held)))
+    corpus_tokens = sum(map(len, train_docs))
+    log.info("corpus: %d files (%d held out), %d training tokens", len(corpus.files), len(held), corpus_tokens)
+    spec = cfg.train
+    plan = _plan(cfg, train_docs, tok, spec.seed, spec.batch_size)
+    held_plan = _plan(cfg, held_docs, tok, spec.seed + 1, spec.batch_size)
+    model = _model(cfg, tok, spec.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s: %s parameters", cfg.name, f"{n_params:,}")
+    accel = _make_accelerator(spec)
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    random_twin_loss = evaluate_loss(_model(cfg, tok, spec.seed).to(accel.device), held_plan, accel, cfg.eval_batches)
+    if not resume:
+        (out / rundir.TRAIN_LOG).unlink(missing_ok=True)
+    result = train(model, plan, spec, eval_plan=None, log_row=jsonl_writer(out / rundir.TRAIN_LOG),
+                   options=LoopOptions(checkpoint_dir=work, checkpoint_every=cfg.checkpoint_every,
+                                       keep_checkpoints=cfg.keep_checkpoints, resume=resume,
+                                       progress=progress, desc=f"pretrain {cfg.name}", halt_at=halt_at))
+    if result.stopped_by == "halted":
+        return {"name": cfg.name, "halted_at_step": result.steps, "checkpoints": str(work)}
+    held_loss = evaluate_loss(model, held_plan, accel, cfg.eval_batches)
+    stats = {
+        "name": cfg.name, "objective": cfg.objective, "parameters": n_params, "vocab_size": len(tok),
+        "corpus": {**corpus.summary(), "heldout_files": len(held), "train_files": len(train_idx),
+                   "train_tokens": corpus_tokens},
+        "steps": result.steps, "tokens_seen": result.tokens, "train_seconds": result.train_seconds,
+        "tokens_per_second": result.tokens_per_second, "final_train_loss": result.final_loss,
+        "heldout_loss": held_loss, "random_init_heldout_loss": random_twin_loss,
+        "hardware": _hardware(), "wall_seconds_this_invocation": time.time() - t_start,
+        "command": command or "peftlab pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "config": to_dict(cfg), "versions": _versions(),
+    }
+    save_model(model, tok, out, stats)
+    return stats
+
+
+def save_model(model, tok, out: Path, stats: dict) -> None:
+    """Write the HF directory: bf16 safetensors, config, generation config, tokenizer, model card."""
+    model = model.to(torch.bfloat16)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    rundir.write_json(out / "pretrain_stats.json", stats)
+    from peftlab.pretrain.card import model_card
+
+    rundir.write_text(out / "README.md", model_card(stats))
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _versions() -> dict:
+    import transformers
+
+    import peftlab
+
+    return {"peftlab": peftlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def load_pretrain_config(path: Path, overrides=()) -> PretrainConfig:
+    from peftlab.config import load_config
+
+    return load_config(PretrainConfig, path, overrides)
+
+
+def dump_stats(stats: dict) -> str:
+    return json.dumps({k: v for k, v in stats.items() if k != "config"}, indent=2)

@@ -1,0 +1,221 @@
+"""One run end to end: config -> model + methods -> data -> train -> generate -> metrics, on disk.
+
+``train_run`` writes a run directory (see ``peftlab.rundir``); ``evaluate_run`` rebuilds the base
+model, loads the saved adapter and re-scores a split; ``generate_one`` documents one function.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+from peftlab import rundir
+from peftlab.config import from_dict, read_yaml, to_dict
+from peftlab.errors import DataError
+from peftlab.schema import DataSpec, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def base_model_record(cfg: RunConfig) -> dict:
+    """What identifies the base model an adapter belongs to (seed matters for random init)."""
+    rec = {"name": cfg.model.name, "init": cfg.model.init, "config": dict(cfg.model.config)}
+    if cfg.model.init == "random":
+        rec["seed"] = cfg.train.seed
+    return rec
+
+
+def load_examples(data: DataSpec, split: str, max_examples: Optional[int]):
+    """Examples of a split; a fixed-seed sample when capped, so every method sees the same rows."""
+    from peftlab.data.code2doc import default_code2doc_dir, load_code2doc_split
+
+    path = default_code2doc_dir() if data.path == "stdlib" else Path(data.path)
+    if not path.exists():
+        raise DataError(f"data.path: {path} does not exist")
+    examples = load_code2doc_split(path, split, target_field=data.target_field)
+    if not examples:
+        raise DataError(f"{path}: split {split!r} is empty")
+    if max_examples is not None and len(examples) > max_examples:
+        examples = random.Random(0).sample(examples, max_examples)
+    return examples
+
+
+def prompts(data: DataSpec, examples) -> tuple[list[str], list[str]]:
+    from peftlab.data.prompts import render_prompt
+
+    return [render_prompt(data.template, e) for e in examples], [e.target for e in examples]
+
+
+def build(cfg: RunConfig):
+    """The base model with the config's methods applied: ``(LoadedModel, PeftState)``."""
+    from peftlab.methods import apply_methods
+    from peftlab.models.loading import load_model
+
+    loaded = load_model(cfg.model, seed=cfg.train.seed)
+    state = apply_methods(loaded.model, cfg.methods, loaded.family)
+    return loaded, state
+
+
+def score(model, tokenizer, cfg: RunConfig, examples) -> tuple[dict, list[dict]]:
+    """Generate for ``examples`` and compute BLEU / CodeXGLUE BLEU / ROUGE-L."""
+    from peftlab.evaluate.generate import generate_texts
+    from peftlab.evaluate.metrics import text_metrics
+
+    sources, targets = prompts(cfg.data, examples)
+    t0 = time.perf_counter()
+    preds = generate_texts(
+        model, tokenizer, sources, max_source_length=cfg.data.max_source_length,
+        max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
+        batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision,
+    )
+    metrics = text_metrics(preds, targets)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    metrics["eval_examples"] = len(examples)
+    rows = [{"func_name": e.func_name, "path": e.path, "line": e.line, "prediction": p, "reference": t}
+            for e, p, t in zip(examples, preds, targets)]
+    return metrics, rows
+
+
+def _versions() -> dict:
+    import accelerate
+    import torch
+    import transformers
+
+    import peftlab
+
+    return {"peftlab": peftlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
+    """Train ``cfg`` into a fresh ``run_dir``; returns the metrics written to metrics.json."""
+    import yaml
+
+    run_dir = rundir.create(Path(run_dir))
+    try:
+        rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+        metrics = _train_and_score(cfg, run_dir, progress)
+    except BaseException as e:
+        rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
+        raise
+    rundir.write_json(run_dir / rundir.METRICS, metrics)
+    rundir.set_status(run_dir, "complete", finished=rundir.now())
+    return metrics
+
+
+def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
+    from peftlab.data.seq2seq import BatchPlan, encode_pairs
+    from peftlab.methods.io import save_adapter
+    from peftlab.train.loop import LoopOptions, jsonl_writer, result_dict, train
+
+    loaded, state = build(cfg)
+    model, tok = loaded.model, loaded.tokenizer
+    log.info("%s", state.summary(model))
+    d = cfg.data
+    train_src, train_tgt = prompts(d, load_examples(d, d.train_split, d.max_train_examples))
+    eval_src, eval_tgt = prompts(d, load_examples(d, d.eval_split, d.max_eval_examples))
+    train_enc = encode_pairs(tok, train_src, train_tgt, d.max_source_length, d.max_target_length)
+    eval_enc = encode_pairs(tok, eval_src, eval_tgt, d.max_source_length, d.max_target_length)
+    pad = tok.pad_token_id
+    result = train(
+        model, BatchPlan(train_enc, cfg.train.batch_size, pad, seed=cfg.train.seed), cfg.train,
+        eval_plan=BatchPlan(eval_enc, cfg.eval.batch_size, pad, seed=0),
+        log_row=jsonl_writer(run_dir / rundir.TRAIN_LOG),
+        options=LoopOptions(progress=progress, desc=cfg.display_name()),
+    )
+    save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
+    test = load_examples(d, d.test_split, cfg.eval.max_examples)
+    text, rows = score(model, tok, cfg, test)
+    _write_predictions(run_dir, rows)
+    total = state.total_params
+    trainable = state.trainable_params(model)
+    return {
+        "method": cfg.display_name(),
+        "methods": [to_dict(m) for m in cfg.methods],
+        "model": cfg.model.name,
+        "model_init": cfg.model.init,
+        "trainable_params": trainable,
+        "trainable_params_by_method": state.counts(model),
+        "total_params": total,
+        "trainable_pct": 100.0 * trainable / max(total, 1),
+        **{k: text[k] for k in ("bleu", "codexglue_bleu", "rouge_l")},
+        "test_split": d.test_split,
+        "test_examples": text["eval_examples"],
+        "eval_seconds": text["eval_seconds"],
+        **result_dict(result),
+        "train_examples": len(train_enc),
+        "truncated_sources": train_enc.truncated_sources,
+        "truncated_targets": train_enc.truncated_targets,
+        "device": _device_name(),
+        "versions": _versions(),
+    }
+
+
+def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
+    import json
+
+    rundir.write_text(run_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    data, lines = read_yaml(run_dir / rundir.CONFIG)
+    return from_dict(RunConfig, data, source=str(run_dir / rundir.CONFIG), lines=lines)
+
+
+def load_trained(run_dir: Path):
+    """A fresh base model with the run's saved adapter loaded: ``(cfg, LoadedModel)``."""
+    from peftlab.methods.io import load_adapter
+    from peftlab.models.loading import load_model
+
+    rundir.require_complete(run_dir)
+    cfg = load_run_config(run_dir)
+    loaded = load_model(cfg.model, seed=cfg.train.seed)
+    load_adapter(loaded.model, run_dir / rundir.ADAPTER, base_model_record(cfg))
+    return cfg, loaded
+
+
+def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optional[int] = None) -> dict:
+    """Re-score a finished run on ``split`` from its saved adapter on a fresh base model."""
+    run_dir = Path(run_dir)
+    cfg, loaded = load_trained(run_dir)
+    split = split or cfg.data.test_split
+    n = max_examples if max_examples is not None else cfg.eval.max_examples
+    examples = load_examples(cfg.data, split, n)
+    text, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
+    _write_predictions(run_dir, rows, f"predictions.{split}.eval.jsonl")
+    return {"split": split, **text}
+
+
+def generate_one(run_dir: Path, code: str, func_name: Optional[str] = None) -> str:
+    """Document one function with a trained run."""
+    from peftlab.data.code2doc import Code2DocExample, clean_code
+    from peftlab.evaluate.generate import generate_texts
+
+    cfg, loaded = load_trained(Path(run_dir))
+    name = func_name or _guess_name(code)
+    (src,), _ = prompts(cfg.data, [Code2DocExample(func_name=name, code=clean_code(code), target="")])
+    (text,) = generate_texts(
+        loaded.model, loaded.tokenizer, [src], max_source_length=cfg.data.max_source_length,
+        max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
+        mixed_precision=cfg.train.mixed_precision,
+    )
+    return text
+
+
+def _guess_name(code: str) -> str:
+    import re
+
+    m = re.search(r"^\s*(?:async\s+)?def\s+(\w+)", code, re.MULTILINE)
+    return m.group(1) if m else ""

@@ -1,0 +1,240 @@
+"""The one training loop every method (and pretraining) runs through.
+
+On ``accelerate``: CPU or GPU, bf16/fp16 autocast, gradient accumulation, DDP sharding by rank.
+AdamW with linear warm-up then linear decay to zero at the end of the budget; the budget is
+optimizer steps, wall-clock seconds, or both (first reached wins). With a time budget the decay
+follows elapsed time, so every method gets a full schedule in the same seconds. Periodic atomic
+checkpoints make a run resumable at the exact batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from peftlab.data.seq2seq import BatchPlan, tokens_in
+from peftlab.errors import PeftlabError
+from peftlab.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+
+class TrainingError(PeftlabError):
+    """Training cannot go on (a non-finite loss or gradient); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_seconds: float
+    tokens: int
+    tokens_per_second: float
+    final_loss: Optional[float]
+    eval_loss: Optional[float]
+    peak_memory_bytes: int
+    peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process)
+    stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    checkpoint_dir: Optional[Path] = None
+    checkpoint_every: Optional[int] = None  # optimizer steps; None = only at the end
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+    desc: str = "train"
+    halt_at: Optional[int] = None  # stop after this step's checkpoint, as if killed (split long jobs)
+
+
+def lr_factor(step: int, elapsed: float, spec) -> float:
+    """Warm-up then linear decay; progress is the larger of step and time fractions."""
+    if step < spec.warmup_steps:
+        return (step + 1) / spec.warmup_steps
+    fracs = []
+    if spec.max_steps:
+        fracs.append((step - spec.warmup_steps) / max(spec.max_steps - spec.warmup_steps, 1))
+    if spec.max_seconds:
+        fracs.append(elapsed / spec.max_seconds)
+    return max(0.0, 1.0 - max(fracs, default=0.0))
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+
+
+def _make_accelerator(spec):
+    from accelerate import Accelerator
+
+    cpu = spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
+    return Accelerator(mixed_precision=spec.mixed_precision, gradient_accumulation_steps=spec.grad_accum, cpu=cpu)
+
+
+@torch.no_grad()
+def evaluate_loss(model, plan: BatchPlan, accelerator, max_batches: Optional[int] = None) -> float:
+    """Token-level mean cross-entropy over a split (one pass, fixed order)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i, rows in enumerate(plan.epoch_batches(0)):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = plan.make_batch(rows, 0)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            logits = model(**batch).logits.float()
+        labels = batch["labels"]
+        if logits.shape[1] != labels.shape[1]:  # causal LM: predict token t+1 from t
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        total += float(loss)
+        count += int((labels != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def train(
+    model: torch.nn.Module,
+    plan: BatchPlan,
+    spec,
+    *,
+    eval_plan: Optional[BatchPlan] = None,
+    log_row: Callable[[dict], None] = lambda row: None,
+    options: LoopOptions = LoopOptions(),
+) -> TrainResult:
+    """Train the parameters of ``model`` that require grad; see the module docstring."""
+    accelerator = _make_accelerator(spec)
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.to(device)
+    if not params:
+        mem, kind = peak_memory(device)
+        eval_loss = evaluate_loss(model, eval_plan, accelerator) if eval_plan else None
+        return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train")
+    torch.manual_seed(spec.seed)
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr,
+        fused=device.type == "cuda",
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
+
+    step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
+    ckpts = list_checkpoints(options.checkpoint_dir) if options.checkpoint_dir else []
+    if options.resume and ckpts:
+        saved = load_checkpoint(ckpts[-1], accelerator.unwrap_model(model), optimizer)
+        step, epoch, index = saved["step"], saved["epoch"], saved["index"]
+        elapsed, tokens = saved["elapsed"], saved["tokens"]
+
+    def checkpoint() -> None:
+        if options.checkpoint_dir and accelerator.is_main_process:
+            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens}
+            save_checkpoint(options.checkpoint_dir, step, accelerator.unwrap_model(model), optimizer, state,
+                            options.keep_checkpoints)
+
+    def budget_left() -> bool:
+        return (spec.max_steps is None or step < spec.max_steps) and (
+            spec.max_seconds is None or elapsed < spec.max_seconds
+        )
+
+    progress = _progress(spec, step, options)
+    model.train()
+    window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
+    last_loss, eval_loss = None, None
+    batches = plan.iterate(epoch, index)
+    t0 = time.perf_counter()
+    while budget_left():
+        for _ in range(spec.grad_accum):
+            epoch, index, batch = next(batches)
+            index += 1  # position of the *next* batch, what a resume must start from
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"non-finite loss {float(loss)} at step {step + 1} (epoch {epoch}, batch {index - 1}); "
+                        f"last good checkpoint kept in {options.checkpoint_dir or 'none (checkpointing off)'}"
+                    )
+                accelerator.backward(loss)
+            window_loss += float(loss.detach())
+            window_n += 1
+            n_tok = tokens_in(batch)
+            window_tokens += n_tok
+            tokens += n_tok
+        if spec.max_grad_norm:
+            norm = accelerator.clip_grad_norm_(params, spec.max_grad_norm)
+            if not torch.isfinite(norm):
+                raise TrainingError(f"non-finite gradient norm at step {step + 1}; update skipped, training stopped")
+        for g in optimizer.param_groups:
+            g["lr"] = spec.lr * lr_factor(step, elapsed, spec)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        now = time.perf_counter()
+        elapsed += now - t0
+        window_time += now - t0
+        progress.update(1)
+        if step % spec.log_every == 0 or not budget_left():
+            last_loss = window_loss / max(window_n, 1)
+            row = {"step": step, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
+                   "tokens_per_second": window_tokens / max(window_time, 1e-9), "elapsed": elapsed,
+                   "epoch": epoch, "tokens": tokens}
+            progress.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
+            if eval_plan is not None and spec.eval_every and step % spec.eval_every == 0:
+                eval_loss = row["eval_loss"] = evaluate_loss(model, eval_plan, accelerator)
+            log_row(row)
+            window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
+        if options.checkpoint_every and step % options.checkpoint_every == 0:
+            checkpoint()
+        if options.halt_at is not None and step >= options.halt_at:
+            checkpoint()
+            progress.close()
+            mem, kind = peak_memory(device)
+            return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, None, mem, kind, "halted")
+        t0 = time.perf_counter()
+    progress.close()
+    checkpoint()
+    if eval_plan is not None:
+        eval_loss = evaluate_loss(model, eval_plan, accelerator)
+        log_row({"step": step, "eval_loss": eval_loss})
+    mem, kind = peak_memory(device)
+    stopped = "max_steps" if spec.max_steps is not None and step >= spec.max_steps else "max_seconds"
+    return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped)
+
+
+def _progress(spec, start: int, options: LoopOptions):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=spec.max_steps, initial=start, desc=options.desc, disable=not options.progress,
+                mininterval=1.0, dynamic_ncols=True, unit="step")
+
+
+def result_dict(result: TrainResult) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(result).items()}
+
+
+def jsonl_writer(path: Path) -> Callable[[dict], None]:
+    """A ``log_row`` that appends one JSON object per line and flushes (readable while running)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(row: dict) -> None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    return write

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random models built from config in milliseconds (no tokenizer, no hub).
+
+``tiny_t5`` and ``tiny_llama`` are factories: ``tiny_t5()`` returns a fresh model, and two calls
+with the same ``seed`` return identical models (what a save -> load round trip needs). Keyword
+arguments override the family's ``tiny_config``, e.g. ``tiny_t5(d_model=64)``.
+
+Numerics note: in transformers 5 a model whose parameters *all* have ``requires_grad=False`` takes
+a slightly different path (logits differ by ~6e-6). Compare base vs adapted outputs both under
+``torch.no_grad()`` (see ``logits``) and with ``atol`` around 1e-5.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+VOCAB = 128
+PAD = 0
+
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads
+# spinning against each other made this suite ~10x slower (7 s -> 40-100 s).
+torch.set_num_threads(1)
+
+
+def build_t5(seed: int = 0, **overrides):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from peftlab.models.t5 import T5
+
+    cfg = {**T5.tiny_config, **overrides}
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=VOCAB, decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=1, **cfg)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def build_llama(seed: int = 0, **overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peftlab.models.llama import LLAMA
+
+    cfg = {**LLAMA.tiny_config, **overrides}
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, pad_token_id=PAD, **cfg)).eval()
+
+
+def logits(model, batch) -> torch.Tensor:
+    """Model logits under ``no_grad`` (see the numerics note above)."""
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.fixture
+def tiny_t5():
+    """Factory: ``tiny_t5(seed=0, **config_overrides)`` -> fresh tiny ``T5ForConditionalGeneration``."""
+    return build_t5
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory: ``tiny_llama(seed=0, **config_overrides)`` -> fresh tiny ``LlamaForCausalLM``."""
+    return build_llama
+
+
+@pytest.fixture
+def logits_of():
+    """``logits_of(model, batch)``: logits under ``no_grad``, for base-vs-adapted comparisons."""
+    return logits
+
+
+@pytest.fixture
+def t5_batch():
+    """2 sources of 7 tokens (the second padded to 5) and 2 targets of 5 (the second with -100)."""
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(2, VOCAB, (2, 7), generator=g)
+    attention_mask = torch.ones(2, 7, dtype=torch.long)
+    attention_mask[1, 5:] = 0
+    input_ids[1, 5:] = PAD
+    labels = torch.randint(2, VOCAB, (2, 5), generator=g)
+    labels[1, 4:] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.fixture
+def llama_batch():
+    """2 sequences of 8 tokens, the second right-padded to 6; labels are -100 on padding."""
+    g = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(2, VOCAB, (2, 8), generator=g)
+    attention_mask = torch.ones(2, 8, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+    input_ids[1, 6:] = PAD
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

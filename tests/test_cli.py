@@ -1,0 +1,122 @@
+"""CLI smoke tests: train a few steps, check every file and metric field, re-score, generate,
+and make bad input fail with one clear message (exit status 2)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke.yaml"
+FAST = ["train.max_steps=4", "train.log_every=2", "data.max_train_examples=64", "data.max_eval_examples=8",
+        "eval.max_examples=6", "eval.max_new_tokens=8", "data.max_source_length=96"]
+METRIC_FIELDS = {
+    "method", "trainable_params", "total_params", "trainable_pct", "bleu", "codexglue_bleu", "rouge_l",
+    "train_seconds", "tokens_per_second", "peak_memory_bytes", "steps", "final_loss",
+    "trainable_params_by_method", "eval_loss", "device", "versions",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    assert main(["train", str(SMOKE), "--out", str(out), "--quiet", *FAST]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run(smoke_run):
+    files = {p.name for p in smoke_run.iterdir()}
+    assert {"config.yaml", "status.json", "metrics.json", "train_log.jsonl", "predictions.jsonl", "adapter"} <= files
+    assert json.loads((smoke_run / "status.json").read_text())["state"] == "complete"
+    m = json.loads((smoke_run / "metrics.json").read_text())
+    assert METRIC_FIELDS <= set(m)
+    assert m["steps"] == 4 and m["stopped_by"] == "max_steps"
+    assert m["trainable_params"] == sum(m["trainable_params_by_method"].values())
+    assert set(m["trainable_params_by_method"]) == {"lora", "alignment"}
+    assert 0 < m["trainable_pct"] < 100 and m["total_params"] > m["trainable_params"]
+    assert m["final_loss"] > 0 and m["tokens_per_second"] > 0 and m["peak_memory_bytes"] > 0
+    for key in ("bleu", "codexglue_bleu", "rouge_l"):
+        assert 0 <= m[key] <= 100
+    rows = [json.loads(line) for line in (smoke_run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+    assert all({"loss", "lr", "tokens_per_second", "elapsed"} <= set(r) for r in rows if "loss" in r)
+    assert "eval_loss" in rows[-1]
+    preds = (smoke_run / "predictions.jsonl").read_text().splitlines()
+    assert len(preds) == 6 and {"prediction", "reference"} <= set(json.loads(preds[0]))
+    adapter = {p.name for p in (smoke_run / "adapter").iterdir()}
+    assert adapter == {"peftlab_adapter.json", "peftlab_adapter.safetensors"}
+
+
+def test_adapter_holds_trainable_params_only(smoke_run):
+    from safetensors.torch import load_file
+
+    weights = load_file(smoke_run / "adapter" / "peftlab_adapter.safetensors")
+    m = json.loads((smoke_run / "metrics.json").read_text())
+    assert sum(t.numel() for t in weights.values()) == m["trainable_params"]
+    assert all(".lora_" in k or "hyper_alignment" in k for k in weights)
+
+
+def test_eval_reproduces_the_metrics(smoke_run, capsys):
+    assert main(["eval", str(smoke_run)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    m = json.loads((smoke_run / "metrics.json").read_text())
+    for key in ("bleu", "codexglue_bleu", "rouge_l"):
+        assert again[key] == pytest.approx(m[key], abs=1e-9)
+    first = [json.loads(x)["prediction"] for x in (smoke_run / "predictions.jsonl").read_text().splitlines()]
+    second = [json.loads(x)["prediction"] for x in (smoke_run / "predictions.test.eval.jsonl").read_text().splitlines()]
+    assert first == second
+
+
+def test_generate_documents_one_function(smoke_run, tmp_path, capsys):
+    f = tmp_path / "f.py"
+    f.write_text("def add(a, b):\n    # sum them\n    return a + b\n")
+    assert main(["generate", str(smoke_run), "--code", str(f)]) == 0
+    assert capsys.readouterr().out.endswith("\n")
+
+
+def test_existing_run_dir_is_never_overwritten(smoke_run, capsys):
+    before = (smoke_run / "metrics.json").read_text()
+    assert main(["train", str(SMOKE), "--out", str(smoke_run), "--quiet", *FAST]) == 2
+    assert "already exists (complete)" in capsys.readouterr().err
+    assert (smoke_run / "metrics.json").read_text() == before
+
+
+def test_failed_run_is_marked_and_not_mistaken_for_finished(tmp_path, capsys):
+    out = tmp_path / "bad"
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.jsonl").write_text("" if split == "test" else (ROOT / "tests/fixtures/codexglue_python_sample.jsonl").read_text())
+    code = main(["train", str(SMOKE), "--out", str(out), "--quiet", *FAST, f"data.path={data}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "test.jsonl" in err and "empty" in err
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert main(["eval", str(out)]) == 2
+    assert "not a finished run (status: failed)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=./no/such/model", "model path './no/such/model' does not exist"),
+        ("model.name=not a model!", "neither a short name"),
+        ("train.max_step=3", "did you mean 'max_steps'"),
+        ("methods.0.targets=[nope]", "match no linear layer"),
+        ("data.template='{oops}'", "override \"data.template='{oops}'\": data.template: prompt template uses unknown field {oops}"),
+    ],
+)
+def test_bad_input_is_one_clear_message(tmp_path, capsys, override, message):
+    code = main(["train", str(SMOKE), "--out", str(tmp_path / "r"), "--quiet", *FAST, override])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("peftlab: error:") and message in err[0]
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "peftlab.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "compare" in out.stdout

@@ -1,0 +1,98 @@
+"""Run configs: YAML with line numbers, overrides, typed validation, nearest-key suggestions."""
+
+import pytest
+
+from peftlab.config import from_dict, load_config, parse_override, to_dict
+from peftlab.errors import ConfigError
+from peftlab.methods.alignment import AlignmentConfig
+from peftlab.methods.lora import LoraConfig
+from peftlab.schema import RunConfig
+
+
+def write(tmp_path, text, name="run.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_full_config_round_trips(tmp_path):
+    p = write(tmp_path, """
+model: {name: mini-t5, init: random, config: {d_model: 32}}
+methods:
+  - {name: lora, r: 4, targets: [q, k]}
+  - name: alignment
+    hidden: 16
+train: {max_steps: 3, lr: 1e-4}
+""")
+    cfg = load_config(RunConfig, p)
+    assert cfg.methods == [LoraConfig(r=4, targets=("q", "k")), AlignmentConfig(hidden=16)]
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.model.config == {"d_model": 32}
+    again = from_dict(RunConfig, to_dict(cfg))
+    assert again == cfg
+    assert to_dict(cfg)["methods"][0]["name"] == "lora"
+
+
+def test_overrides_apply_on_top(tmp_path):
+    p = write(tmp_path, "methods: [{name: lora, r: 4}]\ntrain: {max_steps: 3}\n")
+    cfg = load_config(RunConfig, p, ["train.max_steps=7", "methods.0.r=16", "data.max_eval_examples=null"])
+    assert cfg.train.max_steps == 7 and cfg.methods[0].r == 16 and cfg.data.max_eval_examples is None
+    assert parse_override("a.b=[1, 2]") == (("a", "b"), [1, 2])
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path):
+    p = write(tmp_path, "model:\n  name: mini-t5\ntrain:\n  max_step: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, p)
+    msg = str(e.value)
+    assert f"{p}:4: train.max_step" in msg and "did you mean 'max_steps'" in msg
+
+
+def test_wrong_type_names_field_and_line(tmp_path):
+    p = write(tmp_path, "train:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:2: train.batch_size: expected an integer, got 'many'"):
+        load_config(RunConfig, p)
+
+
+def test_method_errors_name_the_list_item(tmp_path):
+    p = write(tmp_path, "methods:\n  - name: lora\n    rank: 4\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:3: methods.0.rank: unknown key 'rank'.*did you mean 'r'"):
+        load_config(RunConfig, p)
+    p = write(tmp_path, "methods:\n  - name: lorra\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:2: methods.0.name: unknown method 'lorra' \(did you mean 'lora'"):
+        load_config(RunConfig, p)
+
+
+def test_value_checks_from_post_init(tmp_path):
+    p = write(tmp_path, "methods: [{name: lora, r: 0}]\n")
+    with pytest.raises(ConfigError, match="r must be >= 1"):
+        load_config(RunConfig, p)
+    with pytest.raises(ConfigError, match="set max_steps, max_seconds"):
+        load_config(RunConfig, None, ["train.max_steps=null"])
+    with pytest.raises(ConfigError, match="expected one of 'no' | 'bf16' | 'fp16'"):
+        load_config(RunConfig, None, ["train.mixed_precision=fp8"])
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    p = write(tmp_path, "model:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:\d+: malformed YAML"):
+        load_config(RunConfig, p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(RunConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(RunConfig, None, ["train.max_steps"])
+
+
+def test_shipped_configs_all_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paths = sorted(root.glob("*.yaml")) + sorted(root.glob("*/*.yaml"))
+    assert paths
+    for p in paths:
+        if p.name.startswith("pretrain-"):
+            from peftlab.pretrain.recipe import load_pretrain_config
+
+            load_pretrain_config(p)
+        else:
+            load_config(RunConfig, p)

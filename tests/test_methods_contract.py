@@ -1,0 +1,499 @@
+"""The contract every method keeps (DESIGN.md), checked on a table of cases crossed with tests.
+
+Each case is a list of method configs on a tiny model, plus its trainable-parameter count worked
+out by hand from the tiny config (never by walking the model the way the library does).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from peftlab.config import from_dict
+from peftlab.errors import ConfigError, ModelError
+from peftlab.methods import MethodConfig, apply_methods, peft_state
+from peftlab.methods.alignment import ATTR, AlignmentConfig, HyperAlignmentAdapter
+from peftlab.methods.full import FullFineTuneConfig, ZeroShotConfig
+from peftlab.methods.io import MANIFEST, WEIGHTS, load_adapter, save_adapter
+from peftlab.methods.lora import LoraConfig, LoraLinear, lora_modules, merge, unmerge
+
+from conftest import build_llama, build_t5, logits
+
+BASE = {"name": "tiny", "init": "random", "config": {"seed": 0}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Expected trainable counts, from the config alone
+# ------------------------------------------------------------------------------------------------
+def _t5_dims(c):
+    inner = c.num_heads * c.d_kv
+    n_attn = c.num_layers + 2 * c.num_decoder_layers  # encoder self, decoder self + cross
+    n_ffn = c.num_layers + c.num_decoder_layers
+    return c.d_model, inner, n_attn, n_ffn, c.d_ff
+
+
+def lora_t5_qv(r, stacks=("encoder", "decoder")):
+    def count(c):
+        d, inner, _, _, _ = _t5_dims(c)
+        n_attn = (c.num_layers if "encoder" in stacks else 0) + (2 * c.num_decoder_layers if "decoder" in stacks else 0)
+        return 2 * n_attn * r * (d + inner)  # q and v: d -> inner
+
+    return count
+
+
+def lora_t5_all(r):
+    def count(c):
+        d, inner, n_attn, n_ffn, ff = _t5_dims(c)
+        attn = 3 * r * (d + inner) + r * (inner + d)  # q, k, v: d -> inner; o: inner -> d
+        ffn = 3 * r * (d + ff)  # gated: wi_0, wi_1: d -> ff; wo: ff -> d
+        return n_attn * attn + n_ffn * ffn
+
+    return count
+
+
+def lora_t5_wo(r):
+    def count(c):
+        d, _, _, n_ffn, ff = _t5_dims(c)
+        return n_ffn * r * (ff + d)
+
+    return count
+
+
+def alignment(hidden=None):
+    def count(c):
+        d = c.d_model
+        hyper = d * d + d if hidden is None else d * hidden + hidden + hidden * d + d
+        return hyper + d + d  # + RMSNorm weight + gate
+
+    return count
+
+
+def lora_llama_qv(r):
+    def count(c):
+        d, hd = c.hidden_size, c.hidden_size // c.num_attention_heads
+        q_out, v_out = c.num_attention_heads * hd, c.num_key_value_heads * hd
+        return c.num_hidden_layers * r * ((d + q_out) + (d + v_out))
+
+    return count
+
+
+def base_total(c):
+    return sum(p.numel() for p in _BUILDERS[c.model_type]().parameters())
+
+
+_BUILDERS = {"t5": build_t5, "llama": build_llama}
+
+
+@dataclass
+class Case:
+    id: str
+    family: str
+    configs: Callable[[], list[MethodConfig]]
+    counts: dict[str, Callable]  # method key -> expected count from the HF config
+    identity: bool = True
+    tags: set = field(default_factory=set)
+
+    def build(self, seed=0):
+        return _BUILDERS[self.family](seed)
+
+    def apply(self, model):
+        return apply_methods(model, self.configs())
+
+    @property
+    def has_lora(self):
+        return "lora" in self.counts
+
+
+CASES = [
+    Case("lora-qv-t5", "t5", lambda: [LoraConfig(r=4, alpha=8)], {"lora": lora_t5_qv(4)}),
+    Case("lora-all-linear-t5", "t5", lambda: [LoraConfig(r=2, targets=("all-linear",))], {"lora": lora_t5_all(2)}),
+    Case(
+        "lora-rslora-gaussian-t5", "t5", lambda: [LoraConfig(r=4, alpha=8, rslora=True, init="gaussian")],
+        {"lora": lora_t5_qv(4)},
+    ),
+    Case(
+        "lora-encoder-only-t5", "t5", lambda: [LoraConfig(r=4, stacks=("encoder",))],
+        {"lora": lora_t5_qv(4, stacks=("encoder",))},
+    ),
+    Case("alignment-residual-t5", "t5", lambda: [AlignmentConfig()], {"alignment": alignment()}),
+    Case("alignment-hidden8-t5", "t5", lambda: [AlignmentConfig(hidden=8)], {"alignment": alignment(8)}),
+    Case(
+        "lora+alignment-t5", "t5", lambda: [LoraConfig(r=4, alpha=8), AlignmentConfig()],
+        {"lora": lora_t5_qv(4), "alignment": alignment()},
+    ),
+    Case(
+        "lora-q+lora-wo-t5", "t5", lambda: [LoraConfig(r=4, targets=("q",)), LoraConfig(r=2, targets=("ffn_out",))],
+        {"lora": lambda c: lora_t5_qv(4)(c) // 2, "lora#2": lora_t5_wo(2)},
+    ),
+    Case("lora-qv-llama", "llama", lambda: [LoraConfig(r=4, alpha=8)], {"lora": lora_llama_qv(4)}),
+    Case("full-t5", "t5", lambda: [FullFineTuneConfig()], {"full": base_total}),
+    Case("zero-shot-t5", "t5", lambda: [ZeroShotConfig()], {"zero_shot": lambda c: 0}, tags={"untrained"}),
+]
+TRAINED = [c for c in CASES if "untrained" not in c.tags]
+LORA = [c for c in CASES if c.has_lora]
+
+
+def cases(which):
+    return pytest.mark.parametrize("case", which, ids=[c.id for c in which])
+
+
+@pytest.fixture
+def batches(t5_batch, llama_batch):
+    return {"t5": t5_batch, "llama": llama_batch}
+
+
+def train_steps(model, batch, steps=3, lr=1e-2):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step()
+    model.eval()
+
+
+def assert_changed(before, after, min_diff=1e-4):
+    assert (before - after).abs().max() > min_diff, "training did not change the outputs"
+
+
+# ------------------------------------------------------------------------------------------------
+# Contract tests over the table
+# ------------------------------------------------------------------------------------------------
+@cases([c for c in CASES if c.identity])
+def test_identity_at_init(case, batches):
+    batch = batches[case.family]
+    base = logits(case.build(), batch)
+    model = case.build()
+    case.apply(model)
+    torch.testing.assert_close(logits(model, batch), base, atol=1e-5, rtol=0)
+
+
+@cases(CASES)
+def test_base_parameter_names_are_kept(case):
+    base = dict(case.build().named_parameters())
+    model = case.build()
+    case.apply(model)
+    adapted = dict(model.named_parameters())
+    for name, p in base.items():
+        assert name in adapted, f"base parameter {name} was renamed"
+        assert adapted[name].shape == p.shape
+
+
+@cases(CASES)
+def test_only_method_parameters_train(case, batches):
+    model = case.build()
+    state = case.apply(model)
+    trainable = set(state.trainable_names())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    loss = model(**batches[case.family]).loss
+    if not trainable:
+        assert not loss.requires_grad
+        return
+    loss.backward()
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert p.grad is not None, f"{name} is trainable but got no gradient"
+        else:
+            assert p.grad is None, f"{name} is frozen but got a gradient"
+
+
+@cases(CASES)
+def test_trainable_counts_are_exact(case):
+    model = case.build()
+    base_n = sum(p.numel() for p in model.parameters())
+    state = case.apply(model)
+    expected = {key: fn(model.config) for key, fn in case.counts.items()}
+    assert state.counts(model) == expected
+    n = sum(expected.values())
+    assert state.trainable_params(model) == n
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n
+    injected = 0 if case.id.startswith("full") else n
+    total = base_n + injected
+    assert state.total_params == total
+    summary = state.summary(model)
+    head = f"trainable {n:,} / {total:,} ({100 * n / total:.2f}%)"
+    assert summary.startswith(head), summary
+    assert re.fullmatch(r"trainable [\d,]+ / [\d,]+ \(\d+\.\d\d%\)  \[.*\]", summary), summary
+    for key, v in expected.items():
+        assert f"{key} {v:,}" in summary
+
+
+def test_summary_format_exact(tiny_t5):
+    # Tiny T5: 53,696 base parameters; LoRA r=4 on q,v: 12 linears x 4 x (32 + 32) = 3,072.
+    model = tiny_t5()
+    state = apply_methods(model, [LoraConfig(r=4)])
+    assert state.summary(model) == "trainable 3,072 / 56,768 (5.41%)  [lora 3,072]"
+
+
+@cases(TRAINED)
+def test_save_load_round_trip(case, batches, tmp_path):
+    batch = batches[case.family]
+    model = case.build()
+    state = case.apply(model)
+    before = logits(model, batch)
+    train_steps(model, batch)
+    after = logits(model, batch)
+    assert_changed(before, after)
+
+    save_adapter(model, tmp_path, base_model=BASE)
+    with safe_open(str(tmp_path / WEIGHTS), "pt") as f:
+        assert set(f.keys()) == set(state.trainable_names())
+        assert sum(f.get_tensor(k).numel() for k in f.keys()) == state.trainable_params(model)
+    assert (tmp_path / MANIFEST).exists()
+
+    fresh = case.build()
+    loaded = load_adapter(fresh, tmp_path, base_model=BASE)
+    assert loaded.param_names == state.param_names
+    assert [c.to_dict() for c in loaded.configs] == [c.to_dict() for c in state.configs]
+    torch.testing.assert_close(logits(fresh, batch), after, atol=1e-6, rtol=0)
+
+
+def test_zero_shot_round_trip_saves_nothing(tiny_t5, t5_batch, tmp_path):
+    model = tiny_t5()
+    apply_methods(model, [ZeroShotConfig()])
+    save_adapter(model, tmp_path, base_model=BASE)
+    with safe_open(str(tmp_path / WEIGHTS), "pt") as f:
+        assert list(f.keys()) == []
+    fresh = tiny_t5()
+    load_adapter(fresh, tmp_path, base_model=BASE)
+    torch.testing.assert_close(logits(fresh, t5_batch), logits(model, t5_batch), atol=0, rtol=0)
+
+
+@cases(LORA)
+def test_lora_merge_unmerge(case, batches):
+    batch = batches[case.family]
+    base_weights = {n: p.detach().clone() for n, p in case.build().named_parameters()}
+    model = case.build()
+    case.apply(model)
+    train_steps(model, batch)
+    mods = lora_modules(model)
+    assert mods and all(m.lora_b.abs().max() > 0 for m in mods)
+    unmerged = logits(model, batch)
+
+    assert merge(model) == len(mods)
+    assert all(m.merged for m in mods)
+    merged_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert any(not torch.equal(merged_weights[n], w) for n, w in base_weights.items())
+    torch.testing.assert_close(logits(model, batch), unmerged, atol=1e-5, rtol=0)
+
+    merge(model)  # merging twice is a no-op
+    for n, p in model.named_parameters():
+        assert torch.equal(p, merged_weights[n]), n
+
+    assert unmerge(model) == len(mods)
+    assert not any(m.merged for m in mods)
+    params = dict(model.named_parameters())
+    for n, w in base_weights.items():
+        torch.testing.assert_close(params[n], w, atol=1e-6, rtol=0, msg=n)
+    torch.testing.assert_close(logits(model, batch), unmerged, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Method-specific behaviour
+# ------------------------------------------------------------------------------------------------
+def test_lora_wraps_exactly_the_targeted_linears(tiny_t5, tiny_llama):
+    t5 = tiny_t5()
+    apply_methods(t5, [LoraConfig(targets=("q", "v"))])
+    names = {n for n, m in t5.named_modules() if isinstance(m, LoraLinear)}
+    assert names and {n.rsplit(".", 1)[-1] for n in names} == {"q", "v"}
+    assert len(names) == 12
+    llama = tiny_llama()
+    apply_methods(llama, [LoraConfig(targets=("q", "v"))])
+    names = {n for n, m in llama.named_modules() if isinstance(m, LoraLinear)}
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
+    assert len(names) == 4
+
+
+def test_lora_rslora_scaling():
+    import math
+
+    from torch import nn
+
+    plain = LoraLinear(nn.Linear(8, 8), r=4, alpha=8, dropout=0.0, init="kaiming", rslora=False)
+    rs = LoraLinear(nn.Linear(8, 8), r=4, alpha=8, dropout=0.0, init="gaussian", rslora=True)
+    assert plain.scaling == 2.0
+    assert rs.scaling == pytest.approx(8 / math.sqrt(4))
+
+
+def test_alignment_replace_is_not_identity(tiny_t5, t5_batch):
+    base = logits(tiny_t5(), t5_batch)
+    model = tiny_t5()
+    apply_methods(model, [AlignmentConfig(mode="replace")])
+    adapter = getattr(model.encoder, ATTR)
+    assert adapter.gate is None
+    assert (logits(model, t5_batch) - base).abs().max() > 1e-3
+
+
+def _gated_alignment_model(make):
+    model = make()
+    if peft_state(model) is None:
+        apply_methods(model, [AlignmentConfig()])
+    adapter = getattr(model.encoder, ATTR)
+    assert isinstance(adapter, HyperAlignmentAdapter)
+    with torch.no_grad():
+        adapter.gate.fill_(1.0)
+        adapter.hyper.weight.normal_(std=0.1)
+    return model, adapter
+
+
+def test_alignment_hook_changes_encoder_outputs(tiny_t5, t5_batch):
+    base = tiny_t5()
+    model, _ = _gated_alignment_model(tiny_t5)
+    enc_in = {k: t5_batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        b = base.get_encoder()(**enc_in).last_hidden_state
+        a = model.get_encoder()(**enc_in).last_hidden_state
+        a_tuple = model.get_encoder()(**enc_in, return_dict=False)[0]
+    assert (a - b).abs().max() > 1e-3
+    torch.testing.assert_close(a_tuple, a, atol=0, rtol=0)
+
+
+def test_alignment_mask_excludes_padding(tiny_t5, t5_batch):
+    # The hypernetwork conditions on the masked mean, so padded tokens must not move row 1's
+    # real positions.
+    model, _ = _gated_alignment_model(tiny_t5)
+    enc = model.get_encoder()
+    ids, mask = t5_batch["input_ids"][1:], t5_batch["attention_mask"][1:]
+    other = ids.clone()
+    other[0, 5:] = 77  # change only padded tokens
+    with torch.no_grad():
+        x = enc(input_ids=ids, attention_mask=mask).last_hidden_state[:, :5]
+        y = enc(input_ids=other, attention_mask=mask).last_hidden_state[:, :5]
+    torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+
+
+def test_deep_copy_runs_its_own_alignment_adapter(tiny_t5, t5_batch):
+    # The encoder hook must find the copy's adapter, not the original's (copy.deepcopy keeps
+    # function objects, so a hook closing over the adapter would still run the original).
+    import copy
+
+    model = tiny_t5()
+    apply_methods(model, [AlignmentConfig()])
+    twin, adapter = _gated_alignment_model(lambda: copy.deepcopy(model))
+    assert (logits(twin, t5_batch) - logits(model, t5_batch)).abs().max() > 1e-3
+    calls = []
+    adapter.register_forward_hook(lambda *a: calls.append(1))
+    logits(twin, t5_batch)
+    assert calls
+
+
+def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
+    base = tiny_t5()
+    model, adapter = _gated_alignment_model(tiny_t5)
+    calls = []
+    adapter.register_forward_hook(lambda *a: calls.append(1))
+    kwargs = dict(
+        input_ids=t5_batch["input_ids"], attention_mask=t5_batch["attention_mask"], max_new_tokens=4,
+        do_sample=False, output_scores=True, return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        out_base = base.generate(**kwargs)
+        out = model.generate(**kwargs)
+    assert calls, "the alignment adapter did not run during generate()"
+    assert out.sequences.shape[0] == 2
+    assert (out.scores[0] - out_base.scores[0]).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+@cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5')])
+def test_applying_twice_raises(case):
+    model = case.build()
+    case.apply(model)
+    with pytest.raises(ModelError, match="already applied"):
+        case.apply(model)
+
+
+def test_alignment_on_llama_names_the_family(tiny_llama):
+    with pytest.raises(ModelError, match="llama"):
+        apply_methods(tiny_llama(), [AlignmentConfig()])
+
+
+def test_lora_targets_matching_nothing_lists_the_linears(tiny_t5):
+    with pytest.raises(ModelError) as err:
+        apply_methods(tiny_t5(), [LoraConfig(targets=("query",))])
+    msg = str(err.value)
+    assert "query" in msg
+    names = re.search(r"named: ([^(]*)", msg).group(1)
+    assert {"q", "wo"} <= {n.strip() for n in names.split(",")}
+
+
+def test_lora_unknown_stack_raises(tiny_t5):
+    with pytest.raises(ModelError, match="encdoer"):
+        apply_methods(tiny_t5(), [LoraConfig(stacks=("encdoer",))])
+
+
+def test_load_onto_another_base_raises(tiny_t5, tmp_path):
+    model = tiny_t5()
+    apply_methods(model, [LoraConfig(r=4)])
+    saved = {"name": "tiny-t5", "init": "random", "config": {"d_model": 32}}
+    other = {"name": "tiny-t5", "init": "random", "config": {"d_model": 64}}
+    save_adapter(model, tmp_path, base_model=saved)
+    with pytest.raises(ModelError) as err:
+        load_adapter(tiny_t5(), tmp_path, base_model=other)
+    msg = str(err.value)
+    assert "'d_model': 32" in msg and "'d_model': 64" in msg
+
+
+def test_load_without_manifest_raises(tiny_t5, tmp_path):
+    with pytest.raises(ModelError, match="no peftlab adapter"):
+        load_adapter(tiny_t5(), tmp_path)
+
+
+def test_save_without_methods_raises(tiny_t5, tmp_path):
+    with pytest.raises(ModelError, match="no peftlab methods"):
+        save_adapter(tiny_t5(), tmp_path, base_model=BASE)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config dispatch
+# ------------------------------------------------------------------------------------------------
+def test_config_dispatch_by_name():
+    cfg = from_dict(MethodConfig, {"name": "lora", "r": 4, "targets": ["q", "k"]})
+    assert cfg == LoraConfig(r=4, targets=("q", "k"))
+    assert isinstance(from_dict(MethodConfig, "alignment"), AlignmentConfig)
+    assert isinstance(from_dict(MethodConfig, {"name": "zero_shot"}), ZeroShotConfig)
+    assert from_dict(MethodConfig, {"name": "alignment", "hidden": 8}).hidden == 8
+
+
+@pytest.mark.parametrize("cfg", [LoraConfig(r=4, targets=("all-linear",)), AlignmentConfig(hidden=8), FullFineTuneConfig()])
+def test_config_round_trips_through_to_dict(cfg):
+    assert from_dict(MethodConfig, cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: LoraConfig(init="xavier"), "init"),
+        (lambda: LoraConfig(targets="q"), "targets"),
+        (lambda: LoraConfig(targets=()), "targets"),
+        (lambda: LoraConfig(dropout=1.0), "dropout"),
+        (lambda: AlignmentConfig(mode="gated"), "mode"),
+        (lambda: AlignmentConfig(hidden=0), "hidden"),
+    ],
+)
+def test_configs_validate_on_construction(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"name": "lorra"}, "did you mean 'lora'"),
+        ({"name": "lora", "alhpa": 3}, "did you mean 'alpha'"),
+        ({"name": "lora", "r": 0}, "r must be >= 1"),
+        ({"name": "lora", "r": "four"}, "expected an integer"),
+        ({"name": "alignment", "mode": "gated"}, "residual"),
+    ],
+)
+def test_config_errors(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(MethodConfig, data)
