@@ -49,6 +49,13 @@ def _method_key(config: MethodConfig, taken: dict) -> str:
     return key
 
 
+def _inject(model: nn.Module, config: MethodConfig, family, owned: dict) -> list[nn.Parameter]:
+    if config.trains_base:
+        return [p for p in model.parameters() if id(p) not in owned]
+    modules = config.apply(model, family)
+    return [p for m in modules if isinstance(m, AdapterModule) for p in m.adapter_parameters()]
+
+
 def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None) -> PeftState:
     """Freeze ``model``, inject ``configs`` in order, make only their parameters trainable."""
     from peftlab.models.arch import family_of
@@ -68,11 +75,12 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
     owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param
     for config in configs:
         key = _method_key(config, state.param_names)
-        if config.trains_base:
-            params = [p for p in model.parameters() if id(p) not in owned]
-        else:
-            modules = config.apply(model, family)
-            params = [p for m in modules if isinstance(m, AdapterModule) for p in m.adapter_parameters()]
+        try:
+            params = _inject(model, config, family, owned)
+        except Exception:
+            # the model is half-modified; record it so a retry says so instead of a confusing error
+            setattr(model, _ATTR, state)
+            raise
         for p in params:
             if id(p) in owned:
                 raise ModelError(f"methods {owned[id(p)]!r} and {key!r} both claim one parameter")
