@@ -149,3 +149,15 @@ def test_jsonl_writer_appends(tmp_path):
     w({"a": 1})
     w({"a": 2})
     assert [json.loads(x)["a"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_fp16_on_cpu_is_refused():
+    from peftlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 autocast needs a GPU"):
+        train(tiny_model(), BatchPlan(tiny_data(), 4, 0), spec(mixed_precision="fp16"), options=LoopOptions(progress=False))
+
+
+def test_bf16_autocast_trains_fp32_adapters():
+    model, res, rows = run(None, "bf", s=spec(mixed_precision="bf16", max_steps=3))
+    assert res.steps == 3 and all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from peftlab.data.seq2seq import BatchPlan, tokens_in
-from peftlab.errors import PeftlabError
+from peftlab.errors import ConfigError, PeftlabError
 from peftlab.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 
 
@@ -74,6 +74,10 @@ def _make_accelerator(spec):
     from accelerate import Accelerator
 
     cpu = spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' asked for, but torch sees no CUDA device")
+    if cpu and spec.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision: fp16 autocast needs a GPU; use bf16 (or no) on CPU")
     return Accelerator(mixed_precision=spec.mixed_precision, gradient_accumulation_steps=spec.grad_accum, cpu=cpu)
 
 

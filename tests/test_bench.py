@@ -1,0 +1,47 @@
+"""`peftlab compare`: several configs, one table; finished runs are reused, failed ones kept aside."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peftlab.bench import compare, markdown_table
+from peftlab.errors import ConfigError
+
+SMOKE = (Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml").read_text()
+FAST = ["train.max_steps=2", "data.max_train_examples=32", "data.max_eval_examples=4", "eval.max_examples=4",
+        "eval.max_new_tokens=4", "data.max_source_length=64"]
+
+
+def test_compare_runs_each_config_and_writes_the_table(tmp_path, capsys):
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "a_zero.yaml").write_text(SMOKE.replace("methods:\n", "label: zero\nmethods:\n  - name: zero_shot\nunused:\n"))
+    (cfgs / "b_lora.yaml").write_text(SMOKE)
+    # a_zero has an unknown key: nothing may run before every config is valid
+    with pytest.raises(ConfigError, match="a_zero.yaml:\\d+: unused"):
+        compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
+    assert not (tmp_path / "out").exists()
+    text = SMOKE.split("methods:")[0] + "label: zero\nmethods:\n  - name: zero_shot\ndata:" + SMOKE.split("data:")[1]
+    (cfgs / "a_zero.yaml").write_text(text)
+    rows = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
+    assert [r["method"] for r in rows] == ["zero", "LoRA r=8 + hyper alignment"]
+    assert rows[0]["trainable_params"] == 0 and rows[0]["steps"] == 0
+    out = capsys.readouterr().out
+    assert "| zero |" in out and "Trainable params" in out
+    for f in ("results.md", "results.json", "results.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    # a second compare reuses the finished runs (same metrics, no retraining)
+    before = json.loads((tmp_path / "out" / "b_lora" / "metrics.json").read_text())
+    again = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
+    assert again[1]["train_seconds"] == before["train_seconds"]
+
+
+def test_markdown_table_formats_missing_values():
+    t = markdown_table([{"method": "x", "trainable_params": 1234, "bleu": None}])
+    assert "| x | 1,234 |" in t and "–" in t
+
+
+def test_missing_config_path(tmp_path):
+    with pytest.raises(ConfigError, match="no such config"):
+        compare([tmp_path / "nope.yaml"], tmp_path / "o")
