@@ -72,7 +72,12 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 def _make_accelerator(spec):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    # accelerate keeps process-wide singletons; one process may run many configs (a bench) with
+    # different precision/accumulation, so start each from a clean state (the process group stays).
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     cpu = spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' asked for, but torch sees no CUDA device")
