@@ -63,10 +63,23 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
         rows.append(dict(metrics, config=str(path), run_dir=str(run_dir)))
     table = markdown_table(rows)
     print(table)
-    rundir.write_text(out / "results.md", table + "\n")
-    rundir.write_json(out / "results.json", rows)
+    meta = _meta(overrides)
+    rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{meta['device']}, {meta['date']}\n")
+    rundir.write_json(out / "results.json", {"meta": meta, "rows": rows})
     plot(rows, out / "results.png")
     return rows
+
+
+def _meta(overrides: Sequence[str]) -> dict:
+    import shlex
+    import sys
+
+    from peftlab.run import _device_name, _versions
+
+    argv = sys.argv if sys.argv and sys.argv[0].endswith("peftlab") else []
+    command = "peftlab " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else "peftlab.bench.compare"
+    return {"command": command, "overrides": list(overrides), "device": _device_name(), "versions": _versions(),
+            "date": rundir.now()}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -105,4 +118,4 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def load_results(out: Path) -> list[dict]:
-    return json.loads((out / "results.json").read_text())
+    return json.loads((out / "results.json").read_text())["rows"]

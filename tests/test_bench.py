@@ -31,6 +31,8 @@ def test_compare_runs_each_config_and_writes_the_table(tmp_path, capsys):
     assert "| zero |" in out and "Trainable params" in out
     for f in ("results.md", "results.json", "results.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+    meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]
+    assert {"command", "device", "versions", "date"} <= set(meta)
     # a second compare reuses the finished runs (same metrics, no retraining)
     before = json.loads((tmp_path / "out" / "b_lora" / "metrics.json").read_text())
     again = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
