@@ -32,6 +32,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--code", type=Path, required=True, help="a file with one Python function")
     g.add_argument("--func-name", default=None)
 
+    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA merged in)")
+    mg.add_argument("run_dir", type=Path)
+    mg.add_argument("--out", type=Path, required=True)
+
+    ex = sub.add_parser("export", help="write a finished run's LoRA adapter in HF peft's format")
+    ex.add_argument("run_dir", type=Path)
+    ex.add_argument("--out", type=Path, required=True)
+
     c = sub.add_parser("compare", help="run several configs and print one comparison table")
     c.add_argument("configs", nargs="+", type=Path, help="config files or directories of them")
     c.add_argument("--out", type=Path, required=True, help="directory for the runs and the table")
@@ -116,6 +124,20 @@ def _generate(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from peftlab.run import merge_run
+
+    print(merge_run(args.run_dir, args.out))
+    return 0
+
+
+def _export(args) -> int:
+    from peftlab.run import export_run
+
+    print(export_run(args.run_dir, args.out))
+    return 0
+
+
 def _compare(args) -> int:
     from peftlab.bench import compare
 
@@ -141,6 +163,7 @@ def _data(args) -> int:
 
 
 _COMMANDS = {"train": _train, "eval": _eval, "generate": _generate, "compare": _compare, "pretrain": _pretrain,
+             "merge": _merge, "export": _export,
              "data": _data}
 
 if __name__ == "__main__":

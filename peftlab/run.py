@@ -219,3 +219,24 @@ def _guess_name(code: str) -> str:
 
     m = re.search(r"^\s*(?:async\s+)?def\s+(\w+)", code, re.MULTILINE)
     return m.group(1) if m else ""
+
+
+def merge_run(run_dir: Path, out: Path) -> Path:
+    """Write a finished run as a plain HF model directory (LoRA merged into the weights)."""
+    from peftlab.methods.export import merged_model
+
+    cfg, loaded = load_trained(Path(run_dir))
+    model = merged_model(loaded.model)
+    out = rundir.create_plain(Path(out))
+    model.save_pretrained(str(out))
+    loaded.tokenizer.save_pretrained(str(out))
+    return out
+
+
+def export_run(run_dir: Path, out: Path) -> Path:
+    """Write a finished run's LoRA adapter in HF peft's format."""
+    from peftlab.methods.export import export_peft
+
+    cfg, loaded = load_trained(Path(run_dir))
+    out = rundir.create_plain(Path(out))
+    return export_peft(loaded.model, out, loaded.source)

@@ -50,6 +50,14 @@ def create(run_dir: Path) -> Path:
     return run_dir
 
 
+def create_plain(out: Path) -> Path:
+    """An output directory that must be new or empty (exports never overwrite anything)."""
+    if out.exists() and any(out.iterdir()):
+        raise RunDirError(f"{out}: already exists and is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def read_status(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / STATUS).read_text())

@@ -120,3 +120,53 @@ def test_bad_input_is_one_clear_message(tmp_path, capsys, override, message):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "peftlab.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "compare" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    assert main(["train", str(SMOKE), "--out", str(out), "--quiet", *FAST, "methods=[{name: lora, r: 4}]"]) == 0
+    return out
+
+
+def _logits(model):
+    import torch
+
+    x = torch.tensor([[5, 6, 7, 8, 1]])
+    with torch.no_grad():
+        return model(input_ids=x, decoder_input_ids=torch.tensor([[0, 9, 10]])).logits
+
+
+def test_merge_writes_a_plain_hf_model(lora_run, tmp_path):
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from peftlab.run import load_trained
+
+    assert main(["merge", str(lora_run), "--out", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged").eval()
+    AutoTokenizer.from_pretrained(tmp_path / "merged")
+    _, trained = load_trained(lora_run)
+    assert torch.allclose(_logits(merged), _logits(trained.model.eval()), atol=1e-5)
+
+
+def test_export_loads_in_peft(lora_run, tmp_path, capsys):
+    import torch
+    from peft import PeftModel
+
+    from peftlab.models.loading import load_model
+    from peftlab.run import base_model_record, load_run_config, load_trained
+
+    assert main(["export", str(lora_run), "--out", str(tmp_path / "peft")]) == 0
+    cfg = load_run_config(lora_run)
+    base = load_model(cfg.model, seed=base_model_record(cfg)["seed"]).model
+    theirs = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
+    _, ours = load_trained(lora_run)
+    assert torch.allclose(_logits(theirs), _logits(ours.model.eval()), atol=1e-5)
+    assert main(["export", str(lora_run), "--out", str(tmp_path / "peft")]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_merge_refuses_the_alignment_adapter(smoke_run, tmp_path, capsys):
+    assert main(["merge", str(smoke_run), "--out", str(tmp_path / "m")]) == 2
+    assert "also has alignment" in capsys.readouterr().err
