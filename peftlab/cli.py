@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one config into a run directory")
-    t.add_argument("config", type=Path)
+    t.add_argument("config", type=Path, nargs="?", help="the run config (omit with --resume)")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 methods.0.r=16")
     t.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,6 +91,18 @@ def _train(args) -> int:
     from peftlab.run import train_run
     from peftlab.schema import RunConfig
 
+    if args.resume:
+        from peftlab.errors import ConfigError
+        from peftlab.run import resume_run
+
+        if args.config or args.overrides or args.out:
+            raise ConfigError("--resume RUN_DIR takes no config, overrides or --out: the run's own config is used")
+        _print_metrics(resume_run(args.resume, progress=not args.quiet), args.resume)
+        return 0
+    if args.config is None:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError("train: give a CONFIG.yaml (or --resume RUN_DIR)")
     cfg = load_config(RunConfig, args.config, args.overrides)
     out = args.out or Path("runs") / args.config.stem
     metrics = train_run(cfg, out, progress=not args.quiet)

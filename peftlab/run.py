@@ -6,6 +6,7 @@ model, loads the saved adapter and re-scores a split; ``generate_one`` documents
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import random
@@ -55,8 +56,12 @@ def build(cfg: RunConfig):
     from peftlab.methods import apply_methods
     from peftlab.models.loading import load_model
 
+    import torch
+
     loaded = load_model(cfg.model, seed=cfg.train.seed)
-    state = apply_methods(loaded.model, cfg.methods, loaded.family)
+    with torch.random.fork_rng(devices=[]):  # method init (LoRA's A, ...) is a function of the seed alone
+        torch.manual_seed(cfg.train.seed + 1)
+        state = apply_methods(loaded.model, cfg.methods, loaded.family)
     return loaded, state
 
 
@@ -104,9 +109,38 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
     import yaml
 
     run_dir = rundir.create(Path(run_dir))
+    rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    return _finish(cfg, run_dir, progress, resume=False)
+
+
+def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
+    """Continue an interrupted run from its newest checkpoint (same config, same batches)."""
+    from peftlab.train.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    status = rundir.read_status(run_dir)
+    if not status:
+        raise rundir.RunDirError(f"{run_dir}: not a run directory (no status.json)")
+    if status.get("state") == "complete":
+        raise rundir.RunDirError(f"{run_dir}: already complete; nothing to resume")
+    cfg = load_run_config(run_dir)
+    ckpts = list_checkpoints(run_dir / rundir.CHECKPOINTS)
+    step = json.loads((ckpts[-1] / "state.json").read_text())["step"] if ckpts else 0
+    _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
+    rundir.set_status(run_dir, "running", resumed_from_step=step, error=None)
+    log.info("resuming %s from step %d", run_dir, step)
+    return _finish(cfg, run_dir, progress, resume=True)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        rundir.write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict:
     try:
-        rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
-        metrics = _train_and_score(cfg, run_dir, progress)
+        metrics = _train_and_score(cfg, run_dir, progress, resume)
     except BaseException as e:
         rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
         raise
@@ -115,7 +149,7 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
     return metrics
 
 
-def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
+def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool = False) -> dict:
     from peftlab.data.seq2seq import BatchPlan, encode_pairs
     from peftlab.methods.io import save_adapter
     from peftlab.train.loop import LoopOptions, jsonl_writer, result_dict, train
@@ -133,7 +167,9 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
         model, BatchPlan(train_enc, cfg.train.batch_size, pad, seed=cfg.train.seed), cfg.train,
         eval_plan=BatchPlan(eval_enc, cfg.eval.batch_size, pad, seed=0),
         log_row=jsonl_writer(run_dir / rundir.TRAIN_LOG),
-        options=LoopOptions(progress=progress, desc=cfg.display_name()),
+        options=LoopOptions(progress=progress, desc=cfg.display_name(), resume=resume,
+                            checkpoint_dir=run_dir / rundir.CHECKPOINTS if cfg.train.checkpoint_every else None,
+                            checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints),
     )
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
     test = load_examples(d, d.test_split, cfg.eval.max_examples)
@@ -164,8 +200,6 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool) -> dict:
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
-    import json
-
     rundir.write_text(run_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

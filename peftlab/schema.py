@@ -64,6 +64,8 @@ class TrainSpec:
     seed: int = 0
     log_every: int = 10  # optimizer steps between log rows
     eval_every: Optional[int] = None  # optimizer steps between validation-loss evals (and at the end)
+    checkpoint_every: Optional[int] = None  # optimizer steps between resumable checkpoints
+    keep_checkpoints: int = 2  # newest N kept; older ones pruned only after a new one is complete
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: Optional[int] = None  # torch CPU threads; None = torch's default
 

@@ -64,8 +64,9 @@ def save_checkpoint(
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
+    for stale in root.glob(".tmp-*"):  # left by a process killed mid-write; one writer per run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     save_file({n: p.detach().to("cpu").contiguous() for n, p in trainable.items()}, tmp / "trainable.safetensors")
