@@ -60,6 +60,7 @@ class TrainSpec:
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at max_steps
     max_grad_norm: Optional[float] = 1.0
+    skip_nonfinite: int = 0  # optimizer steps with a NaN/inf loss or gradient to skip before stopping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; trainable params stay fp32
     seed: int = 0
     log_every: int = 10  # optimizer steps between log rows

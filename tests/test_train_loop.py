@@ -133,8 +133,26 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
     with torch.no_grad():
         model.encoder.block[0].layer[0].SelfAttention.q.lora_a.fill_(float("nan"))
         model.encoder.block[0].layer[0].SelfAttention.q.lora_b.fill_(1.0)
-    with pytest.raises(TrainingError, match="non-finite loss nan at step 1"):
+    with pytest.raises(TrainingError, match="non-finite loss nan at step 1 .*last good checkpoint: none"):
         run(tmp_path, "n", model=model)
+
+
+def test_bad_batches_are_skipped_up_to_a_limit(tmp_path):
+    """A batch containing token 63 poisons the loss; with skip_nonfinite the run skips those steps."""
+    model = tiny_model()
+    emb = model.get_input_embeddings()
+    with torch.no_grad():
+        emb.weight[63] = float("inf")
+    data = tiny_data(24)
+    n_bad = sum(63 in x for x in data.input_ids)
+    assert n_bad > 0
+    rows = []
+    res = train(model, BatchPlan(data, 4, 0), spec(max_steps=6, skip_nonfinite=50), log_row=rows.append,
+                options=LoopOptions(progress=False))
+    skipped = [r for r in rows if "skipped" in r]
+    assert res.steps == 6 and skipped and all("non-finite" in r["skipped"] for r in skipped)
+    with pytest.raises(TrainingError, match="skip_nonfinite=0"):
+        train(model, BatchPlan(data, 4, 0), spec(max_steps=6), options=LoopOptions(progress=False))
 
 
 def test_nothing_to_train_is_zero_shot():

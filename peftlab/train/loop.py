@@ -168,28 +168,38 @@ def train(
     last_loss, eval_loss = None, None
     batches = plan.iterate(epoch, index)
     t0 = time.perf_counter()
+    skipped = 0
     while budget_left():
+        bad = None  # why this step's update must not happen
         for _ in range(spec.grad_accum):
             epoch, index, batch = next(batches)
             index += 1  # position of the *next* batch, what a resume must start from
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = model(**batch).loss
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"non-finite loss {float(loss)} at step {step + 1} (epoch {epoch}, batch {index - 1}); "
-                        f"last good checkpoint kept in {options.checkpoint_dir or 'none (checkpointing off)'}"
-                    )
-                accelerator.backward(loss)
-            window_loss += float(loss.detach())
-            window_n += 1
+                if torch.isfinite(loss):
+                    accelerator.backward(loss)
+                    window_loss += float(loss.detach())
+                    window_n += 1
+                else:  # keep consuming micro-batches so accumulation stays aligned
+                    bad = bad or f"non-finite loss {float(loss)} at step {step + 1} (epoch {epoch}, batch {index - 1})"
             n_tok = tokens_in(batch)
             window_tokens += n_tok
             tokens += n_tok
-        if spec.max_grad_norm:
+        if bad is None and spec.max_grad_norm:
             norm = accelerator.clip_grad_norm_(params, spec.max_grad_norm)
             if not torch.isfinite(norm):
-                raise TrainingError(f"non-finite gradient norm at step {step + 1}; update skipped, training stopped")
+                bad = f"non-finite gradient norm at step {step + 1} (epoch {epoch}, batch {index - 1})"
+        if bad is not None:
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            if skipped > spec.skip_nonfinite:
+                kept = list_checkpoints(options.checkpoint_dir) if options.checkpoint_dir else []
+                raise TrainingError(f"{bad}; stopped (train.skip_nonfinite={spec.skip_nonfinite}); last good "
+                                    f"checkpoint: {kept[-1] if kept else 'none'}")
+            log_row({"step": step + 1, "skipped": bad})
+            t0 = time.perf_counter()
+            continue
         for g in optimizer.param_groups:
             g["lr"] = spec.lr * lr_factor(step, elapsed, spec)
         optimizer.step()
