@@ -140,9 +140,13 @@ def test_non_finite_loss_stops_with_the_step(tmp_path):
 def test_bad_batches_are_skipped_up_to_a_limit(tmp_path):
     """A batch containing token 63 poisons the loss; with skip_nonfinite the run skips those steps."""
     model = tiny_model()
-    emb = model.get_input_embeddings()
-    with torch.no_grad():
-        emb.weight[63] = float("inf")
+
+    def poison(module, args, kwargs, output):
+        if (kwargs["input_ids"] == 63).any():
+            output.last_hidden_state = output.last_hidden_state * float("nan")
+        return output
+
+    model.encoder.register_forward_hook(poison, with_kwargs=True)
     data = tiny_data(24)
     n_bad = sum(63 in x for x in data.input_ids)
     assert n_bad > 0
