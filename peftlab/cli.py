@@ -111,6 +111,8 @@ def _train(args) -> int:
 
 
 def _print_metrics(m: dict, out: Path) -> None:
+    if not m:  # a non-main data-parallel process: the main one reports
+        return
     print(
         f"{m['method']}: trainable {m['trainable_params']:,} / {m['total_params']:,} ({m['trainable_pct']:.2f}%)  "
         f"BLEU {m['bleu']:.2f}  CodeXGLUE-BLEU {m['codexglue_bleu']:.2f}  ROUGE-L {m['rouge_l']:.2f}  "

@@ -108,9 +108,25 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
     """Train ``cfg`` into a fresh ``run_dir``; returns the metrics written to metrics.json."""
     import yaml
 
-    run_dir = rundir.create(Path(run_dir))
-    rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    run_dir = Path(run_dir)
+    if _is_main():
+        rundir.create(run_dir)
+        rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    _barrier()
     return _finish(cfg, run_dir, progress, resume=False)
+
+
+def _is_main() -> bool:
+    """True in the one process that writes files (always, without ``accelerate launch``/torchrun)."""
+    from peftlab.train.loop import process_state
+
+    return process_state().is_main_process
+
+
+def _barrier() -> None:
+    from peftlab.train.loop import process_state
+
+    process_state().wait_for_everyone()
 
 
 def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
@@ -126,8 +142,10 @@ def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
     cfg = load_run_config(run_dir)
     ckpts = list_checkpoints(run_dir / rundir.CHECKPOINTS)
     step = json.loads((ckpts[-1] / "state.json").read_text())["step"] if ckpts else 0
-    _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
-    rundir.set_status(run_dir, "running", resumed_from_step=step, error=None)
+    _barrier()  # every process has read the checkpoint list before the main one edits the log
+    if _is_main():
+        _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
+        rundir.set_status(run_dir, "running", resumed_from_step=step, error=None)
     log.info("resuming %s from step %d", run_dir, step)
     return _finish(cfg, run_dir, progress, resume=True)
 
@@ -139,13 +157,17 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict:
+    main = _is_main()
     try:
-        metrics = _train_and_score(cfg, run_dir, progress, resume)
+        metrics = _train_and_score(cfg, run_dir, progress and main, resume)
     except BaseException as e:
-        rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
+        if main:
+            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
         raise
-    rundir.write_json(run_dir / rundir.METRICS, metrics)
-    rundir.set_status(run_dir, "complete", finished=rundir.now())
+    if main:
+        rundir.write_json(run_dir / rundir.METRICS, metrics)
+        rundir.set_status(run_dir, "complete", finished=rundir.now())
+    _barrier()
     return metrics
 
 
@@ -166,11 +188,13 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     result = train(
         model, BatchPlan(train_enc, cfg.train.batch_size, pad, seed=cfg.train.seed), cfg.train,
         eval_plan=BatchPlan(eval_enc, cfg.eval.batch_size, pad, seed=0),
-        log_row=jsonl_writer(run_dir / rundir.TRAIN_LOG),
+        log_row=jsonl_writer(run_dir / rundir.TRAIN_LOG) if _is_main() else (lambda row: None),
         options=LoopOptions(progress=progress, desc=cfg.display_name(), resume=resume,
                             checkpoint_dir=run_dir / rundir.CHECKPOINTS if cfg.train.checkpoint_every else None,
                             checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints),
     )
+    if not _is_main():  # other data-parallel processes stop here; the main one saves and scores
+        return {}
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
     test = load_examples(d, d.test_split, cfg.eval.max_examples)
     text, rows = score(model, tok, cfg, test)

@@ -70,6 +70,13 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
 
 
+def process_state():
+    """accelerate's per-process state; on a machine without CUDA, launched processes use gloo."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _make_accelerator(spec):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -78,6 +85,7 @@ def _make_accelerator(spec):
     # different precision/accumulation, so start each from a clean state (the process group stays).
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    process_state()
     cpu = spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' asked for, but torch sees no CUDA device")
@@ -210,10 +218,13 @@ def train(
         window_time += now - t0
         progress.update(1)
         if step % spec.log_every == 0 or not budget_left():
+            if accelerator.num_processes > 1:  # log the global loss and throughput, not rank 0's share
+                t = accelerator.reduce(torch.tensor([window_loss, window_n, window_tokens], device=device, dtype=torch.float64), "sum")
+                window_loss, window_n, window_tokens = float(t[0]), int(t[1]), int(t[2])
             last_loss = window_loss / max(window_n, 1)
             row = {"step": step, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
                    "tokens_per_second": window_tokens / max(window_time, 1e-9), "elapsed": elapsed,
-                   "epoch": epoch, "tokens": tokens}
+                   "epoch": epoch, "tokens": tokens * accelerator.num_processes}
             progress.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
             if eval_plan is not None and spec.eval_every and step % spec.eval_every == 0:
                 eval_loss = row["eval_loss"] = evaluate_loss(model, eval_plan, accelerator)
