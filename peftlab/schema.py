@@ -69,6 +69,7 @@ class TrainSpec:
     keep_checkpoints: int = 2  # newest N kept; older ones pruned only after a new one is complete
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
 
     def __post_init__(self):
         if self.max_steps is None and self.max_seconds is None:

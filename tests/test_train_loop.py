@@ -183,3 +183,10 @@ def test_fp16_on_cpu_is_refused():
 def test_bf16_autocast_trains_fp32_adapters():
     model, res, rows = run(None, "bf", s=spec(mixed_precision="bf16", max_steps=3))
     assert res.steps == 3 and all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_gradient_checkpointing_gives_the_same_training():
+    _, _, plain = run(None, "p", s=spec(max_steps=3))
+    model, _, ckpt = run(None, "c", s=spec(max_steps=3, gradient_checkpointing=True))
+    assert model.is_gradient_checkpointing
+    assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-5)

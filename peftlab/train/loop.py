@@ -137,6 +137,9 @@ def train(
         torch.set_num_threads(spec.num_threads)
     params = [p for p in model.parameters() if p.requires_grad]
     model.to(device)
+    if getattr(spec, "gradient_checkpointing", False) and params:
+        # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not params:
         mem, kind = peak_memory(device)
         eval_loss = evaluate_loss(model, eval_plan, accelerator) if eval_plan else None
