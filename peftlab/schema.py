@@ -57,6 +57,7 @@ class TrainSpec:
     batch_size: int = 8  # per device, per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 1e-3
+    optimizer: Literal["adamw", "adafactor"] = "adamw"  # adafactor: RMS-scaled steps (T5 pretraining)
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at max_steps
     max_grad_norm: Optional[float] = 1.0

@@ -70,6 +70,23 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
 
 
+def make_optimizer(params: list, spec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (decay on matrices only), or Adafactor for T5 pretraining.
+
+    AdamW leaves a T5 trained from scratch stuck at unigram loss, ignoring its encoder (seen here,
+    and reported by nanoT5): T5's init spans std 1 (embeddings) to d^-0.5 (projections), and AdamW's
+    uniform step size suits neither. Adafactor scales each update by the parameter's RMS.
+    """
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if spec.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=spec.lr, scale_parameter=True, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(groups, lr=spec.lr, fused=device.type == "cuda")
+
+
 def process_state():
     """accelerate's per-process state; on a machine without CUDA, launched processes use gloo."""
     from accelerate import PartialState
@@ -145,13 +162,7 @@ def train(
         eval_loss = evaluate_loss(model, eval_plan, accelerator) if eval_plan else None
         return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train")
     torch.manual_seed(spec.seed)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=spec.lr,
-        fused=device.type == "cuda",
-    )
+    optimizer = make_optimizer(params, spec, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
