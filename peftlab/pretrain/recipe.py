@@ -215,6 +215,8 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
 def save_model(model, tok, out: Path, stats: dict) -> None:
     """Write the HF directory: bf16 safetensors, config, generation config, tokenizer, model card."""
     model = model.to(torch.bfloat16)
+    stats["logits_check"] = logits_check(model.float(), tok)  # of the bf16 weights, computed in fp32
+    model = model.to(torch.bfloat16)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(str(out), safe_serialization=True)
@@ -228,7 +230,31 @@ def save_model(model, tok, out: Path, stats: dict) -> None:
 def _hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {name}, {torch.get_num_threads()} threads"
+
+
+CHECK_TEXT = "def add(a, b):\n    return a + b\n"
+
+
+def logits_check(model, tok) -> dict:
+    """Logits on a fixed input, recorded beside the weights so a test can see they never drift."""
+    ids = torch.tensor([tok(CHECK_TEXT, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]])
+    model = model.float().eval()
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            logits = model(input_ids=ids, decoder_input_ids=ids[:, :4]).logits
+        else:
+            logits = model(input_ids=ids).logits
+    return {"text": CHECK_TEXT, "first": [round(float(v), 4) for v in logits[0, -1, :8]],
+            "sum": round(float(logits.double().sum()), 2), "argmax": logits[0].argmax(-1).tolist()}
 
 
 def _versions() -> dict:

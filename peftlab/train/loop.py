@@ -154,7 +154,7 @@ def train(
         torch.set_num_threads(spec.num_threads)
     params = [p for p in model.parameters() if p.requires_grad]
     model.to(device)
-    if getattr(spec, "gradient_checkpointing", False) and params:
+    if spec.gradient_checkpointing and params:
         # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not params:
