@@ -21,6 +21,7 @@ COLUMNS = [
     ("bleu", "BLEU", "{:.2f}"),
     ("codexglue_bleu", "CodeXGLUE BLEU", "{:.2f}"),
     ("rouge_l", "ROUGE-L", "{:.2f}"),
+    ("distinct_predictions", "Distinct outputs", "{:.0%}"),
     ("steps", "Steps", "{}"),
     ("train_seconds", "Train s", "{:.1f}"),
     ("tokens_per_second", "Tokens/s", "{:,.0f}"),
@@ -55,7 +56,7 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
     for path, cfg in loaded:
         run_dir = out / path.stem
         if rundir.read_status(run_dir).get("state") == "complete":
-            metrics = rundir.read_metrics(run_dir)
+            metrics = _backfill(rundir.read_metrics(run_dir), run_dir)
         else:
             if run_dir.exists():  # an interrupted or failed attempt: keep it aside, never delete it
                 run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
@@ -82,6 +83,15 @@ def _meta(overrides: Sequence[str]) -> dict:
             "date": rundir.now()}
 
 
+def _backfill(metrics: dict, run_dir: Path) -> dict:
+    """Fields added to metrics.json after a run was made, computed from the files it kept."""
+    preds = run_dir / rundir.PREDICTIONS
+    if "distinct_predictions" not in metrics and preds.exists():
+        outs = [json.loads(line)["prediction"] for line in preds.read_text().splitlines() if line.strip()]
+        metrics = dict(metrics, distinct_predictions=len(set(outs)) / max(len(outs), 1))
+    return metrics
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in COLUMNS) + "|"
@@ -93,24 +103,27 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """BLEU and ROUGE-L per method, with trainable parameters (log scale) beside them."""
+    """BLEU, CodeXGLUE BLEU and ROUGE-L per method, with trainable parameters (log scale) beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [r["method"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    x = range(len(rows))
-    w = 0.38
-    ax1.bar([i - w / 2 for i in x], [r["bleu"] for r in rows], w, label="BLEU")
-    ax1.bar([i + w / 2 for i in x], [r["rouge_l"] for r in rows], w, label="ROUGE-L")
-    ax1.set_xticks(list(x), names, rotation=20, ha="right")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    x = list(range(len(rows)))
+    w = 0.27
+    for i, (key, label) in enumerate([("bleu", "BLEU"), ("codexglue_bleu", "CodeXGLUE BLEU"), ("rouge_l", "ROUGE-L")]):
+        ax1.bar([j + (i - 1) * w for j in x], [r[key] for r in rows], w, label=label)
+    ax1.set_xticks(x, names, rotation=20, ha="right")
     ax1.set_ylabel("score")
     ax1.legend()
-    ax2.bar(list(x), [max(r["trainable_params"], 1) for r in rows], color="gray")
+    counts = [r["trainable_params"] for r in rows]
+    ax2.bar(x, [max(c, 1) for c in counts], color="gray")
+    for j, c in enumerate(counts):
+        ax2.annotate(f"{c:,}", (j, max(c, 1)), ha="center", va="bottom", fontsize=8)
     ax2.set_yscale("log")
-    ax2.set_xticks(list(x), names, rotation=20, ha="right")
+    ax2.set_xticks(x, names, rotation=20, ha="right")
     ax2.set_ylabel("trainable parameters")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

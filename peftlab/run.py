@@ -76,8 +76,11 @@ def score(model, tokenizer, cfg: RunConfig, examples) -> tuple[dict, list[dict]]
         model, tokenizer, sources, max_source_length=cfg.data.max_source_length,
         max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
         batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision,
+        no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size, repetition_penalty=cfg.eval.repetition_penalty,
     )
     metrics = text_metrics(preds, targets)
+    # a constant output can score well on smoothed sentence BLEU; this exposes it
+    metrics["distinct_predictions"] = len(set(preds)) / max(len(preds), 1)
     metrics["eval_seconds"] = time.perf_counter() - t0
     metrics["eval_examples"] = len(examples)
     rows = [{"func_name": e.func_name, "path": e.path, "line": e.line, "prediction": p, "reference": t}
@@ -210,7 +213,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "trainable_params_by_method": state.counts(model),
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
-        **{k: text[k] for k in ("bleu", "codexglue_bleu", "rouge_l")},
+        **{k: text[k] for k in ("bleu", "codexglue_bleu", "rouge_l", "distinct_predictions")},
         "test_split": d.test_split,
         "test_examples": text["eval_examples"],
         "eval_seconds": text["eval_seconds"],
@@ -267,7 +270,8 @@ def generate_one(run_dir: Path, code: str, func_name: Optional[str] = None) -> s
     (text,) = generate_texts(
         loaded.model, loaded.tokenizer, [src], max_source_length=cfg.data.max_source_length,
         max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
-        mixed_precision=cfg.train.mixed_precision,
+        mixed_precision=cfg.train.mixed_precision, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
+        repetition_penalty=cfg.eval.repetition_penalty,
     )
     return text
 

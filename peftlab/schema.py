@@ -85,6 +85,8 @@ class TrainSpec:
 class EvalSpec:
     num_beams: int = 1
     max_new_tokens: int = 48
+    no_repeat_ngram_size: int = 0  # >0 forbids repeating any n-gram of this size (0 = plain decoding)
+    repetition_penalty: float = 1.0
     batch_size: int = 16
     max_examples: Optional[int] = 200  # test examples scored; None = the whole split
 

@@ -19,6 +19,8 @@ def generate_texts(
     batch_size: int = 16,
     mixed_precision: str = "no",
     progress: bool = False,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Generate one completion per source; deterministic (greedy or beam search)."""
     from tqdm.auto import tqdm
@@ -44,6 +46,7 @@ def generate_texts(
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             gen = model.generate(
                 **batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
             )
         if causal:
