@@ -120,10 +120,13 @@ def _tokenizer(cfg: PretrainConfig, corpus, train_idx: list[int], out: Path):
     from peftlab.pretrain.tokenizer import save_tokenizer, train_tokenizer
 
     if cfg.tokenizer:
-        src = Path(cfg.tokenizer)
-        if not (src / "tokenizer.json").is_file():
-            raise ConfigError(f"tokenizer: {src} has no tokenizer.json")
-        tok = AutoTokenizer.from_pretrained(str(src))
+        from peftlab.models.loading import resolve_model_name
+
+        src = resolve_model_name(cfg.tokenizer) if not Path(cfg.tokenizer).is_dir() else cfg.tokenizer
+        try:
+            tok = AutoTokenizer.from_pretrained(str(src))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"tokenizer: cannot load a tokenizer from {cfg.tokenizer!r}: {e}") from None
     else:
         texts = (corpus.files[i].read_bytes().decode("utf-8") for i in train_idx)
         save_tokenizer(train_tokenizer(texts, cfg.vocab_size), out)
