@@ -75,11 +75,11 @@ def _meta(overrides: Sequence[str]) -> dict:
     import shlex
     import sys
 
-    from peftlab.run import _device_name, _versions
+    from peftlab.env import device_name, versions
 
     argv = sys.argv if sys.argv and sys.argv[0].endswith("peftlab") else []
     command = "peftlab " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else "peftlab.bench.compare"
-    return {"command": command, "overrides": list(overrides), "device": _device_name(), "versions": _versions(),
+    return {"command": command, "overrides": list(overrides), "device": device_name(), "versions": versions(),
             "date": rundir.now()}
 
 

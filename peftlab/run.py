@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import random
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Optional
 
 from peftlab import rundir
 from peftlab.config import from_dict, read_yaml, to_dict
+from peftlab.env import device_name, versions
 from peftlab.errors import DataError
 from peftlab.schema import DataSpec, RunConfig
 
@@ -86,25 +86,6 @@ def score(model, tokenizer, cfg: RunConfig, examples) -> tuple[dict, list[dict]]
     rows = [{"func_name": e.func_name, "path": e.path, "line": e.line, "prediction": p, "reference": t}
             for e, p, t in zip(examples, preds, targets)]
     return metrics, rows
-
-
-def _versions() -> dict:
-    import accelerate
-    import torch
-    import transformers
-
-    import peftlab
-
-    return {"peftlab": peftlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
-
-
-def _device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
@@ -221,8 +202,8 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "train_examples": len(train_enc),
         "truncated_sources": train_enc.truncated_sources,
         "truncated_targets": train_enc.truncated_targets,
-        "device": _device_name(),
-        "versions": _versions(),
+        "device": device_name(),
+        "versions": versions(),
     }
 
 

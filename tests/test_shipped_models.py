@@ -1,7 +1,6 @@
 """The models peftlab ships in models/: loadable by plain transformers, as their cards say, stable."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import shlex
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 
 from peftlab import rundir
 from peftlab.config import to_dict
+from peftlab.env import device_name, versions
 from peftlab.errors import ConfigError, DataError
 from peftlab.schema import TrainSpec
 
@@ -207,9 +207,9 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
         "steps": result.steps, "tokens_seen": result.tokens, "train_seconds": result.train_seconds,
         "tokens_per_second": result.tokens_per_second, "final_train_loss": result.final_loss,
         "heldout_loss": held_loss, "random_init_heldout_loss": random_twin_loss,
-        "hardware": _hardware(), "wall_seconds_this_invocation": time.time() - t_start,
+        "hardware": device_name(), "wall_seconds_this_invocation": time.time() - t_start,
         "command": command or "peftlab pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        "config": to_dict(cfg), "versions": _versions(),
+        "config": to_dict(cfg), "versions": versions(),
     }
     save_model(model, tok, out, stats)
     return stats
@@ -230,20 +230,6 @@ def save_model(model, tok, out: Path, stats: dict) -> None:
     rundir.write_text(out / "README.md", model_card(stats))
 
 
-def _hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU {name}, {torch.get_num_threads()} threads"
-
-
 CHECK_TEXT = "def add(a, b):\n    return a + b\n"
 
 
@@ -258,15 +244,6 @@ def logits_check(model, tok) -> dict:
             logits = model(input_ids=ids).logits
     return {"text": CHECK_TEXT, "first": [round(float(v), 4) for v in logits[0, -1, :8]],
             "sum": round(float(logits.double().sum()), 2), "argmax": logits[0].argmax(-1).tolist()}
-
-
-def _versions() -> dict:
-    import transformers
-
-    import peftlab
-
-    return {"peftlab": peftlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 def load_pretrain_config(path: Path, overrides=()) -> PretrainConfig:
