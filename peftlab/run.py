@@ -59,6 +59,11 @@ def build(cfg: RunConfig):
     import torch
 
     loaded = load_model(cfg.model, seed=cfg.train.seed)
+    if loaded.family.kind != "seq2seq":
+        from peftlab.errors import ModelError
+
+        raise ModelError(f"model.name: {cfg.model.name!r} is a {loaded.family.name} decoder; the code2doc task "
+                         f"runs on encoder-decoder models for now (decoder fine-tuning comes with the LLaMA work)")
     with torch.random.fork_rng(devices=[]):  # method init (LoRA's A, ...) is a function of the seed alone
         torch.manual_seed(cfg.train.seed + 1)
         state = apply_methods(loaded.model, cfg.methods, loaded.family)
