@@ -190,3 +190,10 @@ def test_gradient_checkpointing_gives_the_same_training():
     model, _, ckpt = run(None, "c", s=spec(max_steps=3, gradient_checkpointing=True))
     assert model.is_gradient_checkpointing
     assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
+
+
+def test_tokens_counted_once_for_decoders():
+    from peftlab.data.seq2seq import tokens_in
+
+    batch = {"input_ids": torch.ones(2, 5), "attention_mask": torch.ones(2, 5), "labels": torch.ones(2, 5)}
+    assert tokens_in(batch, encoder_decoder=False) == 10 and tokens_in(batch) == 20

@@ -118,9 +118,10 @@ class BatchPlan:
             epoch, index = epoch + 1, 0
 
 
-def tokens_in(batch: dict[str, torch.Tensor]) -> int:
-    """Source tokens (non-pad) plus target tokens: what tokens/s counts."""
+def tokens_in(batch: dict[str, torch.Tensor], encoder_decoder: bool = True) -> int:
+    """What tokens/s counts: source (non-pad) plus target tokens for an encoder-decoder; for a
+    decoder the labels are the inputs themselves, so only the inputs count."""
     n = int(batch["attention_mask"].sum())
-    if "labels" in batch:
+    if encoder_decoder and "labels" in batch:
         n += int((batch["labels"] != -100).sum())
     return n

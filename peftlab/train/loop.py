@@ -162,6 +162,7 @@ def train(
         eval_loss = evaluate_loss(model, eval_plan, accelerator) if eval_plan else None
         return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train")
     torch.manual_seed(spec.seed)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     optimizer = make_optimizer(params, spec, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
@@ -205,7 +206,7 @@ def train(
                     window_n += 1
                 else:  # keep consuming micro-batches so accumulation stays aligned
                     bad = bad or f"non-finite loss {float(loss)} at step {step + 1} (epoch {epoch}, batch {index - 1})"
-            n_tok = tokens_in(batch)
+            n_tok = tokens_in(batch, encoder_decoder)
             window_tokens += n_tok
             tokens += n_tok
         if bad is None and spec.max_grad_norm:
