@@ -170,3 +170,15 @@ def test_export_loads_in_peft(lora_run, tmp_path, capsys):
 def test_merge_refuses_the_alignment_adapter(smoke_run, tmp_path, capsys):
     assert main(["merge", str(smoke_run), "--out", str(tmp_path / "m")]) == 2
     assert "also has alignment" in capsys.readouterr().err
+
+
+def test_data_code2doc_builds_codexglue_jsonl(tmp_path, capsys):
+    out = tmp_path / "c2d"
+    assert main(["data", "code2doc", str(ROOT / "tests" / "fixtures" / "srctree"), "--out", str(out)]) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts["out"] == str(out) and sum(counts[s] for s in ("train", "valid", "test")) > 0
+    for split in ("train", "valid", "test"):
+        lines = (out / f"{split}.jsonl").read_text().splitlines()
+        assert len(lines) == counts[split]
+        assert all({"code", "docstring", "docstring_tokens", "func_name"} <= set(json.loads(x)) for x in lines)
+    assert main(["data", "code2doc", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2
