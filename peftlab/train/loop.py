@@ -209,6 +209,10 @@ def train(
             n_tok = tokens_in(batch, encoder_decoder)
             window_tokens += n_tok
             tokens += n_tok
+        if accelerator.num_processes > 1:  # every rank must skip, or none: they step together
+            flag = accelerator.reduce(torch.tensor([float(bad is not None)], device=device), "sum")
+            if float(flag) > 0 and bad is None:
+                bad = f"non-finite loss on another process at step {step + 1}"
         if bad is None and spec.max_grad_norm:
             norm = accelerator.clip_grad_norm_(params, spec.max_grad_norm)
             if not torch.isfinite(norm):
