@@ -160,6 +160,15 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
     return metrics
 
 
+def _load_trained(model, tensors: dict) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t.to(params[name].dtype))
+
+
 def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool = False) -> dict:
     from peftlab.data.seq2seq import BatchPlan, encode_pairs
     from peftlab.methods.io import save_adapter
@@ -184,6 +193,14 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     )
     if not _is_main():  # other data-parallel processes stop here; the main one saves and scores
         return {}
+    if result.gathered is not None:  # FSDP left the model sharded: score a whole copy with the trained tensors
+        del model
+        loaded, state = build(cfg)
+        model = loaded.model
+        _load_trained(model, result.gathered)
+        from peftlab.train.loop import process_state
+
+        model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
     test = load_examples(d, d.test_split, cfg.eval.max_examples)
     text, rows = score(model, tok, cfg, test)

@@ -71,6 +71,7 @@ class TrainSpec:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    strategy: Literal["auto", "fsdp"] = "auto"  # auto: DDP when launched on several processes; fsdp: shard
 
     def __post_init__(self):
         if self.max_steps is None and self.max_seconds is None:

@@ -18,11 +18,11 @@ def test_no_unpickling_in_the_package(pattern):
 def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     import torch
 
-    from peftlab.train.checkpoint import save_checkpoint
+    from peftlab.train.checkpoint import local_state, save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    path = save_checkpoint(tmp_path, 1, model, opt, {"epoch": 0, "index": 1, "elapsed": 0.0, "tokens": 0})
+    path = save_checkpoint(tmp_path, 1, *local_state(model, opt), {"epoch": 0, "index": 1, "elapsed": 0.0, "tokens": 0})
     assert sorted(p.name for p in path.iterdir()) == ["optimizer.safetensors", "state.json", "trainable.safetensors"]

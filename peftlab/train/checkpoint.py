@@ -42,24 +42,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> tuple[dict, dict]:
-    tensors, scalars = {}, {}
+def local_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
+    """Trainable tensors and optimizer state by parameter name, from an unsharded model."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    names = {id(p): n for n, p in trainable.items()}
+    per_param = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            st = optimizer.state.get(p, {})
-            for key, value in st.items():
-                name = f"{names[id(p)]}::{key}"
-                if torch.is_tensor(value):
-                    tensors[name] = value.detach().to("cpu").contiguous()
-                else:
-                    scalars[name] = value
-    return tensors, scalars
+            if optimizer.state.get(p):
+                per_param[names[id(p)]] = dict(optimizer.state[p])
+    return {n: p.detach() for n, p in trainable.items()}, per_param
 
 
-def save_checkpoint(
-    root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, keep: int = 2
-) -> Path:
-    """Write ``root/step-NNNNNNNN`` atomically and keep only the newest ``keep`` checkpoints."""
+def save_checkpoint(root: Path, step: int, weights: dict, per_param: dict, state: dict, keep: int = 2) -> Path:
+    """Write ``root/step-NNNNNNNN`` atomically and keep only the newest ``keep`` checkpoints.
+
+    ``weights``: trainable tensors by parameter name; ``per_param``: optimizer state by parameter
+    name (tensors go to safetensors as ``name::key``, scalars to state.json).
+    """
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -68,10 +68,14 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    save_file({n: p.detach().to("cpu").contiguous() for n, p in trainable.items()}, tmp / "trainable.safetensors")
-    names = {id(p): n for n, p in trainable.items()}
-    tensors, scalars = _optimizer_tensors(optimizer, names)
+    save_file({n: t.detach().to("cpu").contiguous() for n, t in weights.items()}, tmp / "trainable.safetensors")
+    tensors, scalars = {}, {}
+    for pname, st in per_param.items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pname}::{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars[f"{pname}::{key}"] = value
     save_file(tensors, tmp / "optimizer.safetensors")
     full_state = dict(state, step=step, rng=_rng_state(), optimizer_scalars=scalars)
     (tmp / "state.json").write_text(json.dumps(full_state))
@@ -94,30 +98,46 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(done, key=lambda p: p.name)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Restore weights (and optimizer moments, RNG) from ``path``; returns the saved state dict."""
+def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """``(state, weights, optimizer state per parameter name)`` as saved; no model needed."""
     from safetensors.torch import load_file
 
     state = json.loads((path / "state.json").read_text())
     weights = load_file(path / "trainable.safetensors")
+    per_param: dict[str, dict] = {}
+    items = list(load_file(path / "optimizer.safetensors").items()) + list(state.get("optimizer_scalars", {}).items())
+    for key_full, value in items:
+        pname, key = key_full.rsplit("::", 1)
+        per_param.setdefault(pname, {})[key] = value
+    return state, weights, per_param
+
+
+def check_fits(path: Path, weights: dict, model: torch.nn.Module) -> None:
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unexpected = [n for n in weights if n not in params]
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def restore_rng(state: dict) -> None:
+    _set_rng_state(state["rng"])
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore weights (and optimizer moments, RNG) of an unsharded model; returns the saved state."""
+    state, weights, per_param = read_checkpoint(path)
+    check_fits(path, weights, model)
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].dtype))
     if optimizer is not None:
-        per_param: dict[str, dict] = {}
-        items = list(load_file(path / "optimizer.safetensors").items()) + list(state.get("optimizer_scalars", {}).items())
-        for key_full, value in items:
-            pname, key = key_full.rsplit("::", 1)
-            per_param.setdefault(pname, {})[key] = value.to(params[pname].device) if torch.is_tensor(value) else value
         names = {id(p): n for n, p in params.items()}
         for group in optimizer.param_groups:
             for p in group["params"]:
-                if names[id(p)] in per_param:
-                    optimizer.state[p] = per_param[names[id(p)]]
-    _set_rng_state(state["rng"])
+                st = per_param.get(names[id(p)])
+                if st is not None:
+                    optimizer.state[p] = {k: v.to(p.device) if torch.is_tensor(v) else v for k, v in st.items()}
+    restore_rng(state)
     return state

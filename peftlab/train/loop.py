@@ -13,7 +13,7 @@ import json
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,7 +21,16 @@ import torch
 
 from peftlab.data.seq2seq import BatchPlan, tokens_in
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from peftlab.train import sharding
+from peftlab.train.checkpoint import (
+    check_fits,
+    list_checkpoints,
+    load_checkpoint,
+    local_state,
+    read_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 
 
 class TrainingError(PeftlabError):
@@ -39,6 +48,8 @@ class TrainResult:
     peak_memory_bytes: int
     peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process)
     stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
+    # under FSDP the model stays sharded: its trained tensors, whole, on the main process
+    gathered: Optional[dict] = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -163,22 +174,40 @@ def train(
         return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train")
     torch.manual_seed(spec.seed)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    optimizer = make_optimizer(params, spec, device)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    fsdp = sharding.fsdp_requested(spec) and accelerator.num_processes > 1
+    if fsdp:  # shard first: fully_shard swaps the parameters the optimizer must hold
+        sharding.shard(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = accelerator.prepare(make_optimizer(params, spec, device))
+    else:
+        model, optimizer = accelerator.prepare(model, make_optimizer(params, spec, device))
+    inner = model if fsdp else accelerator.unwrap_model(model)
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
     ckpts = list_checkpoints(options.checkpoint_dir) if options.checkpoint_dir else []
     if options.resume and ckpts:
-        saved = load_checkpoint(ckpts[-1], accelerator.unwrap_model(model), optimizer)
+        if fsdp:  # every process reads the files and keeps its own shard
+            saved, weights, per_param = read_checkpoint(ckpts[-1])
+            check_fits(ckpts[-1], weights, model)
+            sharding.load_sharded(model, optimizer, weights, per_param)
+            restore_rng(saved)
+        else:
+            saved = load_checkpoint(ckpts[-1], inner, optimizer)
         step, epoch, index = saved["step"], saved["epoch"], saved["index"]
         elapsed, tokens = saved["elapsed"], saved["tokens"]
 
     def checkpoint() -> None:
-        if options.checkpoint_dir and accelerator.is_main_process:
+        if not options.checkpoint_dir:
+            return
+        if fsdp:  # a collective: every process joins, the main one receives whole tensors
+            weights, per_param = sharding.gather_trainable(model), sharding.gather_optimizer(model, optimizer)
+        elif accelerator.is_main_process:
+            weights, per_param = local_state(inner, optimizer)
+        if accelerator.is_main_process:
             state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens}
-            save_checkpoint(options.checkpoint_dir, step, accelerator.unwrap_model(model), optimizer, state,
-                            options.keep_checkpoints)
+            save_checkpoint(options.checkpoint_dir, step, weights, per_param, state, options.keep_checkpoints)
+        accelerator.wait_for_everyone()
 
     def budget_left() -> bool:
         return (spec.max_steps is None or step < spec.max_steps) and (
@@ -264,7 +293,9 @@ def train(
         log_row({"step": step, "eval_loss": eval_loss})
     mem, kind = peak_memory(device)
     stopped = "max_steps" if spec.max_steps is not None and step >= spec.max_steps else "max_seconds"
-    return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped)
+    gathered = sharding.gather_trainable(model) if fsdp else None
+    return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped,
+                       gathered)
 
 
 def _progress(spec, start: int, options: LoopOptions):
@@ -275,7 +306,8 @@ def _progress(spec, start: int, options: LoopOptions):
 
 
 def result_dict(result: TrainResult) -> dict:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(result).items()}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in ((f.name, getattr(result, f.name)) for f in fields(result)) if k != "gathered"}
 
 
 def jsonl_writer(path: Path) -> Callable[[dict], None]:
