@@ -238,14 +238,19 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return from_dict(RunConfig, data, source=str(run_dir / rundir.CONFIG), lines=lines)
 
 
-def load_trained(run_dir: Path):
-    """A fresh base model with the run's saved adapter loaded: ``(cfg, LoadedModel)``."""
+def load_trained(run_dir: Path, *, full_precision: bool = False):
+    """A fresh base model with the run's saved adapter loaded: ``(cfg, LoadedModel)``.
+
+    ``full_precision``: load a quantized run's base unquantized (to merge or export into it)."""
+    import dataclasses
+
     from peftlab.methods.io import load_adapter
     from peftlab.models.loading import load_model
 
     rundir.require_complete(run_dir)
     cfg = load_run_config(run_dir)
-    loaded = load_model(cfg.model, seed=cfg.train.seed)
+    spec = dataclasses.replace(cfg.model, quantize="none") if full_precision else cfg.model
+    loaded = load_model(spec, seed=cfg.train.seed)
     load_adapter(loaded.model, run_dir / rundir.ADAPTER, base_model_record(cfg))
     return cfg, loaded
 
@@ -290,7 +295,7 @@ def merge_run(run_dir: Path, out: Path) -> Path:
     """Write a finished run as a plain HF model directory (LoRA merged into the weights)."""
     from peftlab.methods.export import merged_model
 
-    cfg, loaded = load_trained(Path(run_dir))
+    cfg, loaded = load_trained(Path(run_dir), full_precision=True)  # QLoRA: merge into the bf16/fp32 base
     model = merged_model(loaded.model)
     out = rundir.create_plain(Path(out))
     model.save_pretrained(str(out))
@@ -302,6 +307,6 @@ def export_run(run_dir: Path, out: Path) -> Path:
     """Write a finished run's LoRA adapter in HF peft's format."""
     from peftlab.methods.export import export_peft
 
-    cfg, loaded = load_trained(Path(run_dir))
+    cfg, loaded = load_trained(Path(run_dir), full_precision=True)
     out = rundir.create_plain(Path(out))
     return export_peft(loaded.model, out, loaded.source)

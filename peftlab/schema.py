@@ -21,6 +21,9 @@ class ModelSpec:
     tokenizer: Optional[str] = None  # defaults to the model's own tokenizer
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # frozen base weights' dtype
     revision: Optional[str] = None  # hub revision (commit, branch, tag)
+    quantize: Literal["none", "8bit", "4bit"] = "none"  # frozen base in bitsandbytes int8 / 4-bit (QLoRA)
+    quant_type: Literal["nf4", "fp4"] = "nf4"  # 4-bit data type
+    double_quant: bool = True  # 4-bit: quantize the quantization constants too (QLoRA)
 
 
 @dataclass(frozen=True)

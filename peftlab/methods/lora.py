@@ -8,6 +8,11 @@ A frozen linear map ``W`` (out × in) gets a trainable low-rank update::
 ``merge`` folds ``(α/r) B A`` into ``W`` for zero inference latency; ``unmerge`` takes it out.
 With ``rslora`` the scale is ``α / √r`` (Kalajdzievski, 2023). The wrapper keeps ``weight`` and
 ``bias`` under their original names, so base checkpoints still load strictly.
+
+QLoRA (Dettmers et al., 2023, arXiv:2305.14314): when ``W`` is a bitsandbytes 4-bit (NF4/FP4)
+or 8-bit layer, the wrapper calls it as ``base_layer`` (it dequantizes on the fly) and only ``A``,
+``B`` are trained, in full precision. Merging into a quantized ``W`` would re-quantize it (lossy),
+so it is refused; ``peftlab merge`` loads the base in full precision and merges there.
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ from peftlab.methods.base import AdapterModule, MethodConfig
 from peftlab.methods.targets import find_linears, replace_module
 
 
+def is_quantized(linear: nn.Module) -> bool:
+    """A bitsandbytes 4-bit or 8-bit linear layer (frozen base of QLoRA)."""
+    return type(linear).__module__.startswith("bitsandbytes") and type(linear).__name__ in ("Linear4bit", "Linear8bitLt")
+
+
 class LoraLinear(AdapterModule):
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init: str, rslora: bool):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight, self.bias = base.weight, base.bias  # frozen, original names
+        if is_quantized(base):
+            self.base_layer = base  # quantized weights stay inside their own module
+        else:
+            self.base_layer = None
+            self.weight, self.bias = base.weight, base.bias  # frozen, original names
         device = base.weight.device
         self.lora_a = nn.Parameter(torch.empty(r, self.in_features, device=device))  # (r, in)
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, r, device=device))  # (out, r)
@@ -48,7 +62,7 @@ class LoraLinear(AdapterModule):
         return (self.lora_b @ self.lora_a) * self.scaling  # (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias) if self.base_layer is None else self.base_layer(x)
         if self.merged:
             return y
         a, b = self.lora_a, self.lora_b
@@ -58,6 +72,9 @@ class LoraLinear(AdapterModule):
 
     @torch.no_grad()
     def merge(self) -> None:
+        if self.base_layer is not None:
+            raise ModelError("lora: cannot merge into a 4-bit/8-bit base without re-quantizing it (lossy); "
+                             "merge on the full-precision base instead (peftlab merge does)")
         if not self.merged:
             self.weight += self.delta_weight().to(self.weight.dtype)
             self.merged = True
@@ -103,7 +120,7 @@ class LoraConfig(MethodConfig):
         found = find_linears(model, family, self.targets, stacks=self.stacks, method="lora")
         wrapped = []
         for name, linear in found:
-            if isinstance(linear, LoraLinear) or type(linear) is not nn.Linear:
+            if isinstance(linear, LoraLinear) or (type(linear) is not nn.Linear and not is_quantized(linear)):
                 raise ModelError(f"lora: {name} is already wrapped ({type(linear).__name__})")
             module = LoraLinear(linear, self.r, self.alpha, self.dropout, self.init, self.rslora)
             replace_module(model, name, module)

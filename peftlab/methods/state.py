@@ -32,10 +32,21 @@ class PeftState:
         return sum(self.counts(model).values())
 
     def summary(self, model: nn.Module) -> str:
-        n, total = self.trainable_params(model), sum(p.numel() for p in model.parameters())
+        n, total = self.trainable_params(model), sum(logical_numel(p) for p in model.parameters())
         parts = ", ".join(f"{k} {v:,}" for k, v in self.counts(model).items())
         tail = f"  [{parts}]" if parts else ""
         return f"trainable {n:,} / {total:,} ({100 * n / max(total, 1):.2f}%){tail}"
+
+
+def logical_numel(p) -> int:
+    """Elements of the weight a parameter stands for (a 4-bit weight packs two per byte)."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    if shape is not None:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n
+    return p.numel()
 
 
 def peft_state(model: nn.Module) -> PeftState | None:
@@ -51,6 +62,9 @@ def _method_key(config: MethodConfig, taken: dict) -> str:
 
 def _inject(model: nn.Module, config: MethodConfig, family, owned: dict) -> list[nn.Parameter]:
     if config.trains_base:
+        if getattr(model, "hf_quantizer", None) is not None:
+            raise ModelError(f"{config.name}: a 4-bit/8-bit base cannot be trained in full (its weights are "
+                             f"integers); use model.quantize: none, or a PEFT method")
         return [p for p in model.parameters() if id(p) not in owned]
     modules = config.apply(model, family)
     return [p for m in modules if isinstance(m, AdapterModule) for p in m.adapter_parameters()]
@@ -71,6 +85,10 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
                 f"(supported: {', '.join(config.families)})"
             )
     model.requires_grad_(False)
+    if getattr(model, "hf_quantizer", None) is not None:
+        from peftlab.models.quantize import keep_trainable
+
+        keep_trainable(model)
     state = PeftState(configs=list(configs))
     owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param
     for config in configs:
@@ -90,6 +108,6 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
     for name, p in model.named_parameters():
         if id(p) in owned:
             state.param_names[owned[id(p)]].append(name)
-    state.total_params = sum(p.numel() for p in model.parameters())
+    state.total_params = sum(logical_numel(p) for p in model.parameters())
     setattr(model, _ATTR, state)
     return state

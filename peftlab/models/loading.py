@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.errors import ModelError
+from peftlab.models.quantize import quantization_config, quantized_device
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -90,14 +91,23 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
         if not hasattr(config, key):
             raise ModelError(f"model.config.{key}: {type(config).__name__} has no such field")
     dtype = getattr(torch, _DTYPES[spec.dtype])
+    quant = quantization_config(spec, dtype)
     if spec.init == "random":
         config.update(dict(spec.config))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = auto.from_config(config, dtype=dtype)
+        if quant is not None:  # quantize the drawn weights the way from_pretrained quantizes real ones
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(tmp)
+                model = auto.from_pretrained(tmp, dtype=dtype, quantization_config=quant,
+                                             device_map={"": quantized_device()})
     else:
+        kw = {} if quant is None else {"quantization_config": quant, "device_map": {"": quantized_device()}}
         try:
-            model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **dict(spec.config))
+            model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **kw, **dict(spec.config))
         except OSError as e:
             raise _hub_error(spec.name, e) from None
     tok_source = resolve_model_name(spec.tokenizer) if spec.tokenizer else source

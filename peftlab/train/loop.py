@@ -164,7 +164,8 @@ def train(
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     params = [p for p in model.parameters() if p.requires_grad]
-    model.to(device)
+    if getattr(model, "hf_quantizer", None) is None:  # a quantized base was placed when it was loaded
+        model.to(device)
     if spec.gradient_checkpointing and params:
         # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
