@@ -497,3 +497,24 @@ def test_configs_validate_on_construction(make, match):
 def test_config_errors(data, match):
     with pytest.raises(ConfigError, match=match):
         from_dict(MethodConfig, data)
+
+
+def test_a_failed_apply_leaves_the_model_exactly_as_given(tiny_t5):
+    """All or nothing: LoRA and the alignment adapter are injected, then a third method fails;
+    the model has its original modules, hooks, trainable flags and outputs, and takes methods again."""
+    model = tiny_t5()
+    model.lm_head.weight.requires_grad_(True)
+    before_types = {n: type(m) for n, m in model.named_modules()}
+    before_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ids = torch.randint(5, 100, (2, 8))
+    with torch.no_grad():
+        before = model(input_ids=ids, decoder_input_ids=ids).logits
+    with pytest.raises(ModelError, match="query"):
+        apply_methods(model, [LoraConfig(r=4), AlignmentConfig(), LoraConfig(targets=("query",))])
+    assert {n: type(m) for n, m in model.named_modules()} == before_types
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before_flags
+    assert not model.encoder._forward_hooks and peft_state(model) is None
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, decoder_input_ids=ids).logits, before)
+    state = apply_methods(model, [LoraConfig(r=4), AlignmentConfig()])
+    assert state.trainable_params(model) > 0

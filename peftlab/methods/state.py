@@ -70,6 +70,30 @@ def _inject(model: nn.Module, config: MethodConfig, family, owned: dict) -> list
     return [p for m in modules if isinstance(m, AdapterModule) for p in m.adapter_parameters()]
 
 
+_MODULE_DICTS = ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forward_hooks_with_kwargs",
+                 "_forward_hooks_always_called", "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs",
+                 "_backward_hooks", "_backward_pre_hooks")
+
+
+def _snapshot(model: nn.Module) -> list:
+    """Shallow copies of every module's children/params/hooks tables, and requires_grad flags:
+    enough to undo what methods do (replace modules, add modules/params, register hooks)."""
+    tables = [(m, name, dict(getattr(m, name))) for m in model.modules() for name in _MODULE_DICTS
+              if hasattr(m, name)]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    return [tables, flags]
+
+
+def _restore(snapshot: list) -> None:
+    tables, flags = snapshot
+    for module, name, saved in tables:
+        table = getattr(module, name)
+        table.clear()
+        table.update(saved)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
 def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None) -> PeftState:
     """Freeze ``model``, inject ``configs`` in order, make only their parameters trainable."""
     from peftlab.models.arch import family_of
@@ -84,27 +108,27 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
                 f"method {config.name!r} does not support the {family.name!r} family "
                 f"(supported: {', '.join(config.families)})"
             )
-    model.requires_grad_(False)
-    if getattr(model, "hf_quantizer", None) is not None:
-        from peftlab.models.quantize import keep_trainable
+    snapshot = _snapshot(model)
+    try:
+        model.requires_grad_(False)
+        if getattr(model, "hf_quantizer", None) is not None:
+            from peftlab.models.quantize import keep_trainable
 
-        keep_trainable(model)
-    state = PeftState(configs=list(configs))
-    owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param
-    for config in configs:
-        key = _method_key(config, state.param_names)
-        try:
+            keep_trainable(model)
+        state = PeftState(configs=list(configs))
+        owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param
+        for config in configs:
+            key = _method_key(config, state.param_names)
             params = _inject(model, config, family, owned)
-        except Exception:
-            # the model is half-modified; record it so a retry says so instead of a confusing error
-            setattr(model, _ATTR, state)
-            raise
-        for p in params:
-            if id(p) in owned:
-                raise ModelError(f"methods {owned[id(p)]!r} and {key!r} both claim one parameter")
-            owned[id(p)] = key
-            p.requires_grad_(True)
-        state.param_names[key] = []
+            for p in params:
+                if id(p) in owned:
+                    raise ModelError(f"methods {owned[id(p)]!r} and {key!r} both claim one parameter")
+                owned[id(p)] = key
+                p.requires_grad_(True)
+            state.param_names[key] = []
+    except BaseException:
+        _restore(snapshot)  # all or nothing: a failed apply leaves the model as it was given
+        raise
     for name, p in model.named_parameters():
         if id(p) in owned:
             state.param_names[owned[id(p)]].append(name)
