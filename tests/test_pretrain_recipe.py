@@ -92,3 +92,8 @@ def test_bad_corpus_and_tokenizer(tmp_path, corpus):
     PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(plain)
     with pytest.raises(DataError, match="sentinel"):
         pretrain(cfg("mini-t5", corpus, 2, [f"tokenizer={plain}"]), tmp_path / "o3", progress=False)
+
+
+def test_causal_window_longer_than_the_model_allows_names_the_field(corpus):
+    with pytest.raises(ConfigError, match=r"inputs_length.*max_position_embeddings: 32"):
+        cfg("mini-llama", corpus, 2, ["architecture.max_position_embeddings=32"])

@@ -51,6 +51,12 @@ class PretrainConfig:
             raise ValueError("architecture.model_type must be 't5' or 'llama'")
         if (self.objective == "span_corruption") != (self.architecture["model_type"] == "t5"):
             raise ValueError("span_corruption goes with model_type t5, causal with llama")
+        limit = self.architecture.get("max_position_embeddings")
+        if self.objective == "causal" and limit is not None and self.inputs_length > limit:
+            from peftlab.config import FieldError
+
+            raise FieldError("inputs_length", f"{self.inputs_length} tokens is longer than the model allows "
+                                              f"(architecture.max_position_embeddings: {limit})")
 
 
 def heldout(digest: str, percent: int) -> bool:
