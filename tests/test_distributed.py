@@ -44,6 +44,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
     b = load_file(ddp / "adapter" / "peftlab_adapter.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     m = json.loads((ddp / "metrics.json").read_text())
+    assert m["strategy"] == "ddp x2"
     assert m["steps"] == 4 and m["trainable_params"] == sum(v.numel() for v in b.values())
 
 
@@ -78,7 +79,14 @@ def test_fsdp_two_processes_equal_one_process_and_save_whole_adapters(tmp_path, 
     single = tmp_path / "single"
     assert main(["train", SMOKE, "--out", str(single), "--quiet", *ARGS, *extra, "train.grad_accum=2"]) == 0
     fsdp = tmp_path / "fsdp"
-    out = _torchrun(["train", SMOKE, "--out", str(fsdp), "--quiet", *ARGS, *extra, "train.strategy=fsdp"], 29612)
+    if method == "full":  # peftlab's own switch, under torchrun
+        out = _torchrun(["train", SMOKE, "--out", str(fsdp), "--quiet", *ARGS, *extra, "train.strategy=fsdp"], 29612)
+    else:  # accelerate's launcher and flag
+        out = subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+             "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", "29616", "-m", "peftlab.cli", "train", SMOKE, "--out", str(fsdp), "--quiet",
+             *ARGS, *extra], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _losses(fsdp) == pytest.approx(_losses(single), rel=1e-4)
     a = load_file(single / "adapter" / "peftlab_adapter.safetensors")
@@ -87,6 +95,7 @@ def test_fsdp_two_processes_equal_one_process_and_save_whole_adapters(tmp_path, 
     for k in a:  # whole tensors, not one process's shard
         assert a[k].shape == b[k].shape and torch.allclose(a[k], b[k], atol=1e-5), k
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (single, fsdp))
+    assert (ma["strategy"], mb["strategy"]) == ("single", "fsdp x2")
     assert mb["trainable_params"] == ma["trainable_params"]
     assert mb["codexglue_bleu"] == pytest.approx(ma["codexglue_bleu"], abs=1e-6)
 

@@ -48,6 +48,7 @@ class TrainResult:
     peak_memory_bytes: int
     peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process)
     stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
+    strategy: str = "single"  # "single", "ddp" or "fsdp", with the process count: "fsdp x2"
     # under FSDP the model stays sharded: its trained tensors, whole, on the main process
     gathered: Optional[dict] = field(default=None, repr=False)
 
@@ -183,6 +184,8 @@ def train(
     else:
         model, optimizer = accelerator.prepare(model, make_optimizer(params, spec, device))
     inner = model if fsdp else accelerator.unwrap_model(model)
+    n_proc = accelerator.num_processes
+    strategy = "single" if n_proc == 1 else f"{'fsdp' if fsdp else 'ddp'} x{n_proc}"
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
@@ -285,7 +288,8 @@ def train(
             checkpoint()
             progress.close()
             mem, kind = peak_memory(device)
-            return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, None, mem, kind, "halted")
+            return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, None, mem, kind, "halted",
+                               strategy)
         t0 = time.perf_counter()
     progress.close()
     checkpoint()
@@ -296,7 +300,7 @@ def train(
     stopped = "max_steps" if spec.max_steps is not None and step >= spec.max_steps else "max_seconds"
     gathered = sharding.gather_trainable(model) if fsdp else None
     return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped,
-                       gathered)
+                       strategy, gathered)
 
 
 def _progress(spec, start: int, options: LoopOptions):
