@@ -197,3 +197,28 @@ def test_tokens_counted_once_for_decoders():
 
     batch = {"input_ids": torch.ones(2, 5), "attention_mask": torch.ones(2, 5), "labels": torch.ones(2, 5)}
     assert tokens_in(batch, encoder_decoder=False) == 10 and tokens_in(batch) == 20
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_evaluate_loss_is_the_models_own_loss(kind, t5_batch, llama_batch):
+    """Validation/held-out loss = the training loss on the same batch (causal LMs shift by one)."""
+    from accelerate import Accelerator
+
+    from conftest import build_llama, build_t5
+    from peftlab.train.loop import evaluate_loss
+
+    model = build_t5() if kind == "t5" else build_llama()
+    batch = t5_batch if kind == "t5" else llama_batch
+    if "labels" not in batch:
+        batch = {**batch, "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
+
+    class OneBatch:
+        def epoch_batches(self, epoch):
+            return [[0]]
+
+        def make_batch(self, rows, epoch):
+            return batch
+
+    with torch.no_grad():
+        expected = float(model(**batch).loss)
+    assert evaluate_loss(model, OneBatch(), Accelerator(cpu=True)) == pytest.approx(expected, rel=1e-5)

@@ -206,12 +206,16 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
     if result.stopped_by == "halted":
         return {"name": cfg.name, "halted_at_step": result.steps, "checkpoints": str(work)}
     held_loss = evaluate_loss(model, held_plan, accel, cfg.eval_batches)
+    final_loss = result.final_loss
+    if final_loss is None:  # resumed at the end of the budget: the last logged window's loss
+        rows = [json.loads(ln) for ln in (out / rundir.TRAIN_LOG).read_text().splitlines() if '"loss"' in ln]
+        final_loss = rows[-1]["loss"] if rows else None
     stats = {
         "name": cfg.name, "objective": cfg.objective, "parameters": n_params, "vocab_size": len(tok),
         "corpus": {**corpus.summary(), "heldout_files": len(held), "train_files": len(train_idx),
                    "train_tokens": corpus_tokens},
         "steps": result.steps, "tokens_seen": result.tokens, "train_seconds": result.train_seconds,
-        "tokens_per_second": result.tokens_per_second, "final_train_loss": result.final_loss,
+        "tokens_per_second": result.tokens_per_second, "final_train_loss": final_loss,
         "heldout_loss": held_loss, "random_init_heldout_loss": random_twin_loss,
         "hardware": device_name(), "wall_seconds_this_invocation": time.time() - t_start,
         "command": command or "peftlab pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:]),

@@ -137,7 +137,7 @@ def evaluate_loss(model, plan: BatchPlan, accelerator, max_batches: Optional[int
         with accelerator.autocast():
             logits = model(**batch).logits.float()
         labels = batch["labels"]
-        if logits.shape[1] != labels.shape[1]:  # causal LM: predict token t+1 from t
+        if not model.config.is_encoder_decoder:  # causal LM: logits at t predict token t+1
             logits, labels = logits[:, :-1], labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
