@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if getattr(args, "quiet", False):  # no progress bars at all, transformers' weight loading's included
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return _COMMANDS[args.command](args)
     except PeftlabError as e:

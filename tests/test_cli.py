@@ -108,6 +108,7 @@ def test_failed_run_is_marked_and_not_mistaken_for_finished(tmp_path, capsys):
         ("train.max_step=3", "did you mean 'max_steps'"),
         ("methods.0.targets=[nope]", "match no linear layer"),
         ("data.template='{oops}'", "override \"data.template='{oops}'\": data.template: prompt template uses unknown field {oops}"),
+        ("model={name: mini-llama}", "'mini-llama' is a llama decoder; the code2doc task runs on encoder-decoder"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, capsys, override, message):

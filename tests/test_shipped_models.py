@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [("mini-t5", "AutoModelForSeq2SeqLM")]
+SHIPPED = [("mini-t5", "AutoModelForSeq2SeqLM"), ("mini-llama", "AutoModelForCausalLM")]
 
 
 @pytest.fixture(scope="module", params=SHIPPED, ids=[s[0] for s in SHIPPED])

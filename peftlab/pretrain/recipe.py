@@ -228,12 +228,11 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
 def save_model(model, tok, out: Path, stats: dict) -> None:
     """Write the HF directory: bf16 safetensors, config, generation config, tokenizer, model card."""
     model = model.to(torch.bfloat16)
-    stats["logits_check"] = logits_check(model.float(), tok)  # of the bf16 weights, computed in fp32
-    model = model.to(torch.bfloat16)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
+    stats["logits_check"] = reloaded_logits_check(out)
     rundir.write_json(out / "pretrain_stats.json", stats)
     from peftlab.pretrain.card import model_card
 
@@ -241,6 +240,16 @@ def save_model(model, tok, out: Path, stats: dict) -> None:
 
 
 CHECK_TEXT = "def add(a, b):\n    return a + b\n"
+
+
+def reloaded_logits_check(model_dir: Path) -> dict:
+    """``logits_check`` of the directory as plain transformers loads it (buffers such as RoPE's
+    inverse frequencies are rebuilt at load time, so the in-memory model is not the reference)."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    auto = transformers.AutoModelForSeq2SeqLM if config.is_encoder_decoder else transformers.AutoModelForCausalLM
+    return logits_check(auto.from_pretrained(model_dir), transformers.AutoTokenizer.from_pretrained(model_dir))
 
 
 def logits_check(model, tok) -> dict:
