@@ -128,6 +128,7 @@ def evaluate_loss(model, plan: BatchPlan, accelerator, max_batches: Optional[int
     """Token-level mean cross-entropy over a split (one pass, fixed order)."""
     was_training = model.training
     model.eval()
+    causal_shift = not accelerator.unwrap_model(model).config.is_encoder_decoder
     total, count = 0.0, 0
     for i, rows in enumerate(plan.epoch_batches(0)):
         if max_batches is not None and i >= max_batches:
@@ -137,7 +138,7 @@ def evaluate_loss(model, plan: BatchPlan, accelerator, max_batches: Optional[int
         with accelerator.autocast():
             logits = model(**batch).logits.float()
         labels = batch["labels"]
-        if not model.config.is_encoder_decoder:  # causal LM: logits at t predict token t+1
+        if causal_shift:  # causal LM: logits at t predict token t+1 (seq2seq: label t)
             logits, labels = logits[:, :-1], labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
@@ -146,6 +147,45 @@ def evaluate_loss(model, plan: BatchPlan, accelerator, max_batches: Optional[int
         count += int((labels != -100).sum())
     model.train(was_training)
     return total / max(count, 1)
+
+
+class _Parallel:
+    """The model and optimizer as the processes share them: one process, DDP (accelerate wraps
+    the model), or FSDP (peftlab shards it); and how a checkpoint leaves and re-enters them."""
+
+    def __init__(self, model, params, spec, accelerator):
+        self.accelerator = accelerator
+        n = accelerator.num_processes
+        self.fsdp = sharding.fsdp_requested(spec) and n > 1
+        if self.fsdp:  # shard first: fully_shard swaps the parameters the optimizer must hold
+            sharding.shard(model)
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.model, self.optimizer = model, accelerator.prepare(make_optimizer(params, spec, accelerator.device))
+        else:
+            self.model, self.optimizer = accelerator.prepare(model, make_optimizer(params, spec, accelerator.device))
+        self.params = params  # what the optimizer steps and the clipping measures
+        self.inner = self.model if self.fsdp else accelerator.unwrap_model(self.model)
+        self.strategy = "single" if n == 1 else f"{'fsdp' if self.fsdp else 'ddp'} x{n}"
+
+    def restore(self, path: Path) -> dict:
+        if not self.fsdp:
+            return load_checkpoint(path, self.inner, self.optimizer)
+        saved, weights, per_param = read_checkpoint(path)  # every process reads; each keeps its shard
+        check_fits(path, weights, self.model)
+        sharding.load_sharded(self.model, self.optimizer, weights, per_param)
+        restore_rng(saved)
+        return saved
+
+    def save(self, root: Path, step: int, state: dict, keep: int) -> None:
+        main = self.accelerator.is_main_process
+        if self.fsdp:  # a collective: every process joins, the main one receives whole tensors
+            weights = sharding.gather_trainable(self.model)
+            per_param = sharding.gather_optimizer(self.model, self.optimizer)
+        elif main:
+            weights, per_param = local_state(self.inner, self.optimizer)
+        if main:
+            save_checkpoint(root, step, weights, per_param, state, keep)
+        self.accelerator.wait_for_everyone()
 
 
 def train(
@@ -176,42 +216,21 @@ def train(
         return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train")
     torch.manual_seed(spec.seed)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    fsdp = sharding.fsdp_requested(spec) and accelerator.num_processes > 1
-    if fsdp:  # shard first: fully_shard swaps the parameters the optimizer must hold
-        sharding.shard(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = accelerator.prepare(make_optimizer(params, spec, device))
-    else:
-        model, optimizer = accelerator.prepare(model, make_optimizer(params, spec, device))
-    inner = model if fsdp else accelerator.unwrap_model(model)
-    n_proc = accelerator.num_processes
-    strategy = "single" if n_proc == 1 else f"{'fsdp' if fsdp else 'ddp'} x{n_proc}"
+    par = _Parallel(model, params, spec, accelerator)
+    model, optimizer, params = par.model, par.optimizer, par.params
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
     ckpts = list_checkpoints(options.checkpoint_dir) if options.checkpoint_dir else []
     if options.resume and ckpts:
-        if fsdp:  # every process reads the files and keeps its own shard
-            saved, weights, per_param = read_checkpoint(ckpts[-1])
-            check_fits(ckpts[-1], weights, model)
-            sharding.load_sharded(model, optimizer, weights, per_param)
-            restore_rng(saved)
-        else:
-            saved = load_checkpoint(ckpts[-1], inner, optimizer)
+        saved = par.restore(ckpts[-1])
         step, epoch, index = saved["step"], saved["epoch"], saved["index"]
         elapsed, tokens = saved["elapsed"], saved["tokens"]
 
     def checkpoint() -> None:
-        if not options.checkpoint_dir:
-            return
-        if fsdp:  # a collective: every process joins, the main one receives whole tensors
-            weights, per_param = sharding.gather_trainable(model), sharding.gather_optimizer(model, optimizer)
-        elif accelerator.is_main_process:
-            weights, per_param = local_state(inner, optimizer)
-        if accelerator.is_main_process:
+        if options.checkpoint_dir:
             state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens}
-            save_checkpoint(options.checkpoint_dir, step, weights, per_param, state, options.keep_checkpoints)
-        accelerator.wait_for_everyone()
+            par.save(options.checkpoint_dir, step, state, options.keep_checkpoints)
 
     def budget_left() -> bool:
         return (spec.max_steps is None or step < spec.max_steps) and (
@@ -289,7 +308,7 @@ def train(
             progress.close()
             mem, kind = peak_memory(device)
             return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, None, mem, kind, "halted",
-                               strategy)
+                               par.strategy)
         t0 = time.perf_counter()
     progress.close()
     checkpoint()
@@ -298,9 +317,9 @@ def train(
         log_row({"step": step, "eval_loss": eval_loss})
     mem, kind = peak_memory(device)
     stopped = "max_steps" if spec.max_steps is not None and step >= spec.max_steps else "max_seconds"
-    gathered = sharding.gather_trainable(model) if fsdp else None
+    gathered = sharding.gather_trainable(model) if par.fsdp else None
     return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped,
-                       strategy, gathered)
+                       par.strategy, gathered)
 
 
 def _progress(spec, start: int, options: LoopOptions):
