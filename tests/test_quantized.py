@@ -111,3 +111,11 @@ def test_qlora_run_with_gradient_checkpointing_then_merge_into_the_full_precisio
     b = batch()
     with torch.no_grad():
         assert torch.allclose(merged(**b).logits, ref(**b).logits, atol=1e-4)
+
+
+def test_fsdp_refuses_a_quantized_base():
+    from peftlab.errors import ConfigError
+    from peftlab.train.sharding import shard
+
+    with pytest.raises(ConfigError, match="cannot shard a 4-bit/8-bit base"):
+        shard(load_model(spec("4bit"), seed=0).model)

@@ -40,6 +40,9 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     """Shard ``model`` in place over every process (one unit per block, then the root)."""
     from torch.distributed.fsdp import fully_shard
 
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise ConfigError("train.strategy: fsdp cannot shard a 4-bit/8-bit base (bitsandbytes weights are not "
+                          "shardable tensors); train a quantized base data-parallel (strategy: auto)")
     blocks = block_classes(model)
     for module in list(model.modules()):
         if type(module) in blocks:
