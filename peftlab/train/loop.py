@@ -158,9 +158,13 @@ class _Parallel:
         n = accelerator.num_processes
         self.fsdp = sharding.fsdp_requested(spec) and n > 1
         if self.fsdp:  # shard first: fully_shard swaps the parameters the optimizer must hold
+            if spec.mixed_precision == "fp16":
+                raise ConfigError("train.mixed_precision: fp16 under train.strategy fsdp needs a sharded loss "
+                                  "scaler; use bf16 (or no)")
             sharding.shard(model)
             params = [p for p in model.parameters() if p.requires_grad]
-            self.model, self.optimizer = model, accelerator.prepare(make_optimizer(params, spec, accelerator.device))
+            # the optimizer stays ours: accelerate's FSDP2 prepare() insists on wrapping the model too
+            self.model, self.optimizer = model, make_optimizer(params, spec, accelerator.device)
         else:
             self.model, self.optimizer = accelerator.prepare(model, make_optimizer(params, spec, accelerator.device))
         self.params = params  # what the optimizer steps and the clipping measures
