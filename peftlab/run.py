@@ -160,15 +160,6 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
     return metrics
 
 
-def _load_trained(model, tensors: dict) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, t in tensors.items():
-            params[name].copy_(t.to(params[name].dtype))
-
-
 def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool = False) -> dict:
     from peftlab.data.seq2seq import BatchPlan, encode_pairs
     from peftlab.methods.io import save_adapter
@@ -197,9 +188,10 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         del model
         loaded, state = build(cfg)
         model = loaded.model
-        _load_trained(model, result.gathered)
+        from peftlab.train.checkpoint import copy_into
         from peftlab.train.loop import process_state
 
+        copy_into(model, result.gathered)
         model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
     test = load_examples(d, d.test_split, cfg.eval.max_examples)

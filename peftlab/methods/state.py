@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.models.quantize import is_quantized_model, keep_trainable
 
 _ATTR = "_peftlab_state"
 
@@ -41,12 +43,7 @@ class PeftState:
 def logical_numel(p) -> int:
     """Elements of the weight a parameter stands for (a 4-bit weight packs two per byte)."""
     shape = getattr(getattr(p, "quant_state", None), "shape", None)
-    if shape is not None:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        return n
-    return p.numel()
+    return math.prod(int(d) for d in shape) if shape is not None else p.numel()
 
 
 def peft_state(model: nn.Module) -> PeftState | None:
@@ -62,7 +59,7 @@ def _method_key(config: MethodConfig, taken: dict) -> str:
 
 def _inject(model: nn.Module, config: MethodConfig, family, owned: dict) -> list[nn.Parameter]:
     if config.trains_base:
-        if getattr(model, "hf_quantizer", None) is not None:
+        if is_quantized_model(model):
             raise ModelError(f"{config.name}: a 4-bit/8-bit base cannot be trained in full (its weights are "
                              f"integers); use model.quantize: none, or a PEFT method")
         return [p for p in model.parameters() if id(p) not in owned]
@@ -111,9 +108,7 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
     snapshot = _snapshot(model)
     try:
         model.requires_grad_(False)
-        if getattr(model, "hf_quantizer", None) is not None:
-            from peftlab.models.quantize import keep_trainable
-
+        if is_quantized_model(model):
             keep_trainable(model)
         state = PeftState(configs=list(configs))
         owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param

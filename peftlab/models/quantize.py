@@ -38,7 +38,8 @@ def quantized_device() -> str:
     return "cpu"
 
 
-def is_quantized(model) -> bool:
+def is_quantized_model(model) -> bool:
+    """Loaded with a bitsandbytes quantization config (its linears are 4-bit/8-bit)."""
     return getattr(model, "hf_quantizer", None) is not None
 
 

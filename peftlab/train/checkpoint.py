@@ -124,14 +124,20 @@ def restore_rng(state: dict) -> None:
     _set_rng_state(state["rng"])
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    """Restore weights (and optimizer moments, RNG) of an unsharded model; returns the saved state."""
-    state, weights, per_param = read_checkpoint(path)
-    check_fits(path, weights, model)
+def copy_into(model: torch.nn.Module, weights: dict) -> None:
+    """Copy tensors by parameter name into ``model`` (cast to each parameter's dtype)."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].dtype))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore weights (and optimizer moments, RNG) of an unsharded model; returns the saved state."""
+    state, weights, per_param = read_checkpoint(path)
+    check_fits(path, weights, model)
+    copy_into(model, weights)
+    params = dict(model.named_parameters())
     if optimizer is not None:
         names = {id(p): n for n, p in params.items()}
         for group in optimizer.param_groups:

@@ -21,6 +21,7 @@ import torch
 
 from peftlab.data.seq2seq import BatchPlan, tokens_in
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.models.quantize import is_quantized_model
 from peftlab.train import sharding
 from peftlab.train.checkpoint import (
     check_fits,
@@ -209,7 +210,7 @@ def train(
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     params = [p for p in model.parameters() if p.requires_grad]
-    if getattr(model, "hf_quantizer", None) is None:  # a quantized base was placed when it was loaded
+    if not is_quantized_model(model):  # a quantized base was placed when it was loaded
         model.to(device)
     if spec.gradient_checkpointing and params:
         # non-reentrant checkpointing needs no input that requires grad (the embeddings are frozen)

@@ -20,6 +20,7 @@ import os
 import torch
 
 from peftlab.errors import ConfigError
+from peftlab.models.quantize import is_quantized_model
 
 
 def fsdp_requested(spec) -> bool:
@@ -40,7 +41,7 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     """Shard ``model`` in place over every process (one unit per block, then the root)."""
     from torch.distributed.fsdp import fully_shard
 
-    if getattr(model, "hf_quantizer", None) is not None:
+    if is_quantized_model(model):
         raise ConfigError("train.strategy: fsdp cannot shard a 4-bit/8-bit base (bitsandbytes weights are not "
                           "shardable tensors); train a quantized base data-parallel (strategy: auto)")
     blocks = block_classes(model)
