@@ -25,11 +25,41 @@ class Family:
     hidden_size: str  # config attribute with the model width
     num_heads: str
     default_lora_targets: tuple[str, ...]
+    # Sub-layer modules inside a block, by leaf name (hook points 2 and 3 of DESIGN.md):
+    # attention kind ("self", "cross") -> leaf name of the attention module (it owns q/k/v/o),
+    attention: dict[str, str] = field(default_factory=dict)
+    # the FFN module's leaf name (its forward maps the normed hidden state to the FFN output),
+    ffn: str = ""
+    # leaf names of the norms inside a block (before each sub-layer), and dotted paths of the
+    # stacks' final norms
+    norms: tuple[str, ...] = ()
+    final_norms: tuple[str, ...] = ()
+    embeddings: str = ""  # dotted path of the input embedding module (shared by T5's stacks)
     # Config keys that make a tiny random model of this family for tests.
     tiny_config: dict = field(default_factory=dict)
 
     def leaf_names(self, role: str) -> tuple[str, ...]:
         return self.linear_roles.get(role, ())
+
+    def blocks(self, model, stacks=None) -> list[tuple[str, int, "object"]]:
+        """``(stack, index, block)`` for every transformer block, bottom to top per stack."""
+        out = []
+        for stack, path in self.stacks.items():
+            if stacks is None or stack in stacks:
+                out += [(stack, i, b) for i, b in enumerate(model.get_submodule(path))]
+        return out
+
+    def sublayers(self, block, kind: str) -> list[tuple[str, "object"]]:
+        """``(dotted name inside block, module)`` of a block's attention modules of ``kind``
+        ("self"/"cross"), or of its FFN (``kind="ffn"``); [] where the block has none."""
+        leaf = self.ffn if kind == "ffn" else self.attention.get(kind)
+        if not leaf:
+            return []
+        return [(n, m) for n, m in block.named_modules() if n == leaf or n.endswith("." + leaf)]
+
+    def block_norms(self, block) -> list[tuple[str, "object"]]:
+        """``(dotted name inside block, module)`` of the norms inside a block."""
+        return [(n, m) for n, m in block.named_modules() if n.rsplit(".", 1)[-1] in self.norms]
 
 
 def _families() -> dict[str, Family]:

@@ -24,6 +24,11 @@ LLAMA = Family(
     hidden_size="hidden_size",
     num_heads="num_attention_heads",
     default_lora_targets=("q", "v"),
+    attention={"self": "self_attn"},
+    ffn="mlp",
+    norms=("input_layernorm", "post_attention_layernorm"),
+    final_norms=("model.norm",),
+    embeddings="model.embed_tokens",
     tiny_config=dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,

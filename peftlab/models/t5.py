@@ -24,6 +24,13 @@ T5 = Family(
     hidden_size="d_model",
     num_heads="num_heads",
     default_lora_targets=("q", "v"),
+    # block.layer[0] = T5LayerSelfAttention(SelfAttention, layer_norm); decoder layer[1] =
+    # T5LayerCrossAttention(EncDecAttention, layer_norm); layer[-1] = T5LayerFF(DenseReluDense, layer_norm)
+    attention={"self": "SelfAttention", "cross": "EncDecAttention"},
+    ffn="DenseReluDense",
+    norms=("layer_norm",),
+    final_norms=("encoder.final_layer_norm", "decoder.final_layer_norm"),
+    embeddings="shared",
     tiny_config=dict(
         d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
         feed_forward_proj="gated-gelu", dropout_rate=0.0, relative_attention_num_buckets=8,
