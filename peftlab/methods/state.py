@@ -75,20 +75,25 @@ _MODULE_DICTS = ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forw
 def _snapshot(model: nn.Module) -> list:
     """Shallow copies of every module's children/params/hooks tables, and requires_grad flags:
     enough to undo what methods do (replace modules, add modules/params, register hooks)."""
+    from peftlab.methods import attention
+
     tables = [(m, name, dict(getattr(m, name))) for m in model.modules() for name in _MODULE_DICTS
               if hasattr(m, name)]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    return [tables, flags]
+    return [tables, flags, model, attention.snapshot(model)]
 
 
 def _restore(snapshot: list) -> None:
-    tables, flags = snapshot
+    from peftlab.methods import attention
+
+    tables, flags, model, attn = snapshot
     for module, name, saved in tables:
         table = getattr(module, name)
         table.clear()
         table.update(saved)
     for p, flag in flags:
         p.requires_grad_(flag)
+    attention.restore(model, attn)  # extension tables and the attention implementation
 
 
 def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None) -> PeftState:
@@ -130,3 +135,4 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
     state.total_params = sum(logical_numel(p) for p in model.parameters())
     setattr(model, _ATTR, state)
     return state
+
