@@ -10,13 +10,16 @@ from __future__ import annotations
 import importlib
 
 from peftlab.methods.base import AdapterModule, MethodConfig
-from peftlab.methods.state import PeftState, apply_methods, peft_state
+from peftlab.methods.state import PeftState, apply_methods, fold_methods, peft_state
 
 _REGISTRY = {
     "lora": "peftlab.methods.lora:LoraConfig",
     "alignment": "peftlab.methods.alignment:AlignmentConfig",
     "full": "peftlab.methods.full:FullFineTuneConfig",
     "zero_shot": "peftlab.methods.full:ZeroShotConfig",
+    "prefix": "peftlab.methods.prefix:PrefixConfig",
+    "llama_adapter": "peftlab.methods.llama_adapter:LlamaAdapterConfig",
+    "llama_adapter_v2": "peftlab.methods.llama_adapter_v2:LlamaAdapterV2Config",
 }
 
 
@@ -39,6 +42,7 @@ __all__ = [
     "MethodConfig",
     "PeftState",
     "apply_methods",
+    "fold_methods",
     "get_method",
     "method_names",
     "peft_state",

@@ -43,6 +43,19 @@ class MethodConfig:
         """Short label for tables, e.g. ``lora r=32``."""
         return self.name
 
+    def fold(self, model: nn.Module, family: "Family") -> tuple["MethodConfig", list[nn.Module]] | None:
+        """Turn a training-time parametrisation into its inference form, in place (e.g. prefix
+        tuning's MLP into plain prefixes), with identical outputs. Returns the config that rebuilds
+        the folded form (what ``load_adapter`` applies) and the method's modules now, or ``None``
+        when there is nothing to fold (the default). Called by ``state.fold_methods`` after training."""
+        return None
+
+    def to_peft(self, model: nn.Module, family: "Family") -> tuple[dict, dict] | None:
+        """HF peft's form of this method on ``model``: ``(adapter_config fields, adapter tensors)``;
+        ``None`` when peft has no such method (the default); ``ModelError`` with the reason when
+        this instance is not exactly representable."""
+        return None
+
     @classmethod
     def dispatch(cls, name: str) -> type["MethodConfig"]:
         from peftlab.methods import get_method

@@ -31,9 +31,12 @@ def _lora_only(model: nn.Module, what: str) -> list[LoraConfig]:
 
 
 def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str) -> Path:
-    """Write the model's LoRA adapter in HF peft's on-disk format."""
+    """Write the model's adapter in HF peft's on-disk format: LoRA, or one method with ``to_peft``."""
     from safetensors.torch import save_file
 
+    own = _method_export(model)
+    if own is not None:
+        return _write(out_dir, *own, base_model_name_or_path)
     configs = _lora_only(model, "peft export")
     if len(configs) != 1:
         raise ModelError(f"peft export: needs exactly one LoRA method, found {len(configs)}")
@@ -83,3 +86,31 @@ def merged_model(model: nn.Module) -> nn.Module:
         delattr(model, _ATTR)
     model.requires_grad_(True)
     return model
+
+
+def _method_export(model: nn.Module) -> tuple[dict, dict] | None:
+    """A method's own peft form (``MethodConfig.to_peft``), if the model has such a method."""
+    from peftlab.methods.base import MethodConfig
+    from peftlab.methods.state import peft_state
+    from peftlab.models.arch import family_of
+
+    state = peft_state(model)
+    configs = state.configs if state is not None else []
+    own = [c for c in configs if type(c).to_peft is not MethodConfig.to_peft]
+    if not own:
+        return None
+    if len(configs) > 1:
+        raise ModelError(f"peft export: a peft adapter holds one method; this model has "
+                         f"{', '.join(c.name for c in configs)}")
+    return own[0].to_peft(model, family_of(model))
+
+
+def _write(out_dir, config: dict, tensors: dict, base_model_name_or_path: str) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {**config, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True}
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out

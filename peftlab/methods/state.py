@@ -136,3 +136,29 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
     setattr(model, _ATTR, state)
     return state
 
+
+def fold_methods(model: nn.Module) -> PeftState:
+    """Fold every applied method into its inference form (``MethodConfig.fold``), in place, with
+    identical outputs; call it after training, before ``save_adapter``, which then records the
+    folded configs so ``load_adapter`` rebuilds the folded form. The model gets a new ``PeftState``
+    (the one ``apply_methods`` returned keeps describing what was trained). Idempotent."""
+    from peftlab.models.arch import family_of
+
+    state = peft_state(model)
+    if state is None:
+        raise ModelError("fold_methods: no peftlab methods were applied to this model")
+    family = family_of(model)
+    configs, names = list(state.configs), dict(state.param_names)
+    for i, key in enumerate(state.param_names):
+        folded = configs[i].fold(model, family)
+        if folded is None:
+            continue
+        configs[i], modules = folded
+        params = {id(p): p for m in modules if isinstance(m, AdapterModule) for p in m.adapter_parameters()}
+        for p in params.values():
+            p.requires_grad_(True)
+        names[key] = [n for n, p in model.named_parameters() if id(p) in params]
+    new = PeftState(configs=configs, param_names=names,
+                    total_params=sum(logical_numel(p) for p in model.parameters()))
+    setattr(model, _ATTR, new)
+    return new

@@ -35,8 +35,22 @@ class Family:
     norms: tuple[str, ...] = ()
     final_norms: tuple[str, ...] = ()
     embeddings: str = ""  # dotted path of the input embedding module (shared by T5's stacks)
+    lm_head: str = ""  # dotted path of the output projection onto the vocabulary
+    # Attention geometry (hook point 3): config attributes with the number of key/value heads
+    # ("" = num_heads: no grouped-query attention) and the per-head width, and the dotted path of
+    # the rotary position embedding module ("" = the family has no RoPE).
+    num_kv_heads: str = ""
+    head_dim: str = ""
+    rotary: str = ""
     # Config keys that make a tiny random model of this family for tests.
     tiny_config: dict = field(default_factory=dict)
+
+    def kv_heads(self, config) -> int:
+        return getattr(config, self.num_kv_heads or self.num_heads)
+
+    def head_size(self, config) -> int:
+        d = getattr(config, self.head_dim, None) if self.head_dim else None
+        return d or getattr(config, self.hidden_size) // getattr(config, self.num_heads)
 
     def leaf_names(self, role: str) -> tuple[str, ...]:
         return self.linear_roles.get(role, ())

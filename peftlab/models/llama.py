@@ -29,6 +29,10 @@ LLAMA = Family(
     norms=("input_layernorm", "post_attention_layernorm"),
     final_norms=("model.norm",),
     embeddings="model.embed_tokens",
+    lm_head="lm_head",
+    num_kv_heads="num_key_value_heads",
+    head_dim="head_dim",
+    rotary="model.rotary_emb",
     tiny_config=dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
