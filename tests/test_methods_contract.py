@@ -503,6 +503,11 @@ def test_lora_targets_matching_nothing_lists_the_linears(tiny_t5):
     assert {"q", "wo"} <= {n.strip() for n in names.split(",")}
 
 
+def test_a_linear_wrapped_by_an_earlier_method_is_named_not_skipped(tiny_t5):
+    with pytest.raises(ModelError, match=r"lora: .*SelfAttention.q is already wrapped by LoraLinear"):
+        apply_methods(tiny_t5(), [LoraConfig(r=2, targets=("q", "v")), LoraConfig(r=2, targets=("q", "k"))])
+
+
 def test_lora_unknown_stack_raises(tiny_t5):
     with pytest.raises(ModelError, match="encdoer"):
         apply_methods(tiny_t5(), [LoraConfig(stacks=("encdoer",))])

@@ -18,7 +18,7 @@ exactly (lit-llama patches every ``nn.Linear``, ``lm_head`` included, and trains
 
 Composition with LoRA: LoRA first, then v2, works: v2 scales the LoRA layer's output,
 ``y = s ⊙ (LoRA(x) + β)``. v2 first, then LoRA on the same linear, is refused by LoRA
-("already wrapped (LlamaAdapterV2Linear)"): apply LoRA before llama_adapter_v2.
+("q_proj is already wrapped by llama_adapter_v2"): apply LoRA before llama_adapter_v2.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class BiasScale(AdapterModule):
 
 class LlamaAdapterV2Linear(BiasScale):
     """A plain ``nn.Linear`` with v2's bias and scale; ``weight``/``bias`` keep their names."""
+
+    method = "llama_adapter_v2"
 
     def __init__(self, base: nn.Linear):
         super().__init__(base.out_features, base.weight.device)
@@ -101,6 +103,10 @@ class LlamaAdapterV2Config(LlamaAdapterConfig):
         norms += [model.get_submodule(path) for path in family.final_norms]
         added.append(_Unfrozen([p for norm in norms for p in norm.parameters()]))
         return added
+
+    def to_peft(self, model, family):
+        raise ModelError(f"peft export: {self.name} has no peft form (peft's adaption prompt is v1: no bias and "
+                         f"scale on the linear layers, frozen norms); the peftlab adapter keeps all of it")
 
     def _bias_scale(self, model, name: str, linear: nn.Module) -> AdapterModule:
         if isinstance(linear, BiasScale) or hasattr(linear, SLOT):

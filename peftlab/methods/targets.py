@@ -47,7 +47,8 @@ def find_linears(
     found, block_linears = [], []
     for name, module in model.named_modules():
         stack = _stack_of(name, family)
-        if stack is None or not isinstance(module, nn.Linear):
+        wrapped = _wrapped_linear(module)
+        if stack is None or not (isinstance(module, nn.Linear) or wrapped):
             continue
         block_linears.append(name)
         if stacks is not None and stack not in stacks:
@@ -55,6 +56,10 @@ def find_linears(
         if all_linear or any(name == l or name.endswith("." + l) for l in leaves) or any(
             p.fullmatch(name) for p in patterns
         ):
+            if wrapped:  # another method already replaced this linear: say so rather than skip it
+                by = getattr(module, "method", "") or type(module).__name__
+                raise ModelError(f"{method}: {name} is already wrapped by {by} ({type(module).__name__}); "
+                                 f"apply {method} before {by}, or target other layers")
             found.append((name, module))
     if not found:
         existing = sorted({n.rsplit(".", 1)[-1] for n in block_linears})
@@ -64,6 +69,11 @@ def find_linears(
             f"linear layers are named: {', '.join(existing)} (roles: {roles})"
         )
     return found
+
+
+def _wrapped_linear(module: nn.Module) -> bool:
+    """A method's wrapper around a linear layer (LoRA's, LLaMA-Adapter v2's): linear-shaped, not nn.Linear."""
+    return not isinstance(module, nn.Linear) and hasattr(module, "in_features") and hasattr(module, "weight")
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
