@@ -193,7 +193,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
 
         copy_into(model, result.gathered)
         model.to(process_state().device)
-    save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
+    save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg), fold=True)
     test = load_examples(d, d.test_split, cfg.eval.max_examples)
     text, rows = score(model, tok, cfg, test)
     _write_predictions(run_dir, rows)

@@ -17,6 +17,7 @@ from peftlab.methods.lora import LoraConfig
 from peftlab.methods.prefix import MLP_ATTR, PrefixConfig
 
 from conftest import build_llama, build_t5, logits
+from test_methods_contract import prefix_llama, prefix_t5
 
 BASE = {"name": "tiny", "init": "random", "config": {"seed": 0}}
 P = 3
@@ -98,6 +99,9 @@ def test_fold_gives_identical_outputs_and_saves_no_mlp(family, t5_batch, llama_b
     assert not hasattr(model, MLP_ATTR)
     assert folded.configs == [PrefixConfig(length=P, projection=0)]
     assert peft_state(model) is folded and trained_state.configs[0].projection == 16  # the run's record stays
+    counts = {"t5": prefix_t5, "llama": prefix_llama}[family]
+    assert trained_state.counts(model) == {"prefix": counts(P, 16)(model.config)}
+    assert folded.counts(model) == {"prefix": counts(P)(model.config)}
     assert all(n.endswith(("prefix.key", "prefix.value")) for n in folded.trainable_names())
     torch.testing.assert_close(logits(model, batch), before, atol=0, rtol=0)
     assert fold_methods(model).configs == folded.configs  # idempotent
@@ -110,6 +114,21 @@ def test_fold_gives_identical_outputs_and_saves_no_mlp(family, t5_batch, llama_b
     load_adapter(fresh, tmp_path, base_model=BASE)
     assert not hasattr(fresh, MLP_ATTR)
     torch.testing.assert_close(logits(fresh, batch), before, atol=0, rtol=0)
+
+
+def test_save_adapter_folds_when_asked(llama_batch, tmp_path):
+    model = build_llama()
+    apply_methods(model, [PrefixConfig(length=P, projection=8)])
+    save_adapter(model, tmp_path / "kept", base_model=BASE)  # a checkpoint keeps the MLP to resume with
+    assert hasattr(model, MLP_ATTR)
+    before = logits(model, llama_batch)
+    save_adapter(model, tmp_path / "folded", base_model=BASE, fold=True)
+    assert not hasattr(model, MLP_ATTR)
+    for sub in ("kept", "folded"):
+        fresh = build_llama()
+        load_adapter(fresh, tmp_path / sub, base_model=BASE)
+        assert hasattr(fresh, MLP_ATTR) == (sub == "kept")
+        torch.testing.assert_close(logits(fresh, llama_batch), before, atol=1e-6, rtol=0)
 
 
 def test_fold_leaves_other_methods_alone(llama_batch):

@@ -21,13 +21,19 @@ MANIFEST = "peftlab_adapter.json"
 FORMAT_VERSION = 1
 
 
-def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, Any]) -> Path:
-    """Write ``out_dir/{peftlab_adapter.safetensors, peftlab_adapter.json}`` (atomic renames)."""
+def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, Any], *, fold: bool = False) -> Path:
+    """Write ``out_dir/{peftlab_adapter.safetensors, peftlab_adapter.json}`` (atomic renames).
+
+    ``fold``: first fold training-time parametrisations into their inference form, in place
+    (``state.fold_methods``: prefix tuning's MLP into plain prefixes; same outputs, smaller file).
+    The end of a run wants it; a checkpoint that training resumes from does not."""
     from safetensors.torch import save_file
 
     from peftlab.config import to_dict
-    from peftlab.methods.state import peft_state
+    from peftlab.methods.state import fold_methods, peft_state
 
+    if fold and peft_state(model) is not None:
+        fold_methods(model)
     state = peft_state(model)
     if state is None:
         raise ModelError("save_adapter: no peftlab methods were applied to this model")

@@ -22,11 +22,15 @@ class PeftState:
     configs: list[MethodConfig]
     param_names: dict[str, list[str]] = field(default_factory=dict)  # method key -> param names
     total_params: int = 0
+    # Counts frozen by fold_methods: the modules they count (prefix MLP) are no longer in the model.
+    trained_counts: dict[str, int] | None = None
 
     def trainable_names(self) -> list[str]:
         return [n for names in self.param_names.values() for n in names]
 
     def counts(self, model: nn.Module) -> dict[str, int]:
+        if self.trained_counts is not None:
+            return dict(self.trained_counts)
         params = dict(model.named_parameters())
         return {k: sum(params[n].numel() for n in names) for k, names in self.param_names.items()}
 
@@ -148,6 +152,8 @@ def fold_methods(model: nn.Module) -> PeftState:
     if state is None:
         raise ModelError("fold_methods: no peftlab methods were applied to this model")
     family = family_of(model)
+    if state.trained_counts is None:
+        state.trained_counts = state.counts(model)  # the trained state keeps describing what was trained
     configs, names = list(state.configs), dict(state.param_names)
     for i, key in enumerate(state.param_names):
         folded = configs[i].fold(model, family)
