@@ -1,6 +1,7 @@
 """Step time of the attention-hook methods against HF peft's versions, on mini-llama.
 
-    python benchmarks/attention_methods_speed.py [--batch 8] [--seq 256] [--repeats 7] [--device cpu|cuda]
+    python benchmarks/attention_methods_speed.py [--batch 8] [--seq 256] [--repeats 7] [--threads 1]
+                                                 [--device cpu|cuda] [--only prefix]
 
 For each pair it times a training step (forward + backward) and a greedy ``generate`` of 32 tokens
 with the KV cache, interleaving the two implementations and reporting medians:
@@ -10,7 +11,7 @@ with the KV cache, interleaving the two implementations and reporting medians:
 * peft adaption prompt (K=10, top 6 layers) vs peftlab ``llama_adapter``.
 
 Both sides get the same weights. Timings on a shared machine are noisy: compare medians of
-several runs, on one machine, in one invocation.
+several runs, on one machine, in one invocation. On a CPU the figures are process CPU time.
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ def pairs(device):
 
 
 def timed(fn, device) -> float:
+    """Wall time on a GPU; on a CPU, this process's CPU time, which other processes sharing the
+    machine inflate far less than wall time (use --threads 1 for the steadiest figures)."""
+    clock = time.perf_counter if device == "cuda" else time.process_time
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def main():
@@ -91,7 +95,11 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--only", default="", help="run only the pairs whose label contains this")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 8000, (args.batch, args.seq), generator=g).to(args.device)
     prompt = ids[:, :32]
@@ -110,6 +118,8 @@ def main():
                            do_sample=False, pad_token_id=0)
 
     for label, a, b in pairs(args.device):
+        if args.only not in label:
+            continue
         for what, fn in (("train step", step), ("generate", generate)):
             fn(a), fn(b)  # warm-up
             ta, tb = [], []
@@ -117,7 +127,7 @@ def main():
                 ta.append(timed(lambda: fn(a), args.device))
                 tb.append(timed(lambda: fn(b), args.device))
             ma, mb = statistics.median(ta), statistics.median(tb)
-            print(f"{label:38} {what:10}  {ma * 1e3:8.1f} ms  vs  {mb * 1e3:8.1f} ms  (ratio {mb / ma:.2f})")
+            print(f"{label:38} {what:10}  {ma * 1e3:8.1f} ms  vs  {mb * 1e3:8.1f} ms  (ratio {mb / ma:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ class BiasScale(AdapterModule):
         self.adapter_scale = nn.Parameter(torch.ones(out_features, device=device))  # s
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return (y + self.adapter_bias.to(y.dtype)) * self.adapter_scale.to(y.dtype)
+        s = self.adapter_scale.to(y.dtype)
+        return torch.addcmul(self.adapter_bias.to(y.dtype) * s, y, s)  # (y + β) ⊙ s in one pass over y
 
 
 class LlamaAdapterV2Linear(BiasScale):
