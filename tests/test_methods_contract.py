@@ -24,6 +24,8 @@ from peftlab.methods.llama_adapter import LlamaAdapterConfig
 from peftlab.methods.llama_adapter_v2 import LlamaAdapterV2Config
 from peftlab.methods.lora import LoraConfig, LoraLinear, lora_modules, merge, unmerge
 from peftlab.methods.prefix import PrefixConfig
+from peftlab.methods.s2_attn import S2AttnConfig
+from peftlab.methods.strided import StridedConfig
 
 from conftest import build_llama, build_t5, logits
 
@@ -131,6 +133,14 @@ def llama_adapter_v2(k, layers=None):
     return count
 
 
+def llama_embeddings_norms(c):
+    return c.vocab_size * c.hidden_size + llama_norms(c)  # LongLoRA's "+embed, +norm" (untied LM head)
+
+
+def none(c):
+    return 0  # sparse attention has no parameters of its own
+
+
 def base_total(c):
     return sum(p.numel() for p in _BUILDERS[c.model_type]().parameters())
 
@@ -207,6 +217,18 @@ CASES = [
         lambda: [LoraConfig(r=4), PrefixConfig(length=2), LlamaAdapterConfig(length=3)],
         {"lora": lora_llama_qv(4), "prefix": prefix_llama(2), "llama_adapter": llama_adapter(3)}, identity=False,
     ),
+    # Sparse attention (tiny batch: n = 8, so G = 4 is two groups shifted by 2; l = 2, s = 3)
+    Case("s2-attn-llama", "llama", lambda: [S2AttnConfig(group_size=4)], {"s2_attn": none}, tags={"untrained"}),
+    Case("lora+s2-attn-llama", "llama", lambda: [LoraConfig(r=4), S2AttnConfig(group_size=4)],
+         {"lora": lora_llama_qv(4), "s2_attn": none}),
+    Case("s2-attn+embeddings+norms-llama", "llama",
+         lambda: [S2AttnConfig(group_fraction=0.5, train_embeddings=True, train_norms=True)],
+         {"s2_attn": llama_embeddings_norms}, base_trained=llama_embeddings_norms),
+    Case("llama-adapter+s2-attn-llama", "llama", lambda: [LlamaAdapterConfig(length=3), S2AttnConfig(group_size=4)],
+         {"llama_adapter": llama_adapter(3), "s2_attn": none}),
+    Case("strided-llama", "llama", lambda: [StridedConfig(window=2, stride=3)], {"strided": none}, tags={"untrained"}),
+    Case("lora+strided-llama", "llama", lambda: [LoraConfig(r=4), StridedConfig(window=2, stride=3)],
+         {"lora": lora_llama_qv(4), "strided": none}),
     Case("full-t5", "t5", lambda: [FullFineTuneConfig()], {"full": base_total}),
     Case("zero-shot-t5", "t5", lambda: [ZeroShotConfig()], {"zero_shot": lambda c: 0}, tags={"untrained"}),
 ]
@@ -481,7 +503,7 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 # Errors
 # ------------------------------------------------------------------------------------------------
 @cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'prefix-mlp-t5',
-                                      'llama-adapter-llama', 'llama-adapter-v2-llama')])
+                                      'llama-adapter-llama', 'llama-adapter-v2-llama', 's2-attn-llama')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)

@@ -20,6 +20,8 @@ _REGISTRY = {
     "prefix": "peftlab.methods.prefix:PrefixConfig",
     "llama_adapter": "peftlab.methods.llama_adapter:LlamaAdapterConfig",
     "llama_adapter_v2": "peftlab.methods.llama_adapter_v2:LlamaAdapterV2Config",
+    "s2_attn": "peftlab.methods.s2_attn:S2AttnConfig",
+    "strided": "peftlab.methods.strided:StridedConfig",
 }
 
 

@@ -50,6 +50,11 @@ class MethodConfig:
         when there is nothing to fold (the default). Called by ``state.fold_methods`` after training."""
         return None
 
+    def training_only(self) -> bool:
+        """True when the method changes training only and the trained model runs without it (S²-Attn:
+        sparse attention while training, dense after); export and merge then leave it out."""
+        return False
+
     def to_peft(self, model: nn.Module, family: "Family") -> tuple[dict, dict] | None:
         """HF peft's form of this method on ``model``: ``(adapter_config fields, adapter tensors)``;
         ``None`` when peft has no such method (the default); ``ModelError`` with the reason when

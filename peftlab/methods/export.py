@@ -3,7 +3,8 @@
 ``export_peft`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
 ``peft.PeftModel.from_pretrained(base, DIR)`` loads; ``merged_model`` folds LoRA into the base
 weights and unwraps it, leaving a model that ``save_pretrained`` writes and plain
-``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter) are refused by name.
+``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter) are refused by name;
+methods that change training only (S²-Attn) are left out: the trained model runs without them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _lora_only(model: nn.Module, what: str) -> list[LoraConfig]:
     state = peft_state(model)
     if state is None:
         raise ModelError(f"{what}: no peftlab methods were applied to this model")
-    others = [c.name for c in state.configs if c.name not in ("lora", "full", "zero_shot")]
+    others = [c.name for c in state.configs if c.name not in ("lora", "full", "zero_shot") and not c.training_only()]
     if others:
         raise ModelError(f"{what}: only LoRA (and full fine-tuning) have a plain Hugging Face form; "
                          f"this model also has {', '.join(others)}")
@@ -95,7 +96,7 @@ def _method_export(model: nn.Module) -> tuple[dict, dict] | None:
     from peftlab.models.arch import family_of
 
     state = peft_state(model)
-    configs = state.configs if state is not None else []
+    configs = [c for c in state.configs if not c.training_only()] if state is not None else []
     own = [c for c in configs if type(c).to_peft is not MethodConfig.to_peft]
     if not own:
         return None
