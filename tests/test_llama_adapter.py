@@ -225,3 +225,19 @@ def test_bf16_autocast_trains(config, llama_batch):
     assert torch.isfinite(out.loss)
     assert all(params[n].grad is not None and params[n].dtype == torch.float32 for n in state.trainable_names())
     torch.testing.assert_close(out.logits.float(), full, atol=0.1, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(llama_batch):
+    grads = []
+    for checkpointing in (False, True):
+        model = build_llama()
+        state = apply_methods(model, [PrefixConfig(length=2, projection=8), LlamaAdapterV2Config(length=3)])
+        gated(model)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**llama_batch).loss.backward()
+        params = dict(model.named_parameters())
+        grads.append([params[n].grad for n in state.trainable_names()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
