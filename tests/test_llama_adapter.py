@@ -241,3 +241,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(llama_batch):
         grads.append([params[n].grad for n in state.trainable_names()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_config_from_yaml_data_round_trips():
+    from peftlab.config import from_dict
+    from peftlab.methods import MethodConfig
+
+    for data, cfg in [({"name": "llama_adapter", "length": 4, "layers": 2}, LlamaAdapterConfig(length=4, layers=2)),
+                      ({"name": "llama_adapter_v2"}, LlamaAdapterV2Config())]:
+        assert from_dict(MethodConfig, data) == cfg
+        assert from_dict(MethodConfig, cfg.to_dict()) == cfg
+
+
+def test_v1_and_v2_on_one_model_are_refused():
+    with pytest.raises(ModelError, match="llama_adapter_v2: .*already has a 'adaption_prompt'"):
+        apply_methods(build_llama(), [LlamaAdapterConfig(length=2), LlamaAdapterV2Config(length=2)])
