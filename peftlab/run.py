@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Optional
 
@@ -34,11 +33,9 @@ def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causa
     ``max_examples`` by a fixed-seed sample, so every method sees the same rows."""
     rows = []
     for t, task in enumerate(data.tasks):
-        examples = task.examples(split)
+        examples = task.examples(split, max_examples)
         if not examples:
             raise DataError(f"data.task {task.describe()}: split {split!r} is empty")
-        if max_examples is not None and len(examples) > max_examples:
-            examples = random.Random(0).sample(examples, max_examples)
         if causal:
             examples = [task.render_for_decoder(e) for e in examples]
         rows += [(t, e) for e in examples]

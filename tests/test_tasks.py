@@ -163,3 +163,16 @@ def test_choice_logprobs_equal_the_models_own_loss(build):
                 else:
                     loss = model(input_ids=torch.tensor([p]), labels=torch.tensor([target])).loss
             assert float(scores[i, c]) == pytest.approx(-float(loss) * len(target), abs=1e-4)
+
+
+def test_a_capped_split_is_the_same_sample_as_sampling_the_whole_split(tmp_path):
+    """code2doc cleans only the rows it draws; the draw equals sampling every cleaned row."""
+    import random
+
+    from peftlab.data.code2doc import read_codexglue_jsonl
+
+    src = (__import__("pathlib").Path(__file__).parent / "fixtures" / "codexglue_python_sample.jsonl")
+    every = read_codexglue_jsonl(src)
+    for n in (1, 3, len(every), len(every) + 5):
+        expected = random.Random(0).sample(every, n) if n < len(every) else every
+        assert read_codexglue_jsonl(src, sample=n) == expected

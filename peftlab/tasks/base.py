@@ -31,6 +31,15 @@ class Example:
     label: int | None = None  # classification: index into ``TaskConfig.choices()``
 
 
+def sample_rows(rows: list, limit: int | None) -> list:
+    """At most ``limit`` of ``rows``, drawn with a fixed seed: every method and run sees the same."""
+    import random
+
+    if limit is None or len(rows) <= limit:
+        return rows
+    return random.Random(0).sample(rows, limit)
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """Base of every task's config: a frozen dataclass with a registry ``name``."""
@@ -58,8 +67,9 @@ class TaskConfig:
         return self.name
 
     # --- data ---------------------------------------------------------------------------------
-    def examples(self, split: str) -> list[Example]:
-        """Every example of ``split`` ("train", "valid", "test"); DataError if it is missing."""
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
+        """The examples of ``split`` ("train", "valid", "test"); DataError if it is missing or empty.
+        ``limit``: at most this many, a fixed-seed sample (``sample_rows``), the same for every run."""
         raise NotImplementedError
 
     def render_for_decoder(self, example: Example) -> Example:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from peftlab.errors import DataError
-from peftlab.tasks.base import Example, TaskConfig
+from peftlab.tasks.base import Example, TaskConfig, sample_rows
 
 _SPLIT_FILES = {"train": ("train",), "valid": ("valid", "validation", "dev"), "test": ("test",)}
 _ENDINGS = (".jsonl", ".csv", ".tsv")
@@ -137,7 +137,7 @@ class ClassifyTask(TaskConfig):
     def choices(self) -> list[str]:
         return list(self.label_words) if self.label_words is not None else self.label_values()
 
-    def examples(self, split: str) -> list[Example]:
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
         path = self._file(split)
         values = self.label_values()
         index = {v: i for i, v in enumerate(values)}
@@ -153,7 +153,7 @@ class ClassifyTask(TaskConfig):
             fields = {c: " ".join(str(rec[c]).split()) for c in self.text_columns}
             label = index[value]
             out.append(Example(self.template_text.format(**fields), words[label], {"line": line}, label))
-        return out
+        return sample_rows(out, limit)
 
     def fingerprint_paths(self) -> list[str]:
         return [str(self._file(s)) for s in _SPLIT_FILES if self._has(s)]

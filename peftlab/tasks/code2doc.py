@@ -48,11 +48,11 @@ class Code2DocTask(TaskConfig):
             raise DataError(f"data.task.path: {path} does not exist")
         return path
 
-    def examples(self, split: str) -> list[Example]:
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
         from peftlab.data.code2doc import load_code2doc_split
         from peftlab.data.prompts import render_prompt
 
-        rows = load_code2doc_split(self.data_dir(), split, target_field=self.target_field)
+        rows = load_code2doc_split(self.data_dir(), split, target_field=self.target_field, sample=limit)
         return [Example(render_prompt(self.template, e), e.target,
                         {"func_name": e.func_name, "path": e.path, "line": e.line}) for e in rows]
 
