@@ -33,11 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--code", type=Path, required=True, help="a file with one Python function")
     g.add_argument("--func-name", default=None)
 
-    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA merged in)")
+    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA or IA3 merged in)")
     mg.add_argument("run_dir", type=Path)
     mg.add_argument("--out", type=Path, required=True)
 
-    ex = sub.add_parser("export", help="write a finished run's LoRA adapter in HF peft's format")
+    ex = sub.add_parser("export", help="write a finished run's LoRA or IA3 adapter in HF peft's format")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--out", type=Path, required=True)
 
