@@ -232,3 +232,13 @@ def test_ia3_merged_model_is_a_plain_hf_model(tmp_path, tiny_t5, t5_batch):
     merged.save_pretrained(tmp_path / "m")
     again = T5ForConditionalGeneration.from_pretrained(tmp_path / "m").eval()
     torch.testing.assert_close(logits(again, t5_batch), expected, atol=1e-5, rtol=0)
+
+
+def test_a_failed_apply_removes_adapters_and_hooks(tiny_t5, t5_batch):
+    model = tiny_t5()
+    before = logits(model, t5_batch)
+    with pytest.raises(ModelError, match="query"):
+        apply_methods(model, [ParallelAdapterConfig(sublayers=("self", "ffn")), IA3Config(), LoraConfig(targets=("query",))])
+    assert not adapters(model) and not any(isinstance(m, IA3Linear) for m in model.modules())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    torch.testing.assert_close(logits(model, t5_batch), before, atol=0, rtol=0)

@@ -173,7 +173,7 @@ class BottleneckConfig(MethodConfig):
 
     def describe(self) -> str:
         size = f"m={self.bottleneck}" if self.bottleneck else f"rf={self.reduction_factor:g}"
-        return f"{self.name} {size}" + (f" drop {self.drop_lowest}" if self.drop_lowest else "")
+        return f"{self.name.capitalize()} {size}" + (f" AdapterDrop {self.drop_lowest}" if self.drop_lowest else "")
 
     def bottleneck_size(self, d: int) -> int:
         return self.bottleneck or max(1, int(d // self.reduction_factor))
