@@ -50,10 +50,18 @@ from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
 
-# transformers' names (what AdapterHub configs say) -> functions
+def _gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def _identity(x):
+    return x
+
+
+# transformers' names (what AdapterHub configs say) -> functions (named ones: models stay picklable)
 ACTIVATIONS = {
-    "relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "swish": F.silu, "silu": F.silu, "tanh": torch.tanh, "leakyrelu": F.leaky_relu, "identity": lambda x: x,
+    "relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_tanh, "swish": F.silu, "silu": F.silu,
+    "tanh": torch.tanh, "leakyrelu": F.leaky_relu, "identity": _identity,
 }
 SUBLAYERS = ("self", "cross", "ffn")
 INITS = ("zero_up", "houlsby", "bert")
@@ -115,6 +123,9 @@ class BottleneckAdapter(AdapterModule):
             x = y
         else:
             h, self._h = self._h, None
+            if h is None:
+                raise RuntimeError(f"{type(module).__name__} ran without its norm: the adapter has no residual "
+                                   f"input h (call the whole block, not the sub-layer alone)")
             x = h if self.reads == "residual" else h + y
         y = y + self(x).to(y.dtype)
         return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
