@@ -41,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
 
-    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA merged in)")
+    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA or IA3 merged in)")
     mg.add_argument("run_dir", type=Path)
     mg.add_argument("--out", type=Path, required=True)
 
-    ex = sub.add_parser("export", help="write a finished run's LoRA adapter in HF peft's format")
+    ex = sub.add_parser("export", help="write a finished run's LoRA or IA3 adapter in HF peft's format")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--out", type=Path, required=True)
 

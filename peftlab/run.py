@@ -340,7 +340,7 @@ def _guess_name(code: str) -> str:
 
 
 def merge_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run as a plain HF model directory (LoRA merged into the weights)."""
+    """Write a finished run as a plain HF model directory (LoRA or IA3 merged into the weights)."""
     from peftlab.methods.export import merged_model
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)  # QLoRA: merge into the bf16/fp32 base
@@ -352,7 +352,7 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's LoRA adapter in HF peft's format."""
+    """Write a finished run's LoRA or IA3 adapter in HF peft's format."""
     from peftlab.methods.export import export_peft
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)

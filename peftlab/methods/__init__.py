@@ -17,6 +17,10 @@ _REGISTRY = {
     "alignment": "peftlab.methods.alignment:AlignmentConfig",
     "full": "peftlab.methods.full:FullFineTuneConfig",
     "zero_shot": "peftlab.methods.full:ZeroShotConfig",
+    "houlsby": "peftlab.methods.houlsby:HoulsbyConfig",
+    "pfeiffer": "peftlab.methods.pfeiffer:PfeifferConfig",
+    "parallel": "peftlab.methods.parallel:ParallelAdapterConfig",
+    "ia3": "peftlab.methods.ia3:IA3Config",
 }
 
 

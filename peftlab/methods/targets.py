@@ -8,6 +8,7 @@ from typing import Sequence
 from torch import nn
 
 from peftlab.errors import ModelError
+from peftlab.methods.base import AdapterModule
 
 
 def _stack_of(name: str, family) -> str | None:
@@ -44,10 +45,16 @@ def find_linears(
             leaves.update(family.leaf_names(t))
         else:
             leaves.add(t)
-    found, block_linears = [], []
+    found, block_linears, inside = [], [], []
     for name, module in model.named_modules():
+        if any(name.startswith(a) for a in inside):
+            continue  # a method's own layers (an adapter's down/up) are never targets
+        wrapped = isinstance(module, AdapterModule)
+        if wrapped:
+            inside.append(name + ".")
         stack = _stack_of(name, family)
-        if stack is None or not isinstance(module, nn.Linear):
+        # a linear that a method already wrapped (LoRA, IA3) stays a target: a second wrapper is refused
+        if stack is None or not (isinstance(module, nn.Linear) or wrapped and hasattr(module, "in_features")):
             continue
         block_linears.append(name)
         if stacks is not None and stack not in stacks:
