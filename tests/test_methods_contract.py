@@ -272,6 +272,20 @@ CASES = [
     Case("parallel-llama", "llama", lambda: [ParallelAdapterConfig(sublayers=("self", "ffn"))],
          {"parallel": bottleneck(2, ("self", "ffn"))}),
     Case("ia3-t5", "t5", lambda: [IA3Config()], {"ia3": ia3_t5()}),
+    # issue 14's composition (LoRA + prefix + Houlsby + alignment), and the attention methods
+    # with a bottleneck adapter on a decoder
+    Case(
+        "lora+prefix+houlsby+alignment-t5", "t5",
+        lambda: [LoraConfig(r=4), PrefixConfig(length=2), HoulsbyConfig(), AlignmentConfig()],
+        {"lora": lora_t5_qv(4), "prefix": prefix_t5(2), "houlsby": bottleneck(16, ("self", "ffn")),
+         "alignment": alignment()}, identity=False,
+    ),
+    Case(
+        "prefix+llama-adapter+parallel-llama", "llama",
+        lambda: [PrefixConfig(length=2, projection=8), LlamaAdapterConfig(length=3), ParallelAdapterConfig()],
+        {"prefix": prefix_llama(2, 8), "llama_adapter": llama_adapter(3), "parallel": bottleneck(2, ("ffn",))},
+        identity=False,
+    ),
     Case("ia3-encoder-t5", "t5", lambda: [IA3Config(stacks=("encoder",))], {"ia3": ia3_t5(("encoder",))}),
     Case("ia3-llama", "llama", lambda: [IA3Config()], {"ia3": ia3_llama}),
     # composition: LoRA + bottleneck + alignment, LoRA + IA3 on other layers, two bottlenecks on one FFN
