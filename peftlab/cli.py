@@ -28,16 +28,24 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None)
     e.add_argument("--max-examples", type=int, default=None)
 
-    g = sub.add_parser("generate", help="document one function with a finished run")
+    g = sub.add_parser("generate", help="document a function (--code) or continue a prompt (--prompt) with a finished run")
     g.add_argument("run_dir", type=Path)
-    g.add_argument("--code", type=Path, required=True, help="a file with one Python function")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--code", type=Path, help="a file with one Python function (code->doc runs)")
+    src.add_argument("--prompt", help="input text, given to the model as is")
     g.add_argument("--func-name", default=None)
+    g.add_argument("--max-new-tokens", type=int, default=None)
+    g.add_argument("--num-beams", type=int, default=None, help="beam search width (1 = greedy)")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=None, help="sampling seed")
 
-    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA merged in)")
+    mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA or IA3 merged in)")
     mg.add_argument("run_dir", type=Path)
     mg.add_argument("--out", type=Path, required=True)
 
-    ex = sub.add_parser("export", help="write a finished run's LoRA adapter in HF peft's format")
+    ex = sub.add_parser("export", help="write a finished run's LoRA or IA3 adapter in HF peft's format")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--out", type=Path, required=True)
 
@@ -135,12 +143,29 @@ def _generate(args) -> int:
     from peftlab.errors import DataError
     from peftlab.run import generate_one
 
-    try:
-        code = args.code.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{args.code}: cannot read: {e.strerror}") from None
-    print(generate_one(args.run_dir, code, args.func_name))
+    code = None
+    if args.code is not None:
+        try:
+            code = args.code.read_text(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{args.code}: cannot read: {e.strerror}") from None
+    decoding = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
+                                  ("temperature", args.temperature), ("top_p", args.top_p), ("seed", args.seed))
+                if v is not None}
+    if args.sample:
+        decoding["do_sample"] = True
+    _check_decoding(decoding)
+    print(generate_one(args.run_dir, code, args.func_name, prompt=args.prompt, decoding=decoding))
     return 0
+
+
+def _check_decoding(d: dict) -> None:
+    from peftlab.errors import ConfigError
+
+    for key, ok, what in (("max_new_tokens", lambda v: v >= 1, ">= 1"), ("num_beams", lambda v: v >= 1, ">= 1"),
+                          ("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]")):
+        if key in d and not ok(d[key]):
+            raise ConfigError(f"generate --{key.replace('_', '-')}: must be {what}, got {d[key]}")
 
 
 def _merge(args) -> int:

@@ -68,7 +68,12 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
             try:
                 return _coerce(value, arg, path, where)
             except ConfigError as e:
-                errors.append(e)
+                errors.append((arg, e))
+        # a value shaped like exactly one arm (a list for a list type, a mapping for a config)
+        # gets that arm's own error, which names the inner field
+        shaped = [e for arg, e in errors if _shape_matches(value, arg)]
+        if len(shaped) == 1:
+            raise shaped[0]
         raise ConfigError(f"{where(path)}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads a bare no/yes/off/on as a boolean
@@ -119,6 +124,14 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
     return value
 
 
+def _shape_matches(value: Any, tp: Any) -> bool:
+    if get_origin(tp) in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict) or (isinstance(value, str) and hasattr(tp, "dispatch"))
+    return False
+
+
 class FieldError(ValueError):
     """Raised by a config's ``__post_init__`` to blame one field: ``FieldError("r", "must be >= 1")``."""
 
@@ -157,8 +170,11 @@ def _build(cls: type[T], data: Any, path: tuple, where: _Where) -> T:
         raise ConfigError(f"{where(path)}: expected a mapping of {cls.__name__} fields, got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    moved = getattr(cls, "moved_keys", {})  # keys an earlier version had, and where they went
     for key in data:
         if key not in fields:
+            if key in moved:
+                raise ConfigError(f"{where(path + (key,))}: {moved[key]}")
             raise ConfigError(f"{where(path + (key,))}: unknown key {key!r}{suggest(str(key), fields)}")
     kwargs = {k: _coerce(v, hints[k], path + (k,), where) for k, v in data.items()}
     missing = [

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -30,25 +28,56 @@ def base_model_record(cfg: RunConfig) -> dict:
     return rec
 
 
-def load_examples(data: DataSpec, split: str, max_examples: Optional[int]):
-    """Examples of a split; a fixed-seed sample when capped, so every method sees the same rows."""
-    from peftlab.data.code2doc import default_code2doc_dir, load_code2doc_split
+def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causal: bool = False) -> list[tuple[int, "Example"]]:
+    """``(task index, example)`` rows of a split over the run's tasks; each task capped at
+    ``max_examples`` by a fixed-seed sample, so every method sees the same rows."""
+    rows = []
+    for t, task in enumerate(data.tasks):
+        examples = task.examples(split, max_examples)
+        if not examples:
+            raise DataError(f"data.task {task.describe()}: split {split!r} is empty")
+        if causal:
+            examples = [task.render_for_decoder(e) for e in examples]
+        rows += [(t, e) for e in examples]
+    return rows
 
-    path = default_code2doc_dir() if data.path == "stdlib" else Path(data.path)
-    if not path.exists():
-        raise DataError(f"data.path: {path} does not exist")
-    examples = load_code2doc_split(path, split, target_field=data.target_field)
-    if not examples:
-        raise DataError(f"{path}: split {split!r} is empty")
-    if max_examples is not None and len(examples) > max_examples:
-        examples = random.Random(0).sample(examples, max_examples)
-    return examples
+
+def encode_rows(tok, data: DataSpec, rows, causal: bool):
+    """Token ids for ``rows`` (see ``load_examples``), each task's prompt tail kept when cut."""
+    from peftlab.data.seq2seq import Encoded, encode_pairs
+
+    out = Encoded([], [], task_ids=[])
+    for t, task in enumerate(data.tasks):
+        mine = [e for i, e in rows if i == t]
+        if not mine:
+            continue
+        enc = encode_pairs(tok, [e.source for e in mine], [e.target for e in mine], data.max_source_length,
+                           data.max_target_length, causal=causal, tail=task.prompt_tail, task_ids=[t] * len(mine))
+        out.input_ids += enc.input_ids
+        out.labels += enc.labels
+        out.task_ids += enc.task_ids
+        out.truncated_sources += enc.truncated_sources
+        out.truncated_targets += enc.truncated_targets
+        out.longest_source = max(out.longest_source, enc.longest_source)
+    return out
 
 
-def prompts(data: DataSpec, examples) -> tuple[list[str], list[str]]:
-    from peftlab.data.prompts import render_prompt
+def check_lengths(cfg: RunConfig, model) -> None:
+    """A decoder sees prompt + target as one sequence: it must fit its position table."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if model.config.is_encoder_decoder or not limit:
+        return
+    need = cfg.data.max_source_length + cfg.data.max_target_length
+    if need > limit:
+        from peftlab.errors import ConfigError
 
-    return [render_prompt(data.template, e) for e in examples], [e.target for e in examples]
+        raise ConfigError(f"data.max_source_length + data.max_target_length = {need} exceeds the model's "
+                          f"max_position_embeddings ({limit}); lower data.max_source_length")
+
+
+def wants_task_ids(cfg: RunConfig) -> bool:
+    """Some method (HyperFormer) conditions on each row's task: batches then carry ``task_ids``."""
+    return any("task_ids" in getattr(m, "batch_keys", ()) for m in cfg.methods)
 
 
 def build(cfg: RunConfig):
@@ -59,38 +88,41 @@ def build(cfg: RunConfig):
     import torch
 
     loaded = load_model(cfg.model, seed=cfg.train.seed)
-    if loaded.family.kind != "seq2seq":
-        from peftlab.errors import ModelError
-
-        raise ModelError(f"model.name: {cfg.model.name!r} is a {loaded.family.name} decoder; the code2doc task "
-                         f"runs on encoder-decoder models for now (decoder fine-tuning comes with the LLaMA work)")
     with torch.random.fork_rng(devices=[]):  # method init (LoRA's A, ...) is a function of the seed alone
         torch.manual_seed(cfg.train.seed + 1)
         state = apply_methods(loaded.model, cfg.methods, loaded.family)
     return loaded, state
 
 
-def score(model, tokenizer, cfg: RunConfig, examples) -> tuple[dict, list[dict]]:
-    """Generate for ``examples`` and compute BLEU / CodeXGLUE BLEU / ROUGE-L."""
-    from peftlab.evaluate.generate import generate_texts
-    from peftlab.evaluate.metrics import text_metrics
+def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
+    """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
 
-    sources, targets = prompts(cfg.data, examples)
-    t0 = time.perf_counter()
-    preds = generate_texts(
-        model, tokenizer, sources, max_source_length=cfg.data.max_source_length,
-        max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
-        batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision,
-        no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size, repetition_penalty=cfg.eval.repetition_penalty,
-    )
-    metrics = text_metrics(preds, targets)
-    # a constant output can score well on smoothed sentence BLEU; this exposes it
-    metrics["distinct_predictions"] = len(set(preds)) / max(len(preds), 1)
-    metrics["eval_seconds"] = time.perf_counter() - t0
-    metrics["eval_examples"] = len(examples)
-    rows = [{"func_name": e.func_name, "path": e.path, "line": e.line, "prediction": p, "reference": t}
-            for e, p, t in zip(examples, preds, targets)]
-    return metrics, rows
+    One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
+    ``task_metrics``."""
+    from peftlab.data.seq2seq import tail_tokens
+    from peftlab.evaluate.generate import Decoding
+    from peftlab.evaluate.score import score_task
+
+    multi = len(cfg.data.tasks) > 1
+    per_task, out_rows = {}, []
+    for t, task in enumerate(cfg.data.tasks):
+        examples = [e for i, e in rows if i == t]
+        if not examples:
+            continue
+        metrics, preds = score_task(
+            model, tokenizer, task, examples, max_source_length=cfg.data.max_source_length,
+            decoding=Decoding.of(cfg.eval), batch_size=cfg.eval.batch_size,
+            mixed_precision=cfg.train.mixed_precision, keep_tail=tail_tokens(tokenizer, task.prompt_tail),
+            task_id=t if multi and wants_task_ids(cfg) else None,
+        )
+        per_task[task.describe()] = metrics
+        out_rows += [{**({"task": task.describe()} if multi else {}), **e.meta, "prediction": p, "reference": e.target}
+                     for e, p in zip(examples, preds)]
+    flat = dict(next(iter(per_task.values()))) if len(per_task) == 1 else {
+        "eval_seconds": sum(m["eval_seconds"] for m in per_task.values()),
+        "eval_examples": sum(m["eval_examples"] for m in per_task.values())}
+    flat["task_metrics"] = per_task
+    return flat, out_rows
 
 
 def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
@@ -98,11 +130,23 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
     import yaml
 
     run_dir = Path(run_dir)
+    cfg = resolve_paths(cfg)
     if _is_main():
         rundir.create(run_dir)
         rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     _barrier()
     return _finish(cfg, run_dir, progress, resume=False)
+
+
+def resolve_paths(cfg: RunConfig, base_dir: Optional[Path] = None) -> RunConfig:
+    """``cfg`` with its tasks' relative paths made absolute (against the working directory), so a
+    run's config.yaml reads the same data from wherever it is evaluated later."""
+    import dataclasses
+
+    base = base_dir or Path.cwd()
+    tasks = tuple(t.resolved(base) for t in cfg.data.tasks)
+    task = tasks if isinstance(cfg.data.task, tuple) else tasks[0]
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=task))
 
 
 def _is_main() -> bool:
@@ -161,22 +205,24 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
 
 
 def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool = False) -> dict:
-    from peftlab.data.seq2seq import BatchPlan, encode_pairs
+    from peftlab.data.seq2seq import BatchPlan
     from peftlab.methods.io import save_adapter
     from peftlab.train.loop import LoopOptions, jsonl_writer, result_dict, train
 
     loaded, state = build(cfg)
     model, tok = loaded.model, loaded.tokenizer
+    causal = loaded.family.kind == "causal"
+    check_lengths(cfg, model)
     log.info("%s", state.summary(model))
     d = cfg.data
-    train_src, train_tgt = prompts(d, load_examples(d, d.train_split, d.max_train_examples))
-    eval_src, eval_tgt = prompts(d, load_examples(d, d.eval_split, d.max_eval_examples))
-    train_enc = encode_pairs(tok, train_src, train_tgt, d.max_source_length, d.max_target_length)
-    eval_enc = encode_pairs(tok, eval_src, eval_tgt, d.max_source_length, d.max_target_length)
-    pad = tok.pad_token_id
+    # every split is read before training: a missing or empty test split must not cost a training run
+    train_enc = encode_rows(tok, d, load_examples(d, d.train_split, d.max_train_examples, causal), causal)
+    eval_enc = encode_rows(tok, d, load_examples(d, d.eval_split, d.max_eval_examples, causal), causal)
+    test = load_examples(d, d.test_split, cfg.eval.max_examples, causal)
+    pad, with_ids = tok.pad_token_id, wants_task_ids(cfg)
     result = train(
-        model, BatchPlan(train_enc, cfg.train.batch_size, pad, seed=cfg.train.seed), cfg.train,
-        eval_plan=BatchPlan(eval_enc, cfg.eval.batch_size, pad, seed=0),
+        model, BatchPlan(train_enc, cfg.train.batch_size, pad, seed=cfg.train.seed, with_task_ids=with_ids), cfg.train,
+        eval_plan=BatchPlan(eval_enc, cfg.eval.batch_size, pad, seed=0, with_task_ids=with_ids),
         log_row=jsonl_writer(run_dir / rundir.TRAIN_LOG) if _is_main() else (lambda row: None),
         options=LoopOptions(progress=progress, desc=cfg.display_name(), resume=resume,
                             checkpoint_dir=run_dir / rundir.CHECKPOINTS if cfg.train.checkpoint_every else None,
@@ -194,8 +240,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         copy_into(model, result.gathered)
         model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg), fold=True)
-    test = load_examples(d, d.test_split, cfg.eval.max_examples)
-    text, rows = score(model, tok, cfg, test)
+    scores, rows = score(model, tok, cfg, test)
     _write_predictions(run_dir, rows)
     total = state.total_params
     trainable = state.trainable_params(model)
@@ -204,14 +249,14 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "methods": [to_dict(m) for m in cfg.methods],
         "model": cfg.model.name,
         "model_init": cfg.model.init,
+        "task": " + ".join(t.describe() for t in d.tasks),
         "trainable_params": trainable,
         "trainable_params_by_method": state.counts(model),
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
-        **{k: text[k] for k in ("bleu", "codexglue_bleu", "rouge_l", "distinct_predictions")},
+        **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
         "test_split": d.test_split,
-        "test_examples": text["eval_examples"],
-        "eval_seconds": text["eval_seconds"],
+        "test_examples": scores["eval_examples"],
         **result_dict(result),
         "train_examples": len(train_enc),
         "truncated_sources": train_enc.truncated_sources,
@@ -253,27 +298,38 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
     cfg, loaded = load_trained(run_dir)
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
-    examples = load_examples(cfg.data, split, n)
-    text, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
+    examples = load_examples(cfg.data, split, n, causal=loaded.family.kind == "causal")
+    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
     _write_predictions(run_dir, rows, f"predictions.{split}.eval.jsonl")
-    return {"split": split, **text}
+    return {"split": split, **scores}
 
 
-def generate_one(run_dir: Path, code: str, func_name: Optional[str] = None) -> str:
-    """Document one function with a trained run."""
-    from peftlab.data.code2doc import Code2DocExample, clean_code
-    from peftlab.evaluate.generate import generate_texts
+def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[str] = None, *,
+                 prompt: Optional[str] = None, decoding: Optional[dict] = None) -> str:
+    """One output of a trained run: document ``code`` (a code→doc run) or continue ``prompt``
+    (text given as is). ``decoding`` overrides the run's eval settings (beams, sampling...)."""
+    import dataclasses
+
+    from peftlab.data.seq2seq import prompt_ids, tail_tokens
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.generate import Decoding, generate_ids
 
     cfg, loaded = load_trained(Path(run_dir))
-    name = func_name or _guess_name(code)
-    (src,), _ = prompts(cfg.data, [Code2DocExample(func_name=name, code=clean_code(code), target="")])
-    (text,) = generate_texts(
-        loaded.model, loaded.tokenizer, [src], max_source_length=cfg.data.max_source_length,
-        max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
-        mixed_precision=cfg.train.mixed_precision, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
-        repetition_penalty=cfg.eval.repetition_penalty,
-    )
-    return text
+    task = cfg.data.tasks[0]
+    if (code is None) == (prompt is None):
+        raise ConfigError("generate: give exactly one of --code FILE or --prompt TEXT")
+    if code is not None:
+        if not hasattr(task, "example_from_code"):
+            raise ConfigError(f"generate --code: this run's task is {task.describe()}, not code2doc; use --prompt")
+        text, tail = task.example_from_code(code, func_name or _guess_name(code)).source, task.prompt_tail
+    else:
+        text, tail = prompt, ""
+    model, tok = loaded.model, loaded.tokenizer
+    ids, _, _ = prompt_ids(tok, [text], cfg.data.max_source_length, causal=not model.config.is_encoder_decoder,
+                           keep_tail=tail_tokens(tok, tail))
+    dec = dataclasses.replace(Decoding.of(cfg.eval), **(decoding or {}))
+    (out,) = generate_ids(model, tok, ids, dec, mixed_precision=cfg.train.mixed_precision)
+    return out
 
 
 def _guess_name(code: str) -> str:
@@ -284,7 +340,7 @@ def _guess_name(code: str) -> str:
 
 
 def merge_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run as a plain HF model directory (LoRA merged into the weights)."""
+    """Write a finished run as a plain HF model directory (LoRA or IA3 merged into the weights)."""
     from peftlab.methods.export import merged_model
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)  # QLoRA: merge into the bf16/fp32 base
@@ -296,7 +352,7 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's LoRA adapter in HF peft's format."""
+    """Write a finished run's LoRA or IA3 adapter in HF peft's format."""
     from peftlab.methods.export import export_peft
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)

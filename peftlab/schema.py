@@ -7,9 +7,9 @@ Method configs are dispatched by their ``name`` through the registry in ``peftla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
-from peftlab.data.prompts import SEED000_TEMPLATE
+from peftlab.tasks import TaskConfig, default_task
 from peftlab.methods.base import MethodConfig
 
 
@@ -26,31 +26,39 @@ class ModelSpec:
     double_quant: bool = True  # 4-bit: quantize the quantization constants too (QLoRA)
 
 
+_MOVED = "moved into data.task (e.g. data: {task: {name: code2doc, path: stdlib}})"
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    task: Literal["code2doc"] = "code2doc"
-    path: str = "stdlib"  # "stdlib" (the embedded corpus), a dir with {train,valid,test}.jsonl, or a file
+    # the task (``code2doc``, or a mapping with its name and options: ``{name: classify, path: ...}``),
+    # or a list of tasks trained together (multi-task: each example carries its task's index)
+    task: Union[TaskConfig, tuple[TaskConfig, ...]] = field(default_factory=default_task)
     train_split: str = "train"
     eval_split: str = "valid"  # validation loss during training
-    test_split: str = "test"  # generation metrics at the end
-    target_field: Literal["docstring_tokens", "docstring"] = "docstring_tokens"
-    template: str = SEED000_TEMPLATE  # prompt; fields: {func_name}, {code}, {path}
-    max_source_length: int = 256  # longer prompts are truncated (and counted in the log)
+    test_split: str = "test"  # task metrics at the end
+    max_source_length: int = 256  # longer prompts lose their middle (the template's tail is kept); counted
     max_target_length: int = 64
-    max_train_examples: Optional[int] = None
-    max_eval_examples: Optional[int] = 200
+    max_train_examples: Optional[int] = None  # per task
+    max_eval_examples: Optional[int] = 200  # per task
+    moved_keys: ClassVar[dict] = {"path": "data.path " + _MOVED, "template": "data.template " + _MOVED,
+                                  "target_field": "data.target_field " + _MOVED}
 
     def __post_init__(self):
         if self.max_source_length < 8 or self.max_target_length < 2:
             raise ValueError("max_source_length must be >= 8 and max_target_length >= 2")
-        from peftlab.config import FieldError
-        from peftlab.data.prompts import template_fields
-        from peftlab.errors import ConfigError
+        if isinstance(self.task, tuple):
+            from peftlab.config import FieldError
 
-        try:
-            template_fields(self.template)
-        except ConfigError as e:
-            raise FieldError("template", str(e)) from None
+            if not self.task:
+                raise FieldError("task", "name at least one task")
+            names = [t.describe() for t in self.task]
+            if len(set(names)) != len(names):
+                raise FieldError("task", f"tasks trained together need distinct names (give each a title): {names}")
+
+    @property
+    def tasks(self) -> tuple[TaskConfig, ...]:
+        return self.task if isinstance(self.task, tuple) else (self.task,)
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,11 @@ class EvalSpec:
     max_new_tokens: int = 48
     no_repeat_ngram_size: int = 0  # >0 forbids repeating any n-gram of this size (0 = plain decoding)
     repetition_penalty: float = 1.0
+    length_penalty: float = 1.0  # beam search: >1 favours longer outputs
+    do_sample: bool = False  # sample instead of greedy/beam search (seeded by ``seed``)
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus sampling: keep the smallest set of tokens with this much probability
+    seed: int = 0  # sampling seed
     batch_size: int = 16
     max_examples: Optional[int] = 200  # test examples scored; None = the whole split
 

@@ -91,7 +91,7 @@ def test_failed_run_is_marked_and_not_mistaken_for_finished(tmp_path, capsys):
     data.mkdir()
     for split in ("train", "valid", "test"):
         (data / f"{split}.jsonl").write_text("" if split == "test" else (ROOT / "tests/fixtures/codexglue_python_sample.jsonl").read_text())
-    code = main(["train", str(SMOKE), "--out", str(out), "--quiet", *FAST, f"data.path={data}"])
+    code = main(["train", str(SMOKE), "--out", str(out), "--quiet", *FAST, f"data.task.path={data}"])
     assert code == 2
     err = capsys.readouterr().err
     assert "test.jsonl" in err and "empty" in err
@@ -107,8 +107,9 @@ def test_failed_run_is_marked_and_not_mistaken_for_finished(tmp_path, capsys):
         ("model.name=not a model!", "neither a short name"),
         ("train.max_step=3", "did you mean 'max_steps'"),
         ("methods.0.targets=[nope]", "match no linear layer"),
-        ("data.template='{oops}'", "override \"data.template='{oops}'\": data.template: prompt template uses unknown field {oops}"),
-        ("model={name: mini-llama}", "'mini-llama' is a llama decoder; the code2doc task runs on encoder-decoder"),
+        ("data.task.template='{oops}'", "override \"data.task.template='{oops}'\": data.task.template: prompt template uses unknown field {oops}"),
+        ("data.path=x", "data.path moved into data.task"),
+        ("data.task={name: nope}", "unknown task 'nope'"),
     ],
 )
 def test_bad_input_is_one_clear_message(tmp_path, capsys, override, message):

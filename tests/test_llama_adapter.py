@@ -197,7 +197,7 @@ def test_lora_then_v2_scales_the_lora_output():
 
 
 def test_v2_then_lora_on_the_same_linear_names_both():
-    with pytest.raises(ModelError, match="lora: .*q_proj is already wrapped by llama_adapter_v2.*apply lora before llama_adapter_v2"):
+    with pytest.raises(ModelError, match=r"lora: .*q_proj is already wrapped \(LlamaAdapterV2Linear\)"):
         apply_methods(build_llama(), [LlamaAdapterV2Config(length=2), LoraConfig(r=2)])
 
 
@@ -225,3 +225,34 @@ def test_bf16_autocast_trains(config, llama_batch):
     assert torch.isfinite(out.loss)
     assert all(params[n].grad is not None and params[n].dtype == torch.float32 for n in state.trainable_names())
     torch.testing.assert_close(out.logits.float(), full, atol=0.1, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(llama_batch):
+    grads = []
+    for checkpointing in (False, True):
+        model = build_llama()
+        state = apply_methods(model, [PrefixConfig(length=2, projection=8), LlamaAdapterV2Config(length=3)])
+        gated(model)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**llama_batch).loss.backward()
+        params = dict(model.named_parameters())
+        grads.append([params[n].grad for n in state.trainable_names()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_config_from_yaml_data_round_trips():
+    from peftlab.config import from_dict
+    from peftlab.methods import MethodConfig
+
+    for data, cfg in [({"name": "llama_adapter", "length": 4, "layers": 2}, LlamaAdapterConfig(length=4, layers=2)),
+                      ({"name": "llama_adapter_v2"}, LlamaAdapterV2Config())]:
+        assert from_dict(MethodConfig, data) == cfg
+        assert from_dict(MethodConfig, cfg.to_dict()) == cfg
+
+
+def test_v1_and_v2_on_one_model_are_refused():
+    with pytest.raises(ModelError, match="llama_adapter_v2: .*already has a 'adaption_prompt'"):
+        apply_methods(build_llama(), [LlamaAdapterConfig(length=2), LlamaAdapterV2Config(length=2)])

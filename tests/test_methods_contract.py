@@ -18,6 +18,11 @@ from peftlab.config import from_dict
 from peftlab.errors import ConfigError, ModelError
 from peftlab.methods import MethodConfig, apply_methods, peft_state
 from peftlab.methods.alignment import ATTR, AlignmentConfig, HyperAlignmentAdapter
+from peftlab.methods.bottleneck import BottleneckAdapter
+from peftlab.methods.houlsby import HoulsbyConfig
+from peftlab.methods.ia3 import IA3Config, IA3Linear, ia3_modules
+from peftlab.methods.parallel import ParallelAdapterConfig
+from peftlab.methods.pfeiffer import PfeifferConfig
 from peftlab.methods.full import FullFineTuneConfig, ZeroShotConfig
 from peftlab.methods.io import MANIFEST, WEIGHTS, load_adapter, save_adapter
 from peftlab.methods.llama_adapter import LlamaAdapterConfig
@@ -87,6 +92,24 @@ def lora_llama_qv(r):
     return count
 
 
+def bottleneck(rf, kinds, drop=0, lns=0, norms=False, blocks=None):
+    """Bottleneck adapters: 2·d·m + m + d each (+ 2d per new LayerNorm, + d per trained base norm),
+    one per adapted sub-layer kind (self/cross/ffn) in each block kept after AdapterDrop."""
+
+    def count(c):
+        d = getattr(c, "d_model", None) or c.hidden_size
+        m = int(d // rf)
+        per = 2 * d * m + m + d + 2 * d * lns + (d if norms else 0)
+        if c.model_type == "t5":
+            enc, dec = c.num_layers - drop, c.num_decoder_layers - drop
+            n = sum(enc * (k != "cross") + dec for k in kinds)  # cross: decoder blocks only
+        else:
+            n = (c.num_hidden_layers - drop) * len(kinds)
+        return per * (n if blocks is None else blocks * len(kinds))
+
+    return count
+
+
 def _prefix(p, hidden, sites, width):
     if not hidden:
         return sites * 2 * p * width  # a key and a value row per prefix position, per site
@@ -101,12 +124,27 @@ def prefix_t5(p, hidden=0, encoder_self=True, decoder_self=True, cross=True):
     return count
 
 
+def ia3_t5(stacks=("encoder", "decoder")):
+    def count(c):
+        inner = c.num_heads * c.d_kv
+        enc = c.num_layers * (2 * inner + c.d_ff) if "encoder" in stacks else 0  # k, v: out; wo: in
+        dec = c.num_decoder_layers * (2 * 2 * inner + c.d_ff) if "decoder" in stacks else 0  # self + cross
+        return enc + dec
+
+    return count
+
+
 def prefix_llama(p, hidden=0):
     def count(c):
         width = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)  # GQA: key/value heads
         return _prefix(p, hidden, c.num_hidden_layers, width)
 
     return count
+
+
+def ia3_llama(c):
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    return c.num_hidden_layers * (2 * kv + c.intermediate_size)  # k_proj, v_proj out; down_proj in
 
 
 def llama_adapter(k, layers=None):
@@ -156,7 +194,9 @@ class Case:
     counts: dict[str, Callable]  # method key -> expected count from the HF config
     identity: bool = True
     tags: set = field(default_factory=set)
-    base_trained: Callable | None = None  # base parameters the method trains (v2's norms)
+    # parameters the methods add to the model, where some trainable ones are the base's own
+    # (Houlsby's train_norms); None = all trainable ones are new
+    injected: Callable | None = None
 
     def build(self, seed=0):
         return _BUILDERS[self.family](seed)
@@ -207,10 +247,11 @@ CASES = [
     Case("llama-adapter-top1-llama", "llama", lambda: [LlamaAdapterConfig(length=4, layers=1)],
          {"llama_adapter": llama_adapter(4, 1)}),
     Case("llama-adapter-v2-llama", "llama", lambda: [LlamaAdapterV2Config(length=3)],
-         {"llama_adapter_v2": llama_adapter_v2(3)}, base_trained=llama_norms),
+         {"llama_adapter_v2": llama_adapter_v2(3)}, injected=lambda c: llama_adapter_v2(3)(c) - llama_norms(c)),
     Case(
         "lora+llama-adapter-v2-llama", "llama", lambda: [LoraConfig(r=4), LlamaAdapterV2Config(length=3)],
-        {"lora": lora_llama_qv(4), "llama_adapter_v2": llama_adapter_v2(3)}, base_trained=llama_norms,
+        {"lora": lora_llama_qv(4), "llama_adapter_v2": llama_adapter_v2(3)},
+        injected=lambda c: lora_llama_qv(4)(c) + llama_adapter_v2(3)(c) - llama_norms(c),
     ),
     Case(
         "lora+prefix+llama-adapter-llama", "llama",
@@ -223,7 +264,7 @@ CASES = [
          {"lora": lora_llama_qv(4), "s2_attn": none}),
     Case("s2-attn+embeddings+norms-llama", "llama",
          lambda: [S2AttnConfig(group_fraction=0.5, train_embeddings=True, train_norms=True)],
-         {"s2_attn": llama_embeddings_norms}, base_trained=llama_embeddings_norms),
+         {"s2_attn": llama_embeddings_norms}, injected=none),  # all of them are the base's own
     Case("llama-adapter+s2-attn-llama", "llama", lambda: [LlamaAdapterConfig(length=3), S2AttnConfig(group_size=4)],
          {"llama_adapter": llama_adapter(3), "s2_attn": none}),
     Case("strided-llama", "llama", lambda: [StridedConfig(window=2, stride=3)], {"strided": none}, tags={"untrained"}),
@@ -231,6 +272,59 @@ CASES = [
          {"lora": lora_llama_qv(4), "strided": none}),
     Case("full-t5", "t5", lambda: [FullFineTuneConfig()], {"full": base_total}),
     Case("zero-shot-t5", "t5", lambda: [ZeroShotConfig()], {"zero_shot": lambda c: 0}, tags={"untrained"}),
+    # bottleneck adapters (d = 32: rf 16 -> m = 2, rf 2 -> m = 16) and IA3
+    Case("houlsby-t5", "t5", lambda: [HoulsbyConfig()], {"houlsby": bottleneck(16, ("self", "ffn"))}),
+    Case(
+        "houlsby-ln-norms-cross-t5", "t5",
+        lambda: [HoulsbyConfig(ln_before=True, ln_after=True, train_norms=True, sublayers=("self", "cross", "ffn"),
+                               nonlinearity="gelu")],
+        {"houlsby": bottleneck(16, ("self", "cross", "ffn"), lns=2, norms=True)},
+        injected=bottleneck(16, ("self", "cross", "ffn"), lns=2),
+    ),
+    Case("pfeiffer-t5", "t5", lambda: [PfeifferConfig()], {"pfeiffer": bottleneck(16, ("ffn",))}),
+    Case("pfeiffer-adapterdrop1-t5", "t5", lambda: [PfeifferConfig(drop_lowest=1)],
+         {"pfeiffer": bottleneck(16, ("ffn",), drop=1)}),
+    Case("parallel-t5", "t5", lambda: [ParallelAdapterConfig()], {"parallel": bottleneck(2, ("ffn",))}),
+    Case("parallel-attn-encoder-layer1-t5", "t5",
+         lambda: [ParallelAdapterConfig(sublayers=("self", "ffn"), stacks=("encoder",), layers=(1,), bottleneck=4)],
+         {"parallel": bottleneck(8, ("self", "ffn"), blocks=1)}),
+    Case("houlsby-llama", "llama", lambda: [HoulsbyConfig()], {"houlsby": bottleneck(16, ("self", "ffn"))}),
+    Case("pfeiffer-adapterdrop1-llama", "llama", lambda: [PfeifferConfig(drop_lowest=1)],
+         {"pfeiffer": bottleneck(16, ("ffn",), drop=1)}),
+    Case("parallel-llama", "llama", lambda: [ParallelAdapterConfig(sublayers=("self", "ffn"))],
+         {"parallel": bottleneck(2, ("self", "ffn"))}),
+    Case("ia3-t5", "t5", lambda: [IA3Config()], {"ia3": ia3_t5()}),
+    # issue 14's composition (LoRA + prefix + Houlsby + alignment), and the attention methods
+    # with a bottleneck adapter on a decoder
+    Case(
+        "lora+prefix+houlsby+alignment-t5", "t5",
+        lambda: [LoraConfig(r=4), PrefixConfig(length=2), HoulsbyConfig(), AlignmentConfig()],
+        {"lora": lora_t5_qv(4), "prefix": prefix_t5(2), "houlsby": bottleneck(16, ("self", "ffn")),
+         "alignment": alignment()}, identity=False,
+    ),
+    Case(
+        "prefix+llama-adapter+parallel-llama", "llama",
+        lambda: [PrefixConfig(length=2, projection=8), LlamaAdapterConfig(length=3), ParallelAdapterConfig()],
+        {"prefix": prefix_llama(2, 8), "llama_adapter": llama_adapter(3), "parallel": bottleneck(2, ("ffn",))},
+        identity=False,
+    ),
+    Case("ia3-encoder-t5", "t5", lambda: [IA3Config(stacks=("encoder",))], {"ia3": ia3_t5(("encoder",))}),
+    Case("ia3-llama", "llama", lambda: [IA3Config()], {"ia3": ia3_llama}),
+    # composition: LoRA + bottleneck + alignment, LoRA + IA3 on other layers, two bottlenecks on one FFN
+    Case(
+        "lora+houlsby+alignment-t5", "t5", lambda: [LoraConfig(r=4, alpha=8), HoulsbyConfig(), AlignmentConfig()],
+        {"lora": lora_t5_qv(4), "houlsby": bottleneck(16, ("self", "ffn")), "alignment": alignment()},
+    ),
+    Case("lora-q+ia3-t5", "t5", lambda: [LoraConfig(r=4, alpha=8, targets=("q",)), IA3Config()],
+         {"lora": lambda c: lora_t5_qv(4)(c) // 2, "ia3": ia3_t5()}),
+    Case(
+        "houlsby+parallel+alignment-t5", "t5", lambda: [HoulsbyConfig(), ParallelAdapterConfig(), AlignmentConfig()],
+        {"houlsby": bottleneck(16, ("self", "ffn")), "parallel": bottleneck(2, ("ffn",)), "alignment": alignment()},
+    ),
+    Case("lora+parallel+ia3-llama", "llama",
+         lambda: [LoraConfig(r=4, alpha=8, targets=("q",)), ParallelAdapterConfig(), IA3Config()],
+         {"lora": lambda c: c.num_hidden_layers * 4 * 2 * c.hidden_size, "parallel": bottleneck(2, ("ffn",)),
+          "ia3": ia3_llama}),
 ]
 TRAINED = [c for c in CASES if "untrained" not in c.tags]
 LORA = [c for c in CASES if c.has_lora]
@@ -311,7 +405,7 @@ def test_trainable_counts_are_exact(case):
     n = sum(expected.values())
     assert state.trainable_params(model) == n
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n
-    injected = 0 if case.id.startswith("full") else n - (case.base_trained(model.config) if case.base_trained else 0)
+    injected = 0 if case.id.startswith("full") else case.injected(model.config) if case.injected else n
     total = base_n + injected
     assert state.total_params == total
     summary = state.summary(model)
@@ -502,8 +596,9 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
-@cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'prefix-mlp-t5',
-                                      'llama-adapter-llama', 'llama-adapter-v2-llama', 's2-attn-llama')])
+@cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'houlsby-t5',
+                                     'parallel-llama', 'ia3-t5', 'prefix-mlp-t5', 'llama-adapter-llama',
+                                     'llama-adapter-v2-llama', 's2-attn-llama')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)
@@ -526,7 +621,7 @@ def test_lora_targets_matching_nothing_lists_the_linears(tiny_t5):
 
 
 def test_a_linear_wrapped_by_an_earlier_method_is_named_not_skipped(tiny_t5):
-    with pytest.raises(ModelError, match=r"lora: .*SelfAttention.q is already wrapped by LoraLinear"):
+    with pytest.raises(ModelError, match=r"lora: .*SelfAttention.q is already wrapped \(LoraLinear\)"):
         apply_methods(tiny_t5(), [LoraConfig(r=2, targets=("q", "v")), LoraConfig(r=2, targets=("q", "k"))])
 
 
@@ -568,7 +663,10 @@ def test_config_dispatch_by_name():
     assert from_dict(MethodConfig, {"name": "alignment", "hidden": 8}).hidden == 8
 
 
-@pytest.mark.parametrize("cfg", [LoraConfig(r=4, targets=("all-linear",)), AlignmentConfig(hidden=8), FullFineTuneConfig()])
+@pytest.mark.parametrize("cfg", [LoraConfig(r=4, targets=("all-linear",)), AlignmentConfig(hidden=8), FullFineTuneConfig(),
+                                 HoulsbyConfig(sublayers=("ffn",), layers=(0, 1), drop_lowest=1, train_norms=True),
+                                 PfeifferConfig(bottleneck=4), ParallelAdapterConfig(scaling=2.0),
+                                 IA3Config(stacks=("decoder",))])
 def test_config_round_trips_through_to_dict(cfg):
     assert from_dict(MethodConfig, cfg.to_dict()) == cfg
 
@@ -582,6 +680,20 @@ def test_config_round_trips_through_to_dict(cfg):
         (lambda: LoraConfig(dropout=1.0), "dropout"),
         (lambda: AlignmentConfig(mode="gated"), "mode"),
         (lambda: AlignmentConfig(hidden=0), "hidden"),
+        (lambda: HoulsbyConfig(reduction_factor=0), "reduction_factor"),
+        (lambda: HoulsbyConfig(bottleneck=0), "bottleneck"),
+        (lambda: HoulsbyConfig(nonlinearity="sigmoidd"), "nonlinearity"),
+        (lambda: PfeifferConfig(sublayers=("mlp",)), "sublayers"),
+        (lambda: PfeifferConfig(sublayers="ffn"), "sublayers"),
+        (lambda: ParallelAdapterConfig(scaling=0.0), "scaling"),
+        (lambda: ParallelAdapterConfig(init="xavier"), "init"),
+        (lambda: HoulsbyConfig(dropout=1.0), "dropout"),
+        (lambda: HoulsbyConfig(layers=(-1,)), "layers"),
+        (lambda: HoulsbyConfig(drop_lowest=-1), "drop_lowest"),
+        (lambda: IA3Config(targets="k"), "targets"),
+        (lambda: IA3Config(targets=()), "targets"),
+        (lambda: IA3Config(targets=("all-linear",)), "targets"),
+        (lambda: IA3Config(targets=("k", "v"), feedforward=("ffn_out",)), "feedforward"),
     ],
 )
 def test_configs_validate_on_construction(make, match):
@@ -597,6 +709,10 @@ def test_configs_validate_on_construction(make, match):
         ({"name": "lora", "r": 0}, "r must be >= 1"),
         ({"name": "lora", "r": "four"}, "expected an integer"),
         ({"name": "alignment", "mode": "gated"}, "residual"),
+        ({"name": "houlsby", "reduction_factr": 8}, "did you mean 'reduction_factor'"),
+        ({"name": "pfeiffer", "drop_lowest": -2}, "drop_lowest: drop_lowest must be >= 0, got -2"),
+        ({"name": "parallel", "sublayers": ["attn"]}, "sublayers must name some of self, cross, ffn"),
+        ({"name": "ia3", "feedforward": ["q"]}, r"feedforward: feedforward \['q'\] must also be in targets"),
     ],
 )
 def test_config_errors(data, match):

@@ -253,3 +253,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(t5_batch):
         grads.append([params[n].grad for n in state.trainable_names()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_config_from_yaml_data_round_trips():
+    from peftlab.config import from_dict
+    from peftlab.errors import ConfigError
+    from peftlab.methods import MethodConfig
+
+    cfg = from_dict(MethodConfig, {"name": "prefix", "length": 10, "projection": 64, "encoder_self": False})
+    assert cfg == PrefixConfig(length=10, projection=64, encoder_self=False)
+    assert from_dict(MethodConfig, cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="length must be >= 1"):
+        from_dict(MethodConfig, {"name": "prefix", "length": 0})
+
+
+def test_two_prefixes_on_one_model_are_refused():
+    with pytest.raises(ModelError, match="prefix: .*already has a 'prefix'"):
+        apply_methods(build_llama(), [PrefixConfig(length=2), PrefixConfig(length=3)])

@@ -75,6 +75,7 @@ def test_encode_counts_truncation(caplog):
     caplog.set_level("INFO", logger="peftlab.data.seq2seq")
     class Tok:
         eos_token_id = 1
+        bos_token_id = None
 
         def __call__(self, texts, add_special_tokens=True, verbose=False):
             return {"input_ids": [[5] * len(t) for t in texts]}

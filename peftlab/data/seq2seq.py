@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -18,37 +18,75 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Encoded:
-    """Token ids of a split, and how many sources/targets had to be truncated."""
+    """Token ids of a split, and how many sources/targets had to be truncated.
+
+    For an encoder-decoder ``input_ids`` is the source and ``labels`` the target. For a decoder both
+    are one sequence (``[bos] prompt target eos``) and ``labels`` is it with the prompt masked to
+    -100, so the loss falls on the target only."""
 
     input_ids: list[list[int]]
     labels: list[list[int]]
     truncated_sources: int = 0
     truncated_targets: int = 0
     longest_source: int = 0
+    task_ids: Optional[list[int]] = None  # multi-task: each row's task index
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def _ids_with_eos(tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[list[int]], int, int]:
-    eos = tokenizer.eos_token_id
+def tail_tokens(tokenizer, tail: str) -> int:
+    """How many tokens the fixed end of a prompt template takes (kept when a prompt is cut)."""
+    return len(tokenizer(tail, add_special_tokens=False)["input_ids"]) if tail.strip() else 0
+
+
+def _cut_middle(ids: list[int], max_len: int, keep_tail: int) -> list[int]:
+    """``ids`` cut to ``max_len`` by dropping tokens before the last ``keep_tail`` (the instruction
+    that ends a prompt survives; what is lost is the end of the code or text before it)."""
+    keep_tail = min(keep_tail, max_len // 2)
+    return ids[: max_len - keep_tail] + (ids[len(ids) - keep_tail:] if keep_tail else [])
+
+
+def prompt_ids(tokenizer, texts: Sequence[str], max_len: int, *, causal: bool = False,
+               keep_tail: int = 0) -> tuple[list[list[int]], int, int]:
+    """Model inputs for prompts, and (count truncated, longest length before truncation).
+
+    Encoder inputs end with EOS (as T5 was trained); decoder prompts start with BOS (where the
+    tokenizer has one) and do not end: the target or the generation continues them."""
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     out, truncated, longest = [], 0, 0
-    for ids in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]:
-        if not ids or ids[-1] != eos:
-            ids = ids + [eos]
-        longest = max(longest, len(ids))
-        if len(ids) > max_len:
-            ids = ids[: max_len - 1] + [eos]
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
+        if causal:
+            ids = ([bos] if bos is not None else []) + ids
+            body, end = ids, []
+        else:
+            body, end = ids, [eos]
+        longest = max(longest, len(body) + len(end))
+        if len(body) + len(end) > max_len:
+            body = _cut_middle(body, max_len - len(end), keep_tail)
             truncated += 1
-        out.append(ids)
+        out.append(body + end)
     return out, truncated, longest
 
 
-def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str], max_source: int, max_target: int) -> Encoded:
-    """Tokenise (source, target) pairs, ending each with EOS; truncation is counted, never silent."""
-    src, n_src, longest = _ids_with_eos(tokenizer, sources, max_source)
-    tgt, n_tgt, _ = _ids_with_eos(tokenizer, targets, max_target)
-    enc = Encoded(src, tgt, n_src, n_tgt, longest)
+def _ids_with_eos(tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[list[int]], int, int]:
+    return prompt_ids(tokenizer, texts, max_len)
+
+
+def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str], max_source: int, max_target: int,
+                 *, causal: bool = False, tail: str = "", task_ids: Optional[Sequence[int]] = None) -> Encoded:
+    """Tokenise (source, target) pairs; truncation is counted, never silent (see ``Encoded``).
+
+    ``tail``: the prompt template's fixed ending, kept when a source is too long."""
+    src, n_src, longest = prompt_ids(tokenizer, sources, max_source, causal=causal,
+                                     keep_tail=tail_tokens(tokenizer, tail))
+    tgt, n_tgt, _ = prompt_ids(tokenizer, targets, max_target)  # target + eos, cut at the end
+    if causal:
+        inputs = [s + t for s, t in zip(src, tgt)]
+        labels = [[-100] * len(s) + t for s, t in zip(src, tgt)]
+    else:
+        inputs, labels = src, tgt
+    enc = Encoded(inputs, labels, n_src, n_tgt, longest, list(task_ids) if task_ids is not None else None)
     if n_src or n_tgt:
         log.info(
             "truncated %d of %d sources to %d tokens (longest %d) and %d targets to %d tokens",
@@ -86,6 +124,7 @@ class BatchPlan:
     bucket: int = 50  # batches per length-sorted bucket: less padding, still shuffled
     rank: int = 0
     world: int = 1
+    with_task_ids: bool = False  # add each row's task index as ``task_ids`` (a method consumes it)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -107,7 +146,10 @@ class BatchPlan:
         return len(self.epoch_batches(0))
 
     def make_batch(self, rows: list[int], epoch: int = 0) -> dict[str, torch.Tensor]:
-        return collate([self.data.input_ids[r] for r in rows], [self.data.labels[r] for r in rows], self.pad_id)
+        batch = collate([self.data.input_ids[r] for r in rows], [self.data.labels[r] for r in rows], self.pad_id)
+        if self.with_task_ids and self.data.task_ids is not None:
+            batch["task_ids"] = torch.tensor([self.data.task_ids[r] for r in rows], dtype=torch.long)
+        return batch
 
     def iterate(self, epoch: int = 0, index: int = 0) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
         """Yield ``(epoch, index, batch)`` forever, starting at a saved position."""

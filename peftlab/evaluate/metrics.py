@@ -115,6 +115,25 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
     }
 
 
+def classification_metrics(predicted: Sequence[int], gold: Sequence[int], n_labels: int) -> dict[str, float]:
+    """Accuracy, macro-F1 over the ``n_labels`` classes and, for two classes, F1 of class 1 (each
+    on 0-100). A prediction of -1 (an answer outside the label set) is wrong for every class."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"predicted and gold differ in length: {len(predicted)} != {len(gold)}")
+    if not gold:
+        raise ValueError("no examples to score")
+    correct = sum(p == g for p, g in zip(predicted, gold))
+    f1s = []
+    for c in range(n_labels):
+        tp = sum(p == c and g == c for p, g in zip(predicted, gold))
+        fp = sum(p == c and g != c for p, g in zip(predicted, gold))
+        fn = sum(p != c and g == c for p, g in zip(predicted, gold))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    out = {"accuracy": 100.0 * correct / len(gold), "macro_f1": 100.0 * sum(f1s) / n_labels}
+    out["f1"] = 100.0 * f1s[1] if n_labels == 2 else out["macro_f1"]
+    return out
+
+
 def _checked(predictions: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
     """Validate the pair and return both with line breaks and tabs turned into spaces."""
     for name, texts in (("predictions", predictions), ("references", references)):

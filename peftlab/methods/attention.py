@@ -56,9 +56,23 @@ call the function runs, in this order:
 (c) **Output adders** (``OutputAdder``, e.g. LLaMA-Adapter's gated prompt attention).
     ``delta(module, query, scaling) -> (B, q, H, d)``, summed onto the core's output.
 
-A model without any extension keeps using the stock functions; ``generate`` (KV cache), bf16
-autocast and gradient checkpointing go through the same path. ``deepcopy`` copies the extension
-tables along with the modules they point to.
+A method's ``apply`` attaches one extension per attention module it changes, e.g. a sparse core::
+
+    class ShiftedSparse(AttentionCore):        # an AdapterModule: parameters (if any) it declares
+        method = "s2_attn"                     # named in errors (two cores on one module)
+        def attend(self, module, query, key, value, attention_mask, *, base, n_extra, is_causal, **kw):
+            if not module.training:
+                return base(module, query, key, value, attention_mask, **kw)   # full attention
+            ...                                # grouped attention, returns (out (B, q, H, d), None)
+
+    for name, _ in attention_modules(model, family, kinds=("self",)):
+        attach(model, name, "sparse", ShiftedSparse())   # -> <name>.sparse, switches the model
+
+``extensions(attention)`` lists what is attached. Any number of extenders and adders and one core
+compose on one module (prefix + sparse + LLaMA-Adapter). A model without any extension keeps using
+the stock functions; ``generate`` (KV cache), bf16 autocast and gradient checkpointing go through
+the same path. ``deepcopy`` copies the extension tables along with the modules they point to;
+``apply_methods`` undoes attachments and the implementation switch when a later method fails.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Leaving peftlab: LoRA adapters in HF peft's format, and merged plain ``transformers`` models.
+"""Leaving peftlab: LoRA and IA3 adapters in HF peft's format, and merged plain ``transformers`` models.
 
 ``export_peft`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
-``peft.PeftModel.from_pretrained(base, DIR)`` loads; ``merged_model`` folds LoRA into the base
-weights and unwraps it, leaving a model that ``save_pretrained`` writes and plain
-``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter) are refused by name;
-methods that change training only (S²-Attn) are left out: the trained model runs without them.
+``peft.PeftModel.from_pretrained(base, DIR)`` loads; ``merged_model`` folds LoRA and IA3 into the
+base weights and unwraps them, leaving a model that ``save_pretrained`` writes and plain
+``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter, bottleneck
+adapters) are refused by name; methods that change training only (S²-Attn) are left out: the
+trained model runs without them.
 """
 
 from __future__ import annotations
@@ -15,33 +16,36 @@ from pathlib import Path
 from torch import nn
 
 from peftlab.errors import ModelError
+from peftlab.methods.ia3 import IA3Config, IA3Linear, ia3_peft_form
 from peftlab.methods.lora import LoraConfig, LoraLinear
 
 
-def _lora_only(model: nn.Module, what: str) -> list[LoraConfig]:
+def _peft_methods(model: nn.Module, what: str) -> list:
     from peftlab.methods.state import peft_state
 
     state = peft_state(model)
     if state is None:
         raise ModelError(f"{what}: no peftlab methods were applied to this model")
-    others = [c.name for c in state.configs if c.name not in ("lora", "full", "zero_shot") and not c.training_only()]
+    others = [c.name for c in state.configs
+              if c.name not in ("lora", "ia3", "full", "zero_shot") and not c.training_only()]
     if others:
-        raise ModelError(f"{what}: only LoRA (and full fine-tuning) have a plain Hugging Face form; "
+        raise ModelError(f"{what}: only LoRA, IA3 (and full fine-tuning) have a plain Hugging Face form; "
                          f"this model also has {', '.join(others)}")
-    return [c for c in state.configs if isinstance(c, LoraConfig)]
+    return [c for c in state.configs if isinstance(c, (LoraConfig, IA3Config))]
 
 
 def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str) -> Path:
-    """Write the model's adapter in HF peft's on-disk format: LoRA, or one method with ``to_peft``."""
-    from safetensors.torch import save_file
-
+    """Write the model's adapter in HF peft's on-disk format: LoRA, IA3, or one method with ``to_peft``."""
     own = _method_export(model)
     if own is not None:
-        return _write(out_dir, *own, base_model_name_or_path)
-    configs = _lora_only(model, "peft export")
+        return _write(out_dir, model, base_model_name_or_path, *own)
+    configs = _peft_methods(model, "peft export")
     if len(configs) != 1:
-        raise ModelError(f"peft export: needs exactly one LoRA method, found {len(configs)}")
+        raise ModelError(f"peft export: needs exactly one LoRA or IA3 method, found {len(configs)}")
     (cfg,) = configs
+    if isinstance(cfg, IA3Config):
+        config, tensors = ia3_peft_form(model)
+        return _write(out_dir, model, base_model_name_or_path, config, tensors)
     wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
     if any(m.merged for m in wrapped.values()):
         raise ModelError("peft export: unmerge LoRA first (the export holds A and B, not merged weights)")
@@ -49,13 +53,8 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
     for name, m in wrapped.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_a.detach().cpu().contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_b.detach().cpu().contiguous()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
-        "task_type": "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
@@ -64,20 +63,30 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,
-        "inference_mode": True,
     }
+    return _write(out_dir, model, base_model_name_or_path, config, tensors)
+
+
+def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {**config, "task_type": "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM",
+              "base_model_name_or_path": base_model_name_or_path, "inference_mode": True}
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
 
 
 def merged_model(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update into its base weight and put plain ``nn.Linear`` layers back."""
+    """Fold every LoRA update and IA3 vector into its base weight; put plain ``nn.Linear`` layers back."""
     from peftlab.methods.state import _ATTR
     from peftlab.methods.targets import replace_module
 
-    _lora_only(model, "merge")
+    _peft_methods(model, "merge")
     for name, m in list(model.named_modules()):
-        if isinstance(m, LoraLinear):
+        if isinstance(m, (LoraLinear, IA3Linear)):
             m.merge()
             linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
                                device=m.weight.device, dtype=m.weight.dtype)
@@ -105,13 +114,3 @@ def _method_export(model: nn.Module) -> tuple[dict, dict] | None:
                          f"{', '.join(c.name for c in configs)}")
     return own[0].to_peft(model, family_of(model))
 
-
-def _write(out_dir, config: dict, tensors: dict, base_model_name_or_path: str) -> Path:
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = {**config, "base_model_name_or_path": base_model_name_or_path, "inference_mode": True}
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    return out

@@ -18,7 +18,7 @@ exactly (lit-llama patches every ``nn.Linear``, ``lm_head`` included, and trains
 
 Composition with LoRA: LoRA first, then v2, works: v2 scales the LoRA layer's output,
 ``y = s ⊙ (LoRA(x) + β)``. v2 first, then LoRA on the same linear, is refused by LoRA
-("q_proj is already wrapped by llama_adapter_v2"): apply LoRA before llama_adapter_v2.
+("q_proj is already wrapped (LlamaAdapterV2Linear)"): apply LoRA before llama_adapter_v2.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ class BiasScale(AdapterModule):
 
 class LlamaAdapterV2Linear(BiasScale):
     """A plain ``nn.Linear`` with v2's bias and scale; ``weight``/``bias`` keep their names."""
-
-    method = "llama_adapter_v2"
 
     def __init__(self, base: nn.Linear):
         super().__init__(base.out_features, base.weight.device)

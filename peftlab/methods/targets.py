@@ -8,6 +8,7 @@ from typing import Sequence
 from torch import nn
 
 from peftlab.errors import ModelError
+from peftlab.methods.base import AdapterModule
 
 
 def _stack_of(name: str, family) -> str | None:
@@ -44,11 +45,16 @@ def find_linears(
             leaves.update(family.leaf_names(t))
         else:
             leaves.add(t)
-    found, block_linears = [], []
+    found, block_linears, inside = [], [], []
     for name, module in model.named_modules():
+        if any(name.startswith(a) for a in inside):
+            continue  # a method's own layers (an adapter's down/up) are never targets
+        wrapped = isinstance(module, AdapterModule)
+        if wrapped:
+            inside.append(name + ".")
         stack = _stack_of(name, family)
-        wrapped = _wrapped_linear(module)
-        if stack is None or not (isinstance(module, nn.Linear) or wrapped):
+        # a linear that a method already wrapped (LoRA, IA3) stays a target: a second wrapper is refused
+        if stack is None or not (isinstance(module, nn.Linear) or wrapped and hasattr(module, "in_features")):
             continue
         block_linears.append(name)
         if stacks is not None and stack not in stacks:
@@ -56,10 +62,6 @@ def find_linears(
         if all_linear or any(name == l or name.endswith("." + l) for l in leaves) or any(
             p.fullmatch(name) for p in patterns
         ):
-            if wrapped:  # another method already replaced this linear: say so rather than skip it
-                by = getattr(module, "method", "") or type(module).__name__
-                raise ModelError(f"{method}: {name} is already wrapped by {by} ({type(module).__name__}); "
-                                 f"apply {method} before {by}, or target other layers")
             found.append((name, module))
     if not found:
         existing = sorted({n.rsplit(".", 1)[-1] for n in block_linears})
@@ -69,11 +71,6 @@ def find_linears(
             f"linear layers are named: {', '.join(existing)} (roles: {roles})"
         )
     return found
-
-
-def _wrapped_linear(module: nn.Module) -> bool:
-    """A method's wrapper around a linear layer (LoRA's, LLaMA-Adapter v2's): linear-shaped, not nn.Linear."""
-    return not isinstance(module, nn.Linear) and hasattr(module, "in_features") and hasattr(module, "weight")
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -35,6 +35,11 @@ class Family:
     norms: tuple[str, ...] = ()
     final_norms: tuple[str, ...] = ()
     embeddings: str = ""  # dotted path of the input embedding module (shared by T5's stacks)
+    # Residual branches (bottleneck adapters): per sub-layer kind, leaf names of two siblings of
+    # the sub-layer inside its parent: the norm that reads the residual stream h entering the
+    # branch, and the module whose output is the branch added back to h ("" = the sub-layer).
+    pre_norms: dict[str, str] = field(default_factory=dict)
+    branch_outputs: dict[str, str] = field(default_factory=dict)
     lm_head: str = ""  # dotted path of the output projection onto the vocabulary
     # Attention geometry (hook point 3): config attributes with the number of key/value heads
     # ("" = num_heads: no grouped-query attention) and the per-head width, and the dotted path of
@@ -70,6 +75,18 @@ class Family:
         if not leaf:
             return []
         return [(n, m) for n, m in block.named_modules() if n == leaf or n.endswith("." + leaf)]
+
+    def residual_branches(self, block, kind: str) -> list[tuple[str, "object", "object"]]:
+        """``(parent name inside block, pre-norm, branch-output module)`` of each ``kind`` sub-layer
+        of a block: h = the norm's input, h + branch = the residual sum after the sub-layer."""
+        out = []
+        for name, sub in self.sublayers(block, kind):
+            parent_name = name.rpartition(".")[0]
+            parent = block.get_submodule(parent_name) if parent_name else block
+            branch = self.branch_outputs.get(kind, "")
+            out.append((parent_name, parent.get_submodule(self.pre_norms[kind]),
+                        parent.get_submodule(branch) if branch else sub))
+        return out
 
     def block_norms(self, block) -> list[tuple[str, "object"]]:
         """``(dotted name inside block, module)`` of the norms inside a block."""

@@ -27,6 +27,9 @@ LLAMA = Family(
     attention={"self": "self_attn"},
     ffn="mlp",
     norms=("input_layernorm", "post_attention_layernorm"),
+    # h + self_attn(input_layernorm(h)), then h + mlp(post_attention_layernorm(h))
+    pre_norms={"self": "input_layernorm", "ffn": "post_attention_layernorm"},
+    branch_outputs={"self": "", "ffn": ""},
     final_norms=("model.norm",),
     embeddings="model.embed_tokens",
     lm_head="lm_head",

@@ -1,0 +1,153 @@
+"""IA3: Liu et al., "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context
+Learning" (NeurIPS 2022, arXiv:2205.05638), (IA)³ = Infused Adapter by Inhibiting and Amplifying
+Inner Activations.
+
+Learned vectors rescale the attention keys and values and the FFN's inner activations::
+
+    k = l_k ⊙ (W_k x),   v = l_v ⊙ (W_v x),   FFN(x) = W_out (l_ff ⊙ act(x))
+    l_k, l_v: (d_k·heads,)   l_ff: (d_ff,)   all start at 1, so the model starts as the base model
+
+Each targeted linear is wrapped in place (DESIGN.md hook point 1): an output-scaled layer computes
+``F.linear(x, W, b) * l`` and an input-scaled ("feedforward") layer ``F.linear(x * l, W, b)``, with
+no copy of ``W``. ``weight``/``bias`` keep their names, so base checkpoints load strictly. The
+targets are HF peft's defaults (T5: k, v, wo; LLaMA: k_proj, v_proj, down_proj — self- and
+cross-attention); ``merge`` folds l into W (rows for output scaling, columns for input scaling), as
+``peft``'s ``merge_and_unload`` does, and ``export.py`` writes peft's IA3 format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peftlab.config import FieldError
+from peftlab.errors import ModelError
+from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.lora import is_quantized
+from peftlab.methods.targets import find_linears, replace_module
+
+
+class IA3Linear(AdapterModule):
+    def __init__(self, base: nn.Linear, feedforward: bool):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias  # frozen, original names
+        self.feedforward = feedforward  # scale the input (FFN activations), else the output
+        n = self.in_features if feedforward else self.out_features
+        self.ia3_l = nn.Parameter(torch.ones(n, device=base.weight.device))  # (in,) or (out,)
+        self.merged = False
+
+    def adapter_parameters(self):
+        return iter((self.ia3_l,))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return F.linear(x, self.weight, self.bias)
+        l = self.ia3_l if self.ia3_l.dtype == x.dtype else self.ia3_l.to(x.dtype)
+        if self.feedforward:
+            return F.linear(x * l, self.weight, self.bias)
+        y = F.linear(x, self.weight, self.bias)
+        return y * (l if l.dtype == y.dtype else self.ia3_l.to(y.dtype))  # autocast: y is bf16
+
+    def _scale(self, l: torch.Tensor) -> None:
+        if self.feedforward:
+            self.weight.mul_(l.to(self.weight.dtype)[None, :])  # columns
+        else:
+            self.weight.mul_(l.to(self.weight.dtype)[:, None])  # rows
+            if self.bias is not None:
+                self.bias.mul_(l.to(self.bias.dtype))
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self._scale(self.ia3_l)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Divide l back out (exact only up to rounding, and impossible where l = 0)."""
+        if self.merged:
+            if (self.ia3_l == 0).any():
+                raise ModelError("ia3: cannot unmerge a vector with zeros (the scaled weights are lost)")
+            self._scale(1.0 / self.ia3_l)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        scaled = "input" if self.feedforward else "output"
+        return f"in={self.in_features}, out={self.out_features}, scales={scaled}, merged={self.merged}"
+
+
+@dataclass(frozen=True)
+class IA3Config(MethodConfig):
+    name = "ia3"
+    targets: tuple[str, ...] = ("k", "v", "ffn_out")  # roles, leaf names or "re:<regex>"
+    feedforward: tuple[str, ...] = ("ffn_out",)  # targets whose input is scaled (the rest: output)
+    stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack
+
+    def __post_init__(self):
+        for name in ("targets", "feedforward"):
+            if isinstance(getattr(self, name), str):
+                raise FieldError(name, f"{name} must be a list of module names, got the string {getattr(self, name)!r}")
+        if not self.targets:
+            raise FieldError("targets", "targets must name at least one module")
+        if "all-linear" in self.targets:
+            raise FieldError("targets", "targets: ia3 scales named layers; 'all-linear' is not supported")
+        stray = [f for f in self.feedforward if f not in self.targets]
+        if stray:
+            raise FieldError("feedforward", f"feedforward {stray} must also be in targets {list(self.targets)}")
+
+    def describe(self) -> str:
+        return "IA3"
+
+    def apply(self, model: nn.Module, family) -> list[nn.Module]:
+        found = find_linears(model, family, self.targets, stacks=self.stacks, method="ia3")
+        ff = {n for n, _ in find_linears(model, family, self.feedforward, stacks=self.stacks, method="ia3")} \
+            if self.feedforward else set()
+        wrapped = []
+        for name, linear in found:
+            if is_quantized(linear):
+                raise ModelError(f"ia3: {name} is a 4-bit/8-bit layer; ia3 needs a full-precision base "
+                                 f"(model.quantize: none)")
+            if type(linear) is not nn.Linear:
+                raise ModelError(f"ia3: {name} is already wrapped by another method ({type(linear).__name__})")
+            module = IA3Linear(linear, feedforward=name in ff)
+            replace_module(model, name, module)
+            wrapped.append(module)
+        return wrapped
+
+
+def ia3_modules(model: nn.Module) -> dict[str, IA3Linear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, IA3Linear)}
+
+
+def ia3_peft_form(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """HF peft's IA3 ``adapter_config.json`` fields and ``adapter_model.safetensors`` tensors."""
+    wrapped = ia3_modules(model)
+    if any(m.merged for m in wrapped.values()):
+        raise ModelError("peft export: unmerge IA3 first (the export holds the vectors, not merged weights)")
+    tensors = {f"base_model.model.{n}.ia3_l": (m.ia3_l[None, :] if m.feedforward else m.ia3_l[:, None])
+               .detach().cpu().contiguous() for n, m in wrapped.items()}
+    config = {
+        "peft_type": "IA3",
+        "target_modules": _peft_targets(model, set(wrapped)),
+        "feedforward_modules": _peft_targets(model, {n for n, m in wrapped.items() if m.feedforward}),
+        "fan_in_fan_out": False,
+        "init_ia3_weights": True,
+        "modules_to_save": None,
+    }
+    return config, tensors
+
+
+def _peft_targets(model: nn.Module, names: set[str]) -> list[str] | str:
+    """Leaf names where they pick exactly ``names`` (peft matches by suffix), else an exact regex."""
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    same_leaf = {n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in leaves
+                 and (isinstance(m, (nn.Linear, IA3Linear)))}
+    if same_leaf == names:
+        return sorted(leaves)
+    return "(" + "|".join(re.escape(n) for n in sorted(names)) + ")" if names else []

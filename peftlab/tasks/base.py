@@ -1,0 +1,98 @@
+"""The task protocol: what a run needs to know about a dataset, and nothing more.
+
+A task is a frozen config dataclass (its options, typed and validated like a method's) that knows
+how to read or build its splits, how an example reads as model input and target, and how its
+predictions are scored. ``peftlab.run`` and the training loop never look inside a task.
+
+* ``examples(split)`` -> ``Example`` rows. ``Example.source`` is the rendered model input (the prompt),
+  ``Example.target`` the reference text (for classification, the label's word), ``Example.meta``
+  whatever identifies the row in ``predictions.jsonl``.
+* The same rendering serves an encoder-decoder (source -> encoder, target -> decoder) and a decoder
+  (``source`` then ``target`` in one sequence, loss on the target only). A task whose prompt reads
+  differently for decoders overrides ``render_for_decoder``.
+* ``kind`` says how it is evaluated: ``generation`` (decode, then ``metrics``), ``classification``
+  (rank the label words by likelihood, or decode and normalise; then accuracy / F1).
+* ``prompt_tail`` is the fixed text after the last template field: when a prompt is too long the
+  middle is cut and this tail kept, so the instruction that ends a prompt is never truncated away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str  # the model input, rendered
+    target: str  # the reference output (for classification: the label word)
+    meta: dict = field(default_factory=dict)  # identifies the row in predictions.jsonl
+    label: int | None = None  # classification: index into ``TaskConfig.choices()``
+
+
+def sample_rows(rows: list, limit: int | None) -> list:
+    """At most ``limit`` of ``rows``, drawn with a fixed seed: every method and run sees the same."""
+    import random
+
+    if limit is None or len(rows) <= limit:
+        return rows
+    return random.Random(0).sample(rows, limit)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Base of every task's config: a frozen dataclass with a registry ``name``."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "generation"  # "generation" or "classification"
+    primary_metric: ClassVar[str] = ""  # the column a report ranks by (higher is better)
+    metric_names: ClassVar[tuple[str, ...]] = ()  # every metric ``metrics`` returns
+
+    @classmethod
+    def dispatch(cls, name: str) -> type["TaskConfig"]:
+        from peftlab.tasks import get_task
+
+        return get_task(name)
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def describe(self) -> str:
+        """Short label for tables (the task's name unless a subclass says more)."""
+        return self.name
+
+    # --- data ---------------------------------------------------------------------------------
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
+        """The examples of ``split`` ("train", "valid", "test"); DataError if it is missing or empty.
+        ``limit``: at most this many, a fixed-seed sample (``sample_rows``), the same for every run."""
+        raise NotImplementedError
+
+    def render_for_decoder(self, example: Example) -> Example:
+        """The example as a decoder reads it (default: the same prompt)."""
+        return example
+
+    @property
+    def prompt_tail(self) -> str:
+        return ""
+
+    def fingerprint_paths(self) -> list[str]:
+        """Files whose content defines the data (for a run's data fingerprint)."""
+        return []
+
+    def resolved(self, base_dir) -> "TaskConfig":
+        """A copy with relative paths made absolute against ``base_dir`` (run creation time)."""
+        return self
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def choices(self) -> list[str] | None:
+        """Classification: the label words, in label-index order (None for generation)."""
+        return None
+
+    def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
+        """Scores of ``predictions`` (one string per example) against the examples' targets."""
+        raise NotImplementedError

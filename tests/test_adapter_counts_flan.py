@@ -1,0 +1,42 @@
+"""Trainable parameters of the bottleneck adapters, AdapterDrop and IA3 on FLAN-T5-base shapes
+(meta device), worked out by hand: the README's method table quotes these numbers.
+
+FLAN-T5-base: d = 768, d_ff = 2048, 12 heads x 64 = 768 inner, 12 encoder + 12 decoder blocks.
+A bottleneck adapter is 2·d·m + m + d = 2·768·m + m + 768.
+"""
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from peftlab.methods import apply_methods
+from peftlab.methods.houlsby import HoulsbyConfig
+from peftlab.methods.ia3 import IA3Config
+from peftlab.methods.parallel import ParallelAdapterConfig
+from peftlab.methods.pfeiffer import PfeifferConfig
+
+from test_seed000_counts import FLAN_T5_BASE, UNTIED_HEAD
+
+M48 = 2 * 768 * 48 + 48 + 768  # 74,544: reduction factor 16
+M384 = 2 * 768 * 384 + 384 + 768  # 590,976: reduction factor 2
+
+
+@pytest.mark.parametrize(
+    "cfg, expected, pct",
+    [
+        (HoulsbyConfig(), 48 * M48, 1.42),  # 24 blocks x (attention + FFN) = 3,578,112
+        (HoulsbyConfig(drop_lowest=6), 24 * M48, 0.72),  # AdapterDrop: 6 + 6 blocks without = 1,789,056
+        (PfeifferConfig(), 24 * M48, 0.72),  # 24 blocks x FFN = 1,789,056
+        (ParallelAdapterConfig(), 24 * M384, 5.42),  # 24 blocks x FFN = 14,183,424
+        # keys and values of 12 + 12 self- and 12 cross-attentions, FFN activations of 24 blocks
+        (IA3Config(), 36 * 2 * 768 + 24 * 2048, 0.04),  # 104,448
+    ],
+    ids=["houlsby", "houlsby-adapterdrop6", "pfeiffer", "parallel", "ia3"],
+)
+def test_counts_on_flan_t5_base(cfg, expected, pct):
+    with torch.device("meta"):
+        model = T5ForConditionalGeneration(T5Config(**FLAN_T5_BASE))
+    state = apply_methods(model, [cfg])
+    assert state.counts(model) == {cfg.name: expected}
+    # % of FLAN-T5-base (with its untied LM head) plus the method, as the README quotes it
+    assert round(100 * expected / (state.total_params + UNTIED_HEAD), 2) == pytest.approx(pct, abs=0.005)
