@@ -180,7 +180,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per run")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/sparse-attention-<device>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/sparse-attention-DEVICE.json)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -132,7 +132,8 @@ SHAPES = [(2, 4, 2, 24), (1, 8, 4, 37), (2, 3, 1, 13), (1, 6, 3, 20)]  # (B, H, 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}H{h}kv{k}n{n}" for b, h, k, n in SHAPES])
 @pytest.mark.parametrize("method, kw", [("s2_attn", dict(group_size=g)) for g in (1, 2, 5, 8, 64)]
-                         + [("strided", dict(window=w, stride=s)) for w, s in ((1, 1), (3, 4), (4, 7), (5, 2), (64, 3))],
+                         + [("strided", dict(window=w, stride=s))
+                            for w, s in ((1, 1), (3, 4), (4, 7), (5, 2), (64, 3))],
                          ids=lambda x: str(x) if isinstance(x, str) else "-".join(map(str, x.values())))
 @pytest.mark.parametrize("n_extra", [0, 3])
 def test_pattern_equals_dense_attention_under_its_mask(shape, method, kw, n_extra):

@@ -61,7 +61,8 @@ def block_mask(n: int, window: int, stride: int, n_extra: int, dtype, device) ->
                              summary <= i - l,
                              (local > i - l) & (local <= i) & (local >= 0)], dim=-1)
         _MASK.clear()
-        _MASK[key] = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))[:, None]
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+        _MASK[key] = additive[:, None]
     return _MASK[key]
 
 
@@ -133,7 +134,8 @@ class StridedConfig(SparseAttentionConfig):
             raise ValueError(f"stride must be >= 1, got {self.stride}")
 
     def describe(self) -> str:
-        return self._describe(f"strided l={self.window} s={self.stride}" + (" (inference too)" if self.inference else ""))
+        at_inference = " (inference too)" if self.inference else ""
+        return self._describe(f"strided l={self.window} s={self.stride}{at_inference}")
 
     def training_only(self) -> bool:
         return super().training_only() and not self.inference
