@@ -21,8 +21,10 @@ from peftlab.methods.alignment import ATTR, AlignmentConfig, HyperAlignmentAdapt
 from peftlab.methods.full import FullFineTuneConfig, ZeroShotConfig
 from peftlab.methods.io import MANIFEST, WEIGHTS, load_adapter, save_adapter
 from peftlab.methods.lora import LoraConfig, LoraLinear, lora_modules, merge, unmerge
+from peftlab.methods.p_tuning import PTuningConfig
+from peftlab.methods.prompt_tuning import PromptTuningConfig
 
-from conftest import build_llama, build_t5, logits
+from conftest import INIT_TEXT, build_llama, build_t5, logits, tiny_tokenizer_dir
 
 BASE = {"name": "tiny", "init": "random", "config": {"seed": 0}}
 
@@ -82,6 +84,33 @@ def lora_llama_qv(r):
     return count
 
 
+def _width(c):
+    return c.d_model if c.model_type == "t5" else c.hidden_size
+
+
+def prompt_tuning(n):
+    return lambda c: n * _width(c)  # P: (n, d)
+
+
+def p_tuning_mlp(n, k=None):
+    def count(c):
+        d = _width(c)
+        k_ = k or d
+        return n * d + (d * k_ + k_) + (k_ * k_ + k_) + (k_ * d + d)  # h + Linear(d,k), (k,k), (k,d)
+
+    return count
+
+
+def p_tuning_lstm(n, k, layers):
+    def count(c):
+        d = _width(c)
+        # bidirectional LSTM: per direction and layer 4k x (input + k) weights + two 4k biases
+        lstm = 2 * sum(4 * k * ((d if l == 0 else 2 * k) + k + 2) for l in range(layers))
+        return n * d + lstm + (2 * k * 2 * k + 2 * k) + (2 * k * d + d)  # + MLP head (2k,2k), (2k,d)
+
+    return count
+
+
 def base_total(c):
     return sum(p.numel() for p in _BUILDERS[c.model_type]().parameters())
 
@@ -132,6 +161,34 @@ CASES = [
     ),
     Case("lora-qv-llama", "llama", lambda: [LoraConfig(r=4, alpha=8)], {"lora": lora_llama_qv(4)}),
     Case("full-t5", "t5", lambda: [FullFineTuneConfig()], {"full": base_total}),
+    # Virtual tokens change outputs from the start (no identity at init; see test_virtual_tokens.py)
+    *[
+        Case(f"{cid}-{fam}", fam, make, counts, identity=False)
+        for fam in ("t5", "llama")
+        for cid, make, counts in [
+            ("prompt-tuning-random", lambda: [PromptTuningConfig(num_virtual_tokens=4)], {"prompt_tuning": prompt_tuning(4)}),
+            ("prompt-tuning-vocab", lambda: [PromptTuningConfig(num_virtual_tokens=3, init="vocab")],
+             {"prompt_tuning": prompt_tuning(3)}),
+            ("prompt-tuning-text", lambda: [PromptTuningConfig(num_virtual_tokens=9, init="text", init_text=INIT_TEXT,
+                                                               tokenizer=tiny_tokenizer_dir())],
+             {"prompt_tuning": prompt_tuning(9)}),
+            ("p-tuning-mlp", lambda: [PTuningConfig(num_virtual_tokens=4)], {"p_tuning": p_tuning_mlp(4)}),
+            ("p-tuning-mlp-hidden8", lambda: [PTuningConfig(num_virtual_tokens=4, hidden=8)],
+             {"p_tuning": p_tuning_mlp(4, 8)}),
+            ("p-tuning-lstm", lambda: [PTuningConfig(num_virtual_tokens=4, encoder="lstm", hidden=8)],
+             {"p_tuning": p_tuning_lstm(4, 8, 2)}),
+            ("p-tuning-folded", lambda: [PTuningConfig(num_virtual_tokens=4, folded=True)], {"p_tuning": prompt_tuning(4)}),
+        ]
+    ],
+    Case(
+        "lora+prompt-tuning+alignment-t5", "t5",
+        lambda: [LoraConfig(r=4, alpha=8), PromptTuningConfig(num_virtual_tokens=4), AlignmentConfig()],
+        {"lora": lora_t5_qv(4), "prompt_tuning": prompt_tuning(4), "alignment": alignment()}, identity=False,
+    ),
+    Case(
+        "lora+p-tuning-llama", "llama", lambda: [LoraConfig(r=4, alpha=8), PTuningConfig(num_virtual_tokens=4, hidden=8)],
+        {"lora": lora_llama_qv(4), "p_tuning": p_tuning_mlp(4, 8)}, identity=False,
+    ),
     Case("zero-shot-t5", "t5", lambda: [ZeroShotConfig()], {"zero_shot": lambda c: 0}, tags={"untrained"}),
 ]
 TRAINED = [c for c in CASES if "untrained" not in c.tags]
@@ -403,7 +460,8 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
-@cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5')])
+@cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5',
+                                      'prompt-tuning-random-t5', 'p-tuning-lstm-llama')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)
@@ -463,7 +521,9 @@ def test_config_dispatch_by_name():
     assert from_dict(MethodConfig, {"name": "alignment", "hidden": 8}).hidden == 8
 
 
-@pytest.mark.parametrize("cfg", [LoraConfig(r=4, targets=("all-linear",)), AlignmentConfig(hidden=8), FullFineTuneConfig()])
+@pytest.mark.parametrize("cfg", [LoraConfig(r=4, targets=("all-linear",)), AlignmentConfig(hidden=8), FullFineTuneConfig(),
+                                 PromptTuningConfig(num_virtual_tokens=5, init="text", init_text="x"),
+                                 PTuningConfig(encoder="lstm", hidden=16, lstm_layers=1)])
 def test_config_round_trips_through_to_dict(cfg):
     assert from_dict(MethodConfig, cfg.to_dict()) == cfg
 
@@ -477,6 +537,17 @@ def test_config_round_trips_through_to_dict(cfg):
         (lambda: LoraConfig(dropout=1.0), "dropout"),
         (lambda: AlignmentConfig(mode="gated"), "mode"),
         (lambda: AlignmentConfig(hidden=0), "hidden"),
+        (lambda: PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+        (lambda: PromptTuningConfig(init="sample"), "init"),
+        (lambda: PromptTuningConfig(init="text"), "init_text"),
+        (lambda: PromptTuningConfig(init_text="hello"), "init_text"),
+        (lambda: PromptTuningConfig(init="vocab", init_std=0.1), "init_std"),
+        (lambda: PromptTuningConfig(init_std=-1.0), "init_std"),
+        (lambda: PTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+        (lambda: PTuningConfig(encoder="gru"), "encoder"),
+        (lambda: PTuningConfig(hidden=0), "hidden"),
+        (lambda: PTuningConfig(lstm_layers=3), "lstm_layers"),
+        (lambda: PTuningConfig(encoder="lstm", dropout=0.1, lstm_layers=1), "dropout"),
     ],
 )
 def test_configs_validate_on_construction(make, match):
@@ -492,6 +563,9 @@ def test_configs_validate_on_construction(make, match):
         ({"name": "lora", "r": 0}, "r must be >= 1"),
         ({"name": "lora", "r": "four"}, "expected an integer"),
         ({"name": "alignment", "mode": "gated"}, "residual"),
+        ({"name": "prompt_tuning", "num_virtual_tokens": 0}, r"^num_virtual_tokens: .*>= 1"),
+        ({"name": "p_tuning", "encoder": "gru"}, "encoder: expected one of 'mlp'"),
+        ({"name": "prompt_tunning"}, "did you mean 'prompt_tuning'"),
     ],
 )
 def test_config_errors(data, match):

@@ -4,6 +4,9 @@
 ``peft.PeftModel.from_pretrained(base, DIR)`` loads; ``merged_model`` folds LoRA into the base
 weights and unwraps it, leaving a model that ``save_pretrained`` writes and plain
 ``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter) are refused by name.
+
+Prompt tuning and P-tuning export too (peft's ``prompt_embeddings``: the n virtual tokens, P-tuning's
+encoder already applied, which is what peft itself saves), but cannot merge: see ``_NO_MERGE``.
 """
 
 from __future__ import annotations
@@ -11,10 +14,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods.lora import LoraConfig, LoraLinear
+
+
+# Why a method cannot be merged into a plain transformers model, where there is a reason to give.
+_NO_MERGE = {
+    "prompt_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
+    "p_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
+}
+# Methods that export to peft on their own (one peft adapter holds one method).
+_PEFT_TYPES = {"prompt_tuning": "PROMPT_TUNING", "p_tuning": "P_TUNING"}
 
 
 def _lora_only(model: nn.Module, what: str) -> list[LoraConfig]:
@@ -25,15 +38,21 @@ def _lora_only(model: nn.Module, what: str) -> list[LoraConfig]:
         raise ModelError(f"{what}: no peftlab methods were applied to this model")
     others = [c.name for c in state.configs if c.name not in ("lora", "full", "zero_shot")]
     if others:
+        reasons = "".join(f"; {n}: {_NO_MERGE[n]}" for n in dict.fromkeys(others) if n in _NO_MERGE)
         raise ModelError(f"{what}: only LoRA (and full fine-tuning) have a plain Hugging Face form; "
-                         f"this model also has {', '.join(others)}")
+                         f"this model also has {', '.join(others)}{reasons}")
     return [c for c in state.configs if isinstance(c, LoraConfig)]
 
 
 def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str) -> Path:
-    """Write the model's LoRA adapter in HF peft's on-disk format."""
+    """Write the model's adapter in HF peft's on-disk format (LoRA, prompt tuning or P-tuning)."""
     from safetensors.torch import save_file
 
+    from peftlab.methods.state import peft_state
+
+    state = peft_state(model)
+    if state is not None and any(c.name in _PEFT_TYPES for c in state.configs):
+        return _export_virtual_tokens(model, state, Path(out_dir), base_model_name_or_path)
     configs = _lora_only(model, "peft export")
     if len(configs) != 1:
         raise ModelError(f"peft export: needs exactly one LoRA method, found {len(configs)}")
@@ -62,6 +81,40 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
         "init_lora_weights": True,
         "inference_mode": True,
     }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def _export_virtual_tokens(model: nn.Module, state, out: Path, base_model_name_or_path: str) -> Path:
+    """peft's prompt-learning format: ``prompt_embeddings`` (n, d) and a config that puts them in
+    front of the encoder (T5) or decoder (causal) input only (``num_transformer_submodules: 1``)."""
+    from safetensors.torch import save_file
+
+    from peftlab.methods import virtual_tokens
+
+    names = [c.name for c in state.configs if c.name not in ("zero_shot",)]
+    if len(names) != 1:
+        raise ModelError(f"peft export: a peft adapter holds one method; this model has {', '.join(names)} "
+                         f"(export each method from a run that trains it alone)")
+    (cfg,) = [c for c in state.configs if c.name in _PEFT_TYPES]
+    with torch.no_grad():
+        prompts = virtual_tokens.find(model).prompts().detach().float().cpu().contiguous()  # (n, d)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"prompt_embeddings": prompts}, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {
+        "peft_type": _PEFT_TYPES[cfg.name],
+        "task_type": "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "num_virtual_tokens": prompts.shape[0],
+        "token_dim": prompts.shape[1],
+        "num_transformer_submodules": 1,
+        "inference_mode": True,
+    }
+    if cfg.name == "prompt_tuning":
+        config["prompt_tuning_init"] = "RANDOM"  # peft re-initialises nothing in inference mode
+    else:
+        config.update(encoder_reparameterization_type=cfg.encoder.upper(), encoder_hidden_size=cfg.hidden or prompts.shape[1],
+                      encoder_num_layers=cfg.lstm_layers, encoder_dropout=cfg.dropout)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
 

@@ -35,6 +35,7 @@ class Family:
     norms: tuple[str, ...] = ()
     final_norms: tuple[str, ...] = ()
     embeddings: str = ""  # dotted path of the input embedding module (shared by T5's stacks)
+    decoder: str | None = None  # dotted path of the decoder stack (seq2seq only)
     # Config keys that make a tiny random model of this family for tests.
     tiny_config: dict = field(default_factory=dict)
 
