@@ -73,6 +73,7 @@ def attach(model, family, module: VirtualTokens) -> VirtualTokens:
         raise ModelError(f"{module.method}: the model already has virtual tokens from {existing.method}; "
                          f"two methods cannot both prepend tokens to one input")
     host.add_module(ATTR, module)
+    module.train(host.training)  # a new module starts in training mode; follow the model's (dropout)
     if family.kind == "seq2seq":
         host.register_forward_pre_hook(_encoder_pre_hook, with_kwargs=True)
         decoder = model.get_submodule(family.decoder)
