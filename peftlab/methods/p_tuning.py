@@ -111,9 +111,9 @@ class PTuningConfig(MethodConfig):
 
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
         d = getattr(model.config, family.hidden_size)
-        device = model.get_submodule(family.embeddings).weight.device
-        module = PromptEncoder(self.num_virtual_tokens, d, self.encoder, self.hidden or d, self.lstm_layers,
-                               self.dropout, self.folded).to(device)
+        with torch.device(model.get_submodule(family.embeddings).weight.device):  # built in place (meta: no init)
+            module = PromptEncoder(self.num_virtual_tokens, d, self.encoder, self.hidden or d, self.lstm_layers,
+                                   self.dropout, self.folded)
         return [attach(model, family, module)]
 
 
