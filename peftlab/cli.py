@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("run_dir", type=Path)
     mg.add_argument("--out", type=Path, required=True)
 
-    ex = sub.add_parser("export", help="write a finished run's LoRA adapter in HF peft's format")
+    ex = sub.add_parser("export", help="write a finished run's adapter in HF peft's format (LoRA, prompt tuning, P-tuning)")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--out", type=Path, required=True)
 

@@ -296,7 +296,7 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's LoRA adapter in HF peft's format."""
+    """Write a finished run's adapter (LoRA, prompt tuning or P-tuning) in HF peft's format."""
     from peftlab.methods.export import export_peft
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)
