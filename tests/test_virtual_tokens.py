@@ -121,6 +121,35 @@ def test_llama_generate_with_kv_cache_equals_no_cache(method):
     torch.testing.assert_close(step_logits, scores, atol=1e-5, rtol=0)
 
 
+def test_llama_generate_with_beams_and_from_inputs_embeds():
+    model, _ = prompted("llama")
+    ids, mask = _left_padded([6, 6])
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        beams = model.generate(input_ids=ids, attention_mask=mask, num_beams=3, **kw)
+        beams_nc = model.generate(input_ids=ids, attention_mask=mask, num_beams=3, use_cache=False, **kw)
+        from_ids = model.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
+        from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask, **kw)
+    assert torch.equal(beams, beams_nc)
+    assert torch.equal(from_embeds, from_ids)  # generate returns only new tokens for inputs_embeds
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated:FutureWarning")  # the loop's call
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_gradient_checkpointing_gives_the_same_gradients(family, request):
+    batch = request.getfixturevalue(f"{family}_batch")
+    grads = []
+    for checkpointing in (False, True):
+        model, vt = prompted(family, "p-mlp")
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(**batch).loss.backward()
+        grads.append([p.grad for p in vt.adapter_parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_llama_generation_does_not_depend_on_left_padding():
     # positions follow the real tokens (peft's ignore padding: a left-padded row moves)
     model, _ = prompted("llama")
