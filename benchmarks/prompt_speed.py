@@ -36,8 +36,9 @@ def pair(base, method: str, n: int):
         theirs_cfg = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=n, num_transformer_submodules=1)
         ours_cfg = PromptTuningConfig(num_virtual_tokens=n)
     else:
+        d = base.config.hidden_size if causal else base.config.d_model
         theirs_cfg = peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=n, num_transformer_submodules=1,
-                                              encoder_hidden_size=base.config.hidden_size if causal else base.config.d_model)
+                                              encoder_hidden_size=d)
         ours_cfg = PTuningConfig(num_virtual_tokens=n)
     theirs = peft.get_peft_model(copy.deepcopy(base), theirs_cfg)
     ours = base
@@ -79,7 +80,8 @@ def main() -> None:
     ids = torch.randint(5, 1000, (args.batch, args.length), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "labels": ids if causal else torch.randint(5, 1000, (args.batch, 40), generator=g)}
-    print(f"{args.model}, batch {args.batch} x {args.length} tokens + {args.virtual} virtual, {torch.get_num_threads()} threads")
+    print(f"{args.model}, batch {args.batch} x {args.length} tokens + {args.virtual} virtual, "
+          f"{torch.get_num_threads()} threads")
     for method in ("prompt_tuning", "p_tuning"):
         models = pair(copy.deepcopy(base), method, args.virtual)
         with torch.no_grad():  # same prompt in both (peft's inference-free training path runs its encoder)

@@ -95,7 +95,8 @@ def test_peft_loads_prompt_exports_and_matches(tmp_path, tiny_t5, tiny_llama, t5
     kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=0,
               eos_token_id=None)
     with torch.no_grad():  # peft 0.21 + transformers 5: causal generate is right only without the cache
-        assert torch.equal(ours.generate(**kw), theirs.generate(**kw, **({} if family == "t5" else {"use_cache": False})))
+        reference = theirs.generate(**kw, **({} if family == "t5" else {"use_cache": False}))
+        assert torch.equal(ours.generate(**kw), reference)
 
 
 def test_prompt_methods_cannot_merge_and_export_alone(tmp_path, tiny_t5):

@@ -42,7 +42,8 @@ def _theirs_config(family, method, **kw):
     if method == "prompt_tuning":
         return peft.PromptTuningConfig(**common, **kw)
     encoder = kw.pop("encoder", "mlp")
-    return peft.PromptEncoderConfig(**common, encoder_reparameterization_type=encoder.upper(), encoder_hidden_size=8, **kw)
+    return peft.PromptEncoderConfig(**common, encoder_reparameterization_type=encoder.upper(), encoder_hidden_size=8,
+                                    **kw)
 
 
 def _ours_config(method, encoder="mlp"):
@@ -121,7 +122,8 @@ def test_generate_matches_peft(family, method, encoder):
     # step of a causal generate (it looks for `past_key_values`, which transformers 5 calls
     # `cache`), so peft's causal reference is generate without the KV cache; ours uses the cache.
     g = torch.Generator().manual_seed(5)
-    batch = {"input_ids": torch.randint(2, 128, (3, 6), generator=g), "attention_mask": torch.ones(3, 6, dtype=torch.long)}
+    ids = torch.randint(2, 128, (3, 6), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     theirs, ours = _pair(family, method, encoder)
     ref_seq, ref_scores = _generate(theirs, batch, **({} if family == "t5" else {"use_cache": False}))
     seq, scores = _generate(ours, batch)

@@ -26,7 +26,8 @@ def test_shipped_config_runs_and_exports(name, method, tmp_path, capsys):
     from peftlab.run import load_trained
 
     out = tmp_path / name
-    assert main(["train", str(ROOT / "configs" / "methods" / f"{name}.yaml"), "--out", str(out), "--quiet", *SHRINK]) == 0
+    config = ROOT / "configs" / "methods" / f"{name}.yaml"
+    assert main(["train", str(config), "--out", str(out), "--quiet", *SHRINK]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["trainable_params_by_method"]) == {method} and m["steps"] == 3
     assert m["eval_loss"] > 0 and m["final_loss"] > 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from peftlab.errors import ModelError
@@ -97,8 +96,7 @@ def _export_virtual_tokens(model: nn.Module, state, out: Path, base_model_name_o
         raise ModelError(f"peft export: a peft adapter holds one method; this model has {', '.join(names)} "
                          f"(export each method from a run that trains it alone)")
     (cfg,) = [c for c in state.configs if c.name in _PEFT_TYPES]
-    with torch.no_grad():
-        prompts = virtual_tokens.find(model).prompts().detach().float().cpu().contiguous()  # (n, d)
+    prompts = virtual_tokens.find(model).eval_prompts().cpu().contiguous()  # (n, d)
     out.mkdir(parents=True, exist_ok=True)
     save_file({"prompt_embeddings": prompts}, out / "adapter_model.safetensors", metadata={"format": "pt"})
     config = {
@@ -113,8 +111,8 @@ def _export_virtual_tokens(model: nn.Module, state, out: Path, base_model_name_o
     if cfg.name == "prompt_tuning":
         config["prompt_tuning_init"] = "RANDOM"  # peft re-initialises nothing in inference mode
     else:
-        config.update(encoder_reparameterization_type=cfg.encoder.upper(), encoder_hidden_size=cfg.hidden or prompts.shape[1],
-                      encoder_num_layers=cfg.lstm_layers, encoder_dropout=cfg.dropout)
+        config.update(encoder_reparameterization_type=cfg.encoder.upper(), encoder_num_layers=cfg.lstm_layers,
+                      encoder_hidden_size=cfg.hidden or prompts.shape[1], encoder_dropout=cfg.dropout)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
 

@@ -67,10 +67,7 @@ class PromptEncoder(VirtualTokens):
         """Replace the encoder by its output: ``prompts()`` unchanged, n·d parameters left."""
         if self.folded:
             return
-        was_training = self.training
-        self.eval()  # no LSTM dropout in the folded tokens
-        p = self.prompts().detach().float().clone()
-        self.train(was_training)
+        p = self.eval_prompts()  # no LSTM dropout in the folded tokens
         self.lstm = self.mlp = None
         self.embedding = nn.Parameter(p, requires_grad=self.embedding.requires_grad)
 

@@ -47,6 +47,17 @@ class VirtualTokens(AdapterModule):
     def prompts(self) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def eval_prompts(self) -> torch.Tensor:
+        """``prompts()`` as inference sees them (no dropout), detached fp32 (n, d): what export and
+        folding keep."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.prompts().detach().float().clone()
+        finally:
+            self.train(was_training)
+
     def prepend(self, embeds: torch.Tensor) -> torch.Tensor:
         """[P; embeds]: (B, T, d) -> (B, n + T, d); one copy, as any concatenation needs."""
         p = self.prompts().to(device=embeds.device, dtype=embeds.dtype)  # (n, d)
