@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     mg.add_argument("run_dir", type=Path)
     mg.add_argument("--out", type=Path, required=True)
 
-    ex = sub.add_parser("export", help="write a finished run's LoRA or IA3 adapter in HF peft's format")
+    ex = sub.add_parser("export", help="write a finished run's adapter in HF peft's format (LoRA, IA3, prompt tuning, P-tuning, prefix and LLaMA-Adapter on decoders)")
     ex.add_argument("run_dir", type=Path)
     ex.add_argument("--out", type=Path, required=True)
 

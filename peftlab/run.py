@@ -352,7 +352,7 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's LoRA or IA3 adapter in HF peft's format."""
+    """Write a finished run's adapter in HF peft's format (the methods peft also has)."""
     from peftlab.methods.export import export_peft
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)

@@ -90,3 +90,32 @@ def llama_batch():
     input_ids[1, 6:] = PAD
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+INIT_TEXT = "write the docstring of this python function"
+
+
+def tiny_tokenizer_dir() -> str:
+    """A word-level tokenizer whose 128 ids fit the tiny models (for text-initialised prompts):
+    ``INIT_TEXT`` tokenises to ids 3..9, other words to ``<unk>`` (2). Built once per session."""
+    global _TOKENIZER_DIR
+    if _TOKENIZER_DIR is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        words = ["<pad>", "</s>", "<unk>", *INIT_TEXT.split()]
+        words += [f"w{i}" for i in range(len(words), VOCAB)]
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        path = tempfile.mkdtemp(prefix="peftlab-tok-")
+        atexit.register(shutil.rmtree, path, True)
+        PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(path)
+        _TOKENIZER_DIR = path
+    return _TOKENIZER_DIR
+
+
+_TOKENIZER_DIR = None

@@ -31,8 +31,10 @@ from peftlab.methods.lora import LoraConfig, LoraLinear, lora_modules, merge, un
 from peftlab.methods.prefix import PrefixConfig
 from peftlab.methods.s2_attn import S2AttnConfig
 from peftlab.methods.strided import StridedConfig
+from peftlab.methods.p_tuning import PTuningConfig
+from peftlab.methods.prompt_tuning import PromptTuningConfig
 
-from conftest import build_llama, build_t5, logits
+from conftest import INIT_TEXT, build_llama, build_t5, logits, tiny_tokenizer_dir
 
 BASE = {"name": "tiny", "init": "random", "config": {"seed": 0}}
 
@@ -106,6 +108,19 @@ def bottleneck(rf, kinds, drop=0, lns=0, norms=False, blocks=None):
         else:
             n = (c.num_hidden_layers - drop) * len(kinds)
         return per * (n if blocks is None else blocks * len(kinds))
+def _width(c):
+    return c.d_model if c.model_type == "t5" else c.hidden_size
+
+
+def prompt_tuning(n):
+    return lambda c: n * _width(c)  # P: (n, d)
+
+
+def p_tuning_mlp(n, k=None):
+    def count(c):
+        d = _width(c)
+        k_ = k or d
+        return n * d + (d * k_ + k_) + (k_ * k_ + k_) + (k_ * d + d)  # h + Linear(d,k), (k,k), (k,d)
 
     return count
 
@@ -120,6 +135,12 @@ def prefix_t5(p, hidden=0, encoder_self=True, decoder_self=True, cross=True):
     def count(c):
         sites = c.num_layers * encoder_self + c.num_decoder_layers * (decoder_self + cross)
         return _prefix(p, hidden, sites, c.num_heads * c.d_kv)
+def p_tuning_lstm(n, k, layers):
+    def count(c):
+        d = _width(c)
+        # bidirectional LSTM: per direction and layer 4k x (input + k) weights + two 4k biases
+        lstm = 2 * sum(4 * k * ((d if l == 0 else 2 * k) + k + 2) for l in range(layers))
+        return n * d + lstm + (2 * k * 2 * k + 2 * k) + (2 * k * d + d)  # + MLP head (2k,2k), (2k,d)
 
     return count
 
@@ -271,6 +292,34 @@ CASES = [
     Case("lora+strided-llama", "llama", lambda: [LoraConfig(r=4), StridedConfig(window=2, stride=3)],
          {"lora": lora_llama_qv(4), "strided": none}),
     Case("full-t5", "t5", lambda: [FullFineTuneConfig()], {"full": base_total}),
+    # Virtual tokens change outputs from the start (no identity at init; see test_virtual_tokens.py)
+    *[
+        Case(f"{cid}-{fam}", fam, make, counts, identity=False)
+        for fam in ("t5", "llama")
+        for cid, make, counts in [
+            ("prompt-tuning-random", lambda: [PromptTuningConfig(num_virtual_tokens=4)], {"prompt_tuning": prompt_tuning(4)}),
+            ("prompt-tuning-vocab", lambda: [PromptTuningConfig(num_virtual_tokens=3, init="vocab")],
+             {"prompt_tuning": prompt_tuning(3)}),
+            ("prompt-tuning-text", lambda: [PromptTuningConfig(num_virtual_tokens=9, init="text", init_text=INIT_TEXT,
+                                                               tokenizer=tiny_tokenizer_dir())],
+             {"prompt_tuning": prompt_tuning(9)}),
+            ("p-tuning-mlp", lambda: [PTuningConfig(num_virtual_tokens=4)], {"p_tuning": p_tuning_mlp(4)}),
+            ("p-tuning-mlp-hidden8", lambda: [PTuningConfig(num_virtual_tokens=4, hidden=8)],
+             {"p_tuning": p_tuning_mlp(4, 8)}),
+            ("p-tuning-lstm", lambda: [PTuningConfig(num_virtual_tokens=4, encoder="lstm", hidden=8)],
+             {"p_tuning": p_tuning_lstm(4, 8, 2)}),
+            ("p-tuning-folded", lambda: [PTuningConfig(num_virtual_tokens=4, folded=True)], {"p_tuning": prompt_tuning(4)}),
+        ]
+    ],
+    Case(
+        "lora+prompt-tuning+alignment-t5", "t5",
+        lambda: [LoraConfig(r=4, alpha=8), PromptTuningConfig(num_virtual_tokens=4), AlignmentConfig()],
+        {"lora": lora_t5_qv(4), "prompt_tuning": prompt_tuning(4), "alignment": alignment()}, identity=False,
+    ),
+    Case(
+        "lora+p-tuning-llama", "llama", lambda: [LoraConfig(r=4, alpha=8), PTuningConfig(num_virtual_tokens=4, hidden=8)],
+        {"lora": lora_llama_qv(4), "p_tuning": p_tuning_mlp(4, 8)}, identity=False,
+    ),
     Case("zero-shot-t5", "t5", lambda: [ZeroShotConfig()], {"zero_shot": lambda c: 0}, tags={"untrained"}),
     # bottleneck adapters (d = 32: rf 16 -> m = 2, rf 2 -> m = 16) and IA3
     Case("houlsby-t5", "t5", lambda: [HoulsbyConfig()], {"houlsby": bottleneck(16, ("self", "ffn"))}),
@@ -598,7 +647,8 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 # ------------------------------------------------------------------------------------------------
 @cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'houlsby-t5',
                                      'parallel-llama', 'ia3-t5', 'prefix-mlp-t5', 'llama-adapter-llama',
-                                     'llama-adapter-v2-llama', 's2-attn-llama')])
+                                     'llama-adapter-v2-llama', 's2-attn-llama', 'prompt-tuning-random-t5',
+                                     'p-tuning-lstm-llama')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)
@@ -666,7 +716,9 @@ def test_config_dispatch_by_name():
 @pytest.mark.parametrize("cfg", [LoraConfig(r=4, targets=("all-linear",)), AlignmentConfig(hidden=8), FullFineTuneConfig(),
                                  HoulsbyConfig(sublayers=("ffn",), layers=(0, 1), drop_lowest=1, train_norms=True),
                                  PfeifferConfig(bottleneck=4), ParallelAdapterConfig(scaling=2.0),
-                                 IA3Config(stacks=("decoder",))])
+                                 IA3Config(stacks=("decoder",)),
+                                 PromptTuningConfig(num_virtual_tokens=5, init="text", init_text="x"),
+                                 PTuningConfig(encoder="lstm", hidden=16, lstm_layers=1)])
 def test_config_round_trips_through_to_dict(cfg):
     assert from_dict(MethodConfig, cfg.to_dict()) == cfg
 
@@ -694,6 +746,17 @@ def test_config_round_trips_through_to_dict(cfg):
         (lambda: IA3Config(targets=()), "targets"),
         (lambda: IA3Config(targets=("all-linear",)), "targets"),
         (lambda: IA3Config(targets=("k", "v"), feedforward=("ffn_out",)), "feedforward"),
+        (lambda: PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+        (lambda: PromptTuningConfig(init="sample"), "init"),
+        (lambda: PromptTuningConfig(init="text"), "init_text"),
+        (lambda: PromptTuningConfig(init_text="hello"), "init_text"),
+        (lambda: PromptTuningConfig(init="vocab", init_std=0.1), "init_std"),
+        (lambda: PromptTuningConfig(init_std=-1.0), "init_std"),
+        (lambda: PTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+        (lambda: PTuningConfig(encoder="gru"), "encoder"),
+        (lambda: PTuningConfig(hidden=0), "hidden"),
+        (lambda: PTuningConfig(lstm_layers=3), "lstm_layers"),
+        (lambda: PTuningConfig(encoder="lstm", dropout=0.1, lstm_layers=1), "dropout"),
     ],
 )
 def test_configs_validate_on_construction(make, match):
@@ -713,6 +776,9 @@ def test_configs_validate_on_construction(make, match):
         ({"name": "pfeiffer", "drop_lowest": -2}, "drop_lowest: drop_lowest must be >= 0, got -2"),
         ({"name": "parallel", "sublayers": ["attn"]}, "sublayers must name some of self, cross, ffn"),
         ({"name": "ia3", "feedforward": ["q"]}, r"feedforward: feedforward \['q'\] must also be in targets"),
+        ({"name": "prompt_tuning", "num_virtual_tokens": 0}, r"^num_virtual_tokens: .*>= 1"),
+        ({"name": "p_tuning", "encoder": "gru"}, "encoder: expected one of 'mlp'"),
+        ({"name": "prompt_tunning"}, "did you mean 'prompt_tuning'"),
     ],
 )
 def test_config_errors(data, match):

@@ -15,6 +15,8 @@ from peftlab.methods.state import PeftState, apply_methods, fold_methods, peft_s
 _REGISTRY = {
     "lora": "peftlab.methods.lora:LoraConfig",
     "alignment": "peftlab.methods.alignment:AlignmentConfig",
+    "prompt_tuning": "peftlab.methods.prompt_tuning:PromptTuningConfig",
+    "p_tuning": "peftlab.methods.p_tuning:PTuningConfig",
     "full": "peftlab.methods.full:FullFineTuneConfig",
     "zero_shot": "peftlab.methods.full:ZeroShotConfig",
     "houlsby": "peftlab.methods.houlsby:HoulsbyConfig",

@@ -4,8 +4,9 @@
 ``peft.PeftModel.from_pretrained(base, DIR)`` loads; ``merged_model`` folds LoRA and IA3 into the
 base weights and unwraps them, leaving a model that ``save_pretrained`` writes and plain
 ``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter, bottleneck
-adapters) are refused by name; methods that change training only (S²-Attn) are left out: the
-trained model runs without them.
+adapters, virtual tokens) are refused by name, with the reason where there is one; methods that
+change training only (S²-Attn) are left out: the trained model runs without them. A method with its
+own peft form (prefix, prompt tuning, P-tuning, LLaMA-Adapter) exports through ``MethodConfig.to_peft``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from peftlab.methods.ia3 import IA3Config, IA3Linear, ia3_peft_form
 from peftlab.methods.lora import LoraConfig, LoraLinear
 
 
+# Why a method cannot be merged into a plain transformers model, where there is a reason to give.
+_NO_MERGE = {
+    "prompt_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
+    "p_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
+    "prefix": "its prefixes are extra keys and values in attention, not a change to any weight",
+}
+
+
 def _peft_methods(model: nn.Module, what: str) -> list:
     from peftlab.methods.state import peft_state
 
@@ -29,8 +38,9 @@ def _peft_methods(model: nn.Module, what: str) -> list:
     others = [c.name for c in state.configs
               if c.name not in ("lora", "ia3", "full", "zero_shot") and not c.training_only()]
     if others:
+        reasons = "".join(f"; {n}: {_NO_MERGE[n]}" for n in dict.fromkeys(others) if n in _NO_MERGE)
         raise ModelError(f"{what}: only LoRA, IA3 (and full fine-tuning) have a plain Hugging Face form; "
-                         f"this model also has {', '.join(others)}")
+                         f"this model also has {', '.join(others)}{reasons}")
     return [c for c in state.configs if isinstance(c, (LoraConfig, IA3Config))]
 
 

@@ -47,6 +47,7 @@ class Family:
     num_kv_heads: str = ""
     head_dim: str = ""
     rotary: str = ""
+    decoder: str | None = None  # dotted path of the decoder stack (seq2seq only)
     # Config keys that make a tiny random model of this family for tests.
     tiny_config: dict = field(default_factory=dict)
 

@@ -36,6 +36,7 @@ T5 = Family(
     embeddings="shared",
     lm_head="lm_head",
     head_dim="d_kv",
+    decoder="decoder",
     tiny_config=dict(
         d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
         feed_forward_proj="gated-gelu", dropout_rate=0.0, relative_attention_num_buckets=8,
