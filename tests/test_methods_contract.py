@@ -28,11 +28,11 @@ from peftlab.methods.io import MANIFEST, WEIGHTS, load_adapter, save_adapter
 from peftlab.methods.llama_adapter import LlamaAdapterConfig
 from peftlab.methods.llama_adapter_v2 import LlamaAdapterV2Config
 from peftlab.methods.lora import LoraConfig, LoraLinear, lora_modules, merge, unmerge
+from peftlab.methods.p_tuning import PTuningConfig
+from peftlab.methods.prompt_tuning import PromptTuningConfig
 from peftlab.methods.prefix import PrefixConfig
 from peftlab.methods.s2_attn import S2AttnConfig
 from peftlab.methods.strided import StridedConfig
-from peftlab.methods.p_tuning import PTuningConfig
-from peftlab.methods.prompt_tuning import PromptTuningConfig
 
 from conftest import INIT_TEXT, build_llama, build_t5, logits, tiny_tokenizer_dir
 
@@ -108,19 +108,6 @@ def bottleneck(rf, kinds, drop=0, lns=0, norms=False, blocks=None):
         else:
             n = (c.num_hidden_layers - drop) * len(kinds)
         return per * (n if blocks is None else blocks * len(kinds))
-def _width(c):
-    return c.d_model if c.model_type == "t5" else c.hidden_size
-
-
-def prompt_tuning(n):
-    return lambda c: n * _width(c)  # P: (n, d)
-
-
-def p_tuning_mlp(n, k=None):
-    def count(c):
-        d = _width(c)
-        k_ = k or d
-        return n * d + (d * k_ + k_) + (k_ * k_ + k_) + (k_ * d + d)  # h + Linear(d,k), (k,k), (k,d)
 
     return count
 
@@ -135,12 +122,6 @@ def prefix_t5(p, hidden=0, encoder_self=True, decoder_self=True, cross=True):
     def count(c):
         sites = c.num_layers * encoder_self + c.num_decoder_layers * (decoder_self + cross)
         return _prefix(p, hidden, sites, c.num_heads * c.d_kv)
-def p_tuning_lstm(n, k, layers):
-    def count(c):
-        d = _width(c)
-        # bidirectional LSTM: per direction and layer 4k x (input + k) weights + two 4k biases
-        lstm = 2 * sum(4 * k * ((d if l == 0 else 2 * k) + k + 2) for l in range(layers))
-        return n * d + lstm + (2 * k * 2 * k + 2 * k) + (2 * k * d + d)  # + MLP head (2k,2k), (2k,d)
 
     return count
 
@@ -198,6 +179,33 @@ def llama_embeddings_norms(c):
 
 def none(c):
     return 0  # sparse attention has no parameters of its own
+
+
+def _width(c):
+    return c.d_model if c.model_type == "t5" else c.hidden_size
+
+
+def prompt_tuning(n):
+    return lambda c: n * _width(c)  # P: (n, d)
+
+
+def p_tuning_mlp(n, k=None):
+    def count(c):
+        d = _width(c)
+        k_ = k or d
+        return n * d + (d * k_ + k_) + (k_ * k_ + k_) + (k_ * d + d)  # h + Linear(d,k), (k,k), (k,d)
+
+    return count
+
+
+def p_tuning_lstm(n, k, layers):
+    def count(c):
+        d = _width(c)
+        # bidirectional LSTM: per direction and layer 4k x (input + k) weights + two 4k biases
+        lstm = 2 * sum(4 * k * ((d if l == 0 else 2 * k) + k + 2) for l in range(layers))
+        return n * d + lstm + (2 * k * 2 * k + 2 * k) + (2 * k * d + d)  # + MLP head (2k,2k), (2k,d)
+
+    return count
 
 
 def base_total(c):
@@ -732,6 +740,17 @@ def test_config_round_trips_through_to_dict(cfg):
         (lambda: LoraConfig(dropout=1.0), "dropout"),
         (lambda: AlignmentConfig(mode="gated"), "mode"),
         (lambda: AlignmentConfig(hidden=0), "hidden"),
+        (lambda: PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+        (lambda: PromptTuningConfig(init="sample"), "init"),
+        (lambda: PromptTuningConfig(init="text"), "init_text"),
+        (lambda: PromptTuningConfig(init_text="hello"), "init_text"),
+        (lambda: PromptTuningConfig(init="vocab", init_std=0.1), "init_std"),
+        (lambda: PromptTuningConfig(init_std=-1.0), "init_std"),
+        (lambda: PTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
+        (lambda: PTuningConfig(encoder="gru"), "encoder"),
+        (lambda: PTuningConfig(hidden=0), "hidden"),
+        (lambda: PTuningConfig(lstm_layers=3), "lstm_layers"),
+        (lambda: PTuningConfig(encoder="lstm", dropout=0.1, lstm_layers=1), "dropout"),
         (lambda: HoulsbyConfig(reduction_factor=0), "reduction_factor"),
         (lambda: HoulsbyConfig(bottleneck=0), "bottleneck"),
         (lambda: HoulsbyConfig(nonlinearity="sigmoidd"), "nonlinearity"),
@@ -746,17 +765,6 @@ def test_config_round_trips_through_to_dict(cfg):
         (lambda: IA3Config(targets=()), "targets"),
         (lambda: IA3Config(targets=("all-linear",)), "targets"),
         (lambda: IA3Config(targets=("k", "v"), feedforward=("ffn_out",)), "feedforward"),
-        (lambda: PromptTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
-        (lambda: PromptTuningConfig(init="sample"), "init"),
-        (lambda: PromptTuningConfig(init="text"), "init_text"),
-        (lambda: PromptTuningConfig(init_text="hello"), "init_text"),
-        (lambda: PromptTuningConfig(init="vocab", init_std=0.1), "init_std"),
-        (lambda: PromptTuningConfig(init_std=-1.0), "init_std"),
-        (lambda: PTuningConfig(num_virtual_tokens=0), "num_virtual_tokens"),
-        (lambda: PTuningConfig(encoder="gru"), "encoder"),
-        (lambda: PTuningConfig(hidden=0), "hidden"),
-        (lambda: PTuningConfig(lstm_layers=3), "lstm_layers"),
-        (lambda: PTuningConfig(encoder="lstm", dropout=0.1, lstm_layers=1), "dropout"),
     ],
 )
 def test_configs_validate_on_construction(make, match):
@@ -772,13 +780,13 @@ def test_configs_validate_on_construction(make, match):
         ({"name": "lora", "r": 0}, "r must be >= 1"),
         ({"name": "lora", "r": "four"}, "expected an integer"),
         ({"name": "alignment", "mode": "gated"}, "residual"),
+        ({"name": "prompt_tuning", "num_virtual_tokens": 0}, r"^num_virtual_tokens: .*>= 1"),
+        ({"name": "p_tuning", "encoder": "gru"}, "encoder: expected one of 'mlp'"),
+        ({"name": "prompt_tunning"}, "did you mean 'prompt_tuning'"),
         ({"name": "houlsby", "reduction_factr": 8}, "did you mean 'reduction_factor'"),
         ({"name": "pfeiffer", "drop_lowest": -2}, "drop_lowest: drop_lowest must be >= 0, got -2"),
         ({"name": "parallel", "sublayers": ["attn"]}, "sublayers must name some of self, cross, ffn"),
         ({"name": "ia3", "feedforward": ["q"]}, r"feedforward: feedforward \['q'\] must also be in targets"),
-        ({"name": "prompt_tuning", "num_virtual_tokens": 0}, r"^num_virtual_tokens: .*>= 1"),
-        ({"name": "p_tuning", "encoder": "gru"}, "encoder: expected one of 'mlp'"),
-        ({"name": "prompt_tunning"}, "did you mean 'prompt_tuning'"),
     ],
 )
 def test_config_errors(data, match):
