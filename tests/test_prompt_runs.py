@@ -12,7 +12,7 @@ from peftlab.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SHRINK = ["model.init=random", "model.config={d_model: 64, d_kv: 16, d_ff: 128, num_layers: 2, num_decoder_layers: 2, "
           "num_heads: 4}", "train.max_steps=3", "train.log_every=3", "train.batch_size=4", "eval.max_new_tokens=6",
-          f"data.path={ROOT / 'tests/fixtures/codexglue_python_sample.jsonl'}",  # 5 functions, every split
+          f"data.task.path={ROOT / 'tests/fixtures/codexglue_python_sample.jsonl'}",  # 5 functions, every split
           "data.max_source_length=64"]
 
 
