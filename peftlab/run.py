@@ -15,7 +15,7 @@ from typing import Optional
 
 from peftlab import rundir
 from peftlab.config import from_dict, read_yaml, to_dict
-from peftlab.env import device_name, versions
+from peftlab.env import hardware, versions
 from peftlab.errors import DataError
 from peftlab.schema import DataSpec, RunConfig
 
@@ -212,11 +212,12 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "test_split": d.test_split,
         "test_examples": text["eval_examples"],
         "eval_seconds": text["eval_seconds"],
+        "mixed_precision": cfg.train.mixed_precision,  # requested; "precision" (from the loop) is what ran
         **result_dict(result),
         "train_examples": len(train_enc),
         "truncated_sources": train_enc.truncated_sources,
         "truncated_targets": train_enc.truncated_targets,
-        "device": device_name(),
+        **hardware(),  # device, cpu_capability, native_bf16
         "versions": versions(),
     }
 

@@ -17,15 +17,19 @@ def generate_texts(
     max_new_tokens: int = 48,
     num_beams: int = 1,
     batch_size: int = 16,
-    mixed_precision: str = "no",
+    mixed_precision: str = "auto",
     progress: bool = False,
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
 ) -> list[str]:
-    """Generate one completion per source; deterministic (greedy or beam search)."""
+    """Generate one completion per source; deterministic (greedy or beam search).
+
+    ``mixed_precision`` is a run's ``train.mixed_precision``, resolved for the model's device by the
+    training loop's rule (``peftlab.env.resolve_precision``), so ``auto`` never emulates bf16."""
     from tqdm.auto import tqdm
 
     from peftlab.data.seq2seq import _ids_with_eos, collate
+    from peftlab.env import resolve_precision
 
     device = next(model.parameters()).device
     was_training = model.training
@@ -33,7 +37,8 @@ def generate_texts(
     ids, _, _ = _ids_with_eos(tokenizer, sources, max_source_length)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(ids)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    precision = resolve_precision(mixed_precision, device, training=False)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     causal = not model.config.is_encoder_decoder
     if causal:
         tokenizer.padding_side = "left"
