@@ -166,8 +166,7 @@ def _pin_tied_pairs(model) -> None:
     kept = getattr(model, "all_tied_weights_keys", declared)
     if set(declared) != set(kept):
         model._tied_weights_keys = dict(kept)  # instance attribute: shadows the class's pairs
-        log.info("kept untied, as the checkpoint holds them: %s",
-                                         ", ".join(sorted(set(declared) - set(kept))))
+        log.info("kept untied, as the checkpoint holds them: %s", ", ".join(sorted(set(declared) - set(kept))))
 
 
 def _declares_untied_head(source: str, revision, config) -> bool:
