@@ -65,21 +65,26 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
     table = markdown_table(rows)
     print(table)
     meta = _meta(overrides)
-    rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{meta['device']}, {meta['date']}\n")
+    used = ", ".join(sorted({_PRECISION_NAMES[r["precision"]] for r in rows if r.get("precision")})) or "unrecorded"
+    where = f"{meta['device']} ({meta['cpu_capability']}), {used}, {meta['date']}"
+    rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{where}\n")
     rundir.write_json(out / "results.json", {"meta": meta, "rows": rows})
     plot(rows, out / "results.png")
     return rows
+
+
+_PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
 
 
 def _meta(overrides: Sequence[str]) -> dict:
     import shlex
     import sys
 
-    from peftlab.env import device_name, versions
+    from peftlab.env import hardware, versions
 
     argv = sys.argv if sys.argv and sys.argv[0].endswith("peftlab") else []
     command = "peftlab " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else "peftlab.bench.compare"
-    return {"command": command, "overrides": list(overrides), "device": device_name(), "versions": versions(),
+    return {"command": command, "overrides": list(overrides), **hardware(), "versions": versions(),
             "date": rundir.now()}
 
 

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--halt-at", type=int, default=None, help="stop after this step's checkpoint (resume later)")
     pt.add_argument("--quiet", action="store_true")
 
+    en = sub.add_parser("env", help="versions, device, CPU capability, native bf16: what a bug report needs")
+    en.add_argument("--json", action="store_true", help="one JSON object instead of aligned lines")
+
     d = sub.add_parser("data", help="build datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     cd = dsub.add_parser("code2doc", help="build CodeXGLUE-format code->doc JSONL from Python sources")
@@ -198,6 +201,14 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _env(args) -> int:
+    from peftlab.env import format_report, report
+
+    rep = report()
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
+
+
 def _data(args) -> int:
     from peftlab.data.code2doc import build_code2doc
 
@@ -208,7 +219,7 @@ def _data(args) -> int:
 
 _COMMANDS = {"train": _train, "eval": _eval, "generate": _generate, "compare": _compare, "pretrain": _pretrain,
              "merge": _merge, "export": _export,
-             "data": _data}
+             "data": _data, "env": _env}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,7 +13,7 @@ from typing import Optional
 
 from peftlab import rundir
 from peftlab.config import from_dict, read_yaml, to_dict
-from peftlab.env import device_name, versions
+from peftlab.env import hardware, versions
 from peftlab.errors import DataError
 from peftlab.schema import DataSpec, RunConfig
 
@@ -257,11 +257,12 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
         "test_split": d.test_split,
         "test_examples": scores["eval_examples"],
+        "mixed_precision": cfg.train.mixed_precision,  # requested; "precision" (from the loop) is what ran
         **result_dict(result),
         "train_examples": len(train_enc),
         "truncated_sources": train_enc.truncated_sources,
         "truncated_targets": train_enc.truncated_targets,
-        "device": device_name(),
+        **hardware(),  # device, cpu_capability, native_bf16
         "versions": versions(),
     }
 

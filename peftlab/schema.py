@@ -73,7 +73,9 @@ class TrainSpec:
     warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at max_steps
     max_grad_norm: Optional[float] = 1.0
     skip_nonfinite: int = 0  # optimizer steps with a NaN/inf loss or gradient to skip before stopping
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast; trainable params stay fp32
+    # autocast; trainable params stay fp32. auto: bf16 where the device computes it natively (GPU >= sm80,
+    # CPU with AVX512-BF16/AMX), fp16 + loss scaling on older GPUs, else fp32 (peftlab.env.resolve_precision)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     seed: int = 0
     log_every: int = 10  # optimizer steps between log rows
     eval_every: Optional[int] = None  # optimizer steps between validation-loss evals (and at the end)

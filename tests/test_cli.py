@@ -18,6 +18,7 @@ METRIC_FIELDS = {
     "method", "trainable_params", "total_params", "trainable_pct", "bleu", "codexglue_bleu", "rouge_l",
     "train_seconds", "tokens_per_second", "peak_memory_bytes", "steps", "final_loss",
     "trainable_params_by_method", "eval_loss", "device", "versions",
+    "mixed_precision", "precision", "cpu_capability", "native_bf16",  # what was asked, what ran, on what
 }
 
 
@@ -35,6 +36,9 @@ def test_train_writes_a_complete_run(smoke_run):
     m = json.loads((smoke_run / "metrics.json").read_text())
     assert METRIC_FIELDS <= set(m)
     assert m["steps"] == 4 and m["stopped_by"] == "max_steps"
+    from peftlab.env import resolve_precision
+
+    assert m["mixed_precision"] == "auto" and m["precision"] == resolve_precision("auto", "cpu")
     assert m["trainable_params"] == sum(m["trainable_params_by_method"].values())
     assert set(m["trainable_params_by_method"]) == {"lora", "alignment"}
     assert 0 < m["trainable_pct"] < 100 and m["total_params"] > m["trainable_params"]
@@ -184,3 +188,29 @@ def test_data_code2doc_builds_codexglue_jsonl(tmp_path, capsys):
         assert len(lines) == counts[split]
         assert all({"code", "docstring", "docstring_tokens", "func_name"} <= set(json.loads(x)) for x in lines)
     assert main(["data", "code2doc", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_env_prints_what_decides_speed(capsys):
+    import torch
+
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    for name in ("peftlab", "torch", "transformers", "accelerate", "peft", "bitsandbytes", "python", "os", "cpu",
+                 "cpu capability", "native bf16 (cpu)", "torch threads", "cuda", "mixed_precision: auto"):
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+    assert torch.__version__ in out
+    assert main(["env", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"peftlab", "torch", "transformers", "accelerate", "peft", "bitsandbytes", "python", "os", "device", "cpu",
+            "cpu_capability", "native_bf16_cpu", "torch_threads", "cuda", "gpus", "auto_precision"} <= set(rep)
+    assert rep["auto_precision"] in ("bf16", "fp16", "no") and isinstance(rep["native_bf16_cpu"], bool)
+
+
+def test_env_says_when_an_optional_package_is_absent(monkeypatch, capsys):
+    from importlib import metadata
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda d: real(d) if d != "bitsandbytes" else
+                        (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
+    assert main(["env"]) == 0
+    assert any(line.split() == ["bitsandbytes", "not", "installed"] for line in capsys.readouterr().out.splitlines())

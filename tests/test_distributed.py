@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 ARGS = ["train.max_steps=4", "train.log_every=1", "train.batch_size=4", "data.max_train_examples=64",
         "data.max_eval_examples=4", "eval.max_examples=4", "eval.max_new_tokens=4", "data.max_source_length=64",
-        "methods.0.dropout=0.0"]
+        "methods.0.dropout=0.0",
+        "train.mixed_precision=no"]  # fp32: one process and two must agree to 1e-5 whether or not this CPU has bf16
 
 
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):

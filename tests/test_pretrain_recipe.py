@@ -49,8 +49,11 @@ def test_pretrain_writes_a_loadable_model_dir(tmp_path, corpus, name, auto):
     assert next(model.parameters()).dtype == torch.bfloat16
     assert (out / "README.md").read_text().count(stats["corpus"]["fingerprint"]) == 1
     assert stats["steps"] == 4 and stats["heldout_loss"] < stats["random_init_heldout_loss"] + 0.5
-    for key in ("tokens_seen", "train_seconds", "final_train_loss", "hardware", "command"):
+    for key in ("tokens_seen", "train_seconds", "final_train_loss", "hardware", "command", "cpu_capability",
+                "native_bf16"):
         assert key in stats
+    assert stats["mixed_precision"] == "no" and stats["precision"] == "no"  # requested, and what ran
+    assert "| precision | fp32 |" in (out / "README.md").read_text()
 
 
 def test_pretrain_resumes_exactly_after_a_stop(tmp_path, corpus):

@@ -31,7 +31,8 @@ def tiny_data(n=24, seed=0):
 
 
 def spec(**kw):
-    base = dict(max_steps=6, batch_size=4, lr=1e-2, log_every=1, seed=0, device="cpu")
+    # fp32 unless a test asks otherwise: exact comparisons must not depend on whether this CPU has bf16
+    base = dict(max_steps=6, batch_size=4, lr=1e-2, log_every=1, seed=0, device="cpu", mixed_precision="no")
     return TrainSpec(**{**base, **kw})
 
 
@@ -223,3 +224,68 @@ def test_evaluate_loss_is_the_models_own_loss(kind, t5_batch, llama_batch):
     with torch.no_grad():
         expected = float(model(**batch).loss)
     assert evaluate_loss(model, OneBatch(), Accelerator(cpu=True)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("native, used", [(False, "no"), (True, "bf16")])
+def test_auto_precision_is_resolved_for_the_cpu_and_recorded(monkeypatch, native, used):
+    import peftlab.env
+
+    monkeypatch.setattr(peftlab.env, "native_bf16_cpu", lambda: native)
+    _, res, _ = run(None, "auto", s=spec(mixed_precision="auto", max_steps=1))
+    assert res.precision == used and res.steps == 1
+
+
+def test_forced_bf16_on_a_cpu_without_it_runs_with_one_warning(monkeypatch, caplog):
+    import logging
+
+    import peftlab.env
+
+    monkeypatch.setattr(peftlab.env, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(peftlab.env, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
+        for _ in range(2):  # a bench: several runs in one process, one warning
+            _, res, _ = run(None, "bf", s=spec(mixed_precision="bf16", max_steps=1))
+            assert res.precision == "bf16" and res.steps == 1
+    assert len([r for r in caplog.records if "without native bf16" in r.getMessage()]) == 1
+
+
+def _with_loss_scaler(monkeypatch, init_scale):
+    """The loop as on a GPU without bf16 (fp16 + accelerate's GradScaler), on CPU: the scaler is the
+    part under test (fp16 autocast itself needs a GPU), so attach one to the CPU accelerator."""
+    import peftlab.train.loop as loop
+
+    make = loop._make_accelerator
+
+    def with_scaler(s):
+        accelerator = make(s)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        return accelerator
+
+    monkeypatch.setattr(loop, "_make_accelerator", with_scaler)
+
+
+def _overflowing(model, times):
+    """Make the first ``times`` backward passes overflow (inf gradients), as fp16's do at first."""
+    p = next(p for p in model.parameters() if p.requires_grad)
+    calls = []
+    p.register_hook(lambda g: (calls.append(1), g * float("inf") if len(calls) <= times else g)[1])
+    return model
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_fp16_loss_scale_overflow_skips_the_update_not_the_run(monkeypatch, clip):
+    _with_loss_scaler(monkeypatch, init_scale=1.0)
+    model = _overflowing(tiny_model(), times=2)
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    model, res, rows = run(None, "fp16", model=model, s=spec(max_steps=3, max_grad_norm=clip))
+    assert [r["skipped"] for r in rows if "skipped" in r] == [
+        "fp16 loss scale overflow; scale lowered to 0.5", "fp16 loss scale overflow; scale lowered to 0.25"]
+    assert res.steps == 3 and [r["step"] for r in rows if "loss" in r] == [1, 2, 3]  # overflows are not steps
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert all(torch.isfinite(a).all() for a in after) and any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_fp16_gradients_that_overflow_at_any_scale_stop_the_run(monkeypatch):
+    _with_loss_scaler(monkeypatch, init_scale=1.0)
+    with pytest.raises(TrainingError, match="even at fp16 loss scale"):
+        run(None, "inf", model=_overflowing(tiny_model(), times=10**6), s=spec(max_steps=3))

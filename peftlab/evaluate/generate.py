@@ -43,8 +43,13 @@ class Decoding:
         return kw
 
 
-def autocast_dtype(mixed_precision: str):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+def autocast_dtype(mixed_precision: str, device: torch.device):
+    """The autocast dtype for a run's ``train.mixed_precision`` on ``device``, by the training loop's
+    rule (``peftlab.env.resolve_precision``): ``auto`` never emulates bf16; None = fp32."""
+    from peftlab.env import resolve_precision
+
+    precision = resolve_precision(mixed_precision, device, training=False)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 @torch.no_grad()
@@ -55,7 +60,7 @@ def generate_ids(
     decoding: Decoding = Decoding(),
     *,
     batch_size: int = 16,
-    mixed_precision: str = "no",
+    mixed_precision: str = "auto",
     progress: bool = False,
 ) -> list[str]:
     """One completion per prompt (token ids), as whitespace-normalised text."""
@@ -68,7 +73,7 @@ def generate_ids(
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[str] = [""] * len(ids)
-    dtype = autocast_dtype(mixed_precision)
+    dtype = autocast_dtype(mixed_precision, device)
     causal = not model.config.is_encoder_decoder
     generator_state = None
     if decoding.do_sample:
@@ -104,7 +109,7 @@ def generate_texts(
     max_new_tokens: int = 48,
     num_beams: int = 1,
     batch_size: int = 16,
-    mixed_precision: str = "no",
+    mixed_precision: str = "auto",
     progress: bool = False,
     no_repeat_ngram_size: int = 0,
     repetition_penalty: float = 1.0,
@@ -144,7 +149,7 @@ def choice_logprobs(
     choices: Sequence[str],
     *,
     batch_size: int = 16,
-    mixed_precision: str = "no",
+    mixed_precision: str = "auto",
     task_ids: Optional[Sequence[int]] = None,
 ) -> torch.Tensor:
     """(N, C) total log-likelihood of each choice (its tokens + EOS) after each prompt.
@@ -160,7 +165,7 @@ def choice_logprobs(
     choice_ids, _, _ = prompt_ids(tokenizer, choices, 10_000)  # each choice + eos
     pairs = [(i, c) for i in range(len(prompts)) for c in range(len(choices))]
     scores = torch.zeros(len(prompts), len(choices), dtype=torch.float64)
-    dtype = autocast_dtype(mixed_precision)
+    dtype = autocast_dtype(mixed_precision, device)
     try:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]

@@ -7,6 +7,7 @@ drawn from ``seed``, so a random-init run can be rebuilt exactly to evaluate its
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from peftlab.errors import ModelError
 from peftlab.models.quantize import quantization_config, quantized_device
 
+log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -97,17 +99,19 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = auto.from_config(config, dtype=dtype)
+            if _declares_untied_head(source, spec.revision, config):
+                _untie_head(model)
         if quant is not None:  # quantize the drawn weights the way from_pretrained quantizes real ones
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
                 model.save_pretrained(tmp)
-                model = auto.from_pretrained(tmp, dtype=dtype, quantization_config=quant,
-                                             device_map={"": quantized_device()})
+                model = _from_pretrained(auto, tmp, dtype=dtype, quantization_config=quant,
+                                         device_map={"": quantized_device()})
     else:
         kw = {} if quant is None else {"quantization_config": quant, "device_map": {"": quantized_device()}}
         try:
-            model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **kw, **dict(spec.config))
+            model = _from_pretrained(auto, source, revision=spec.revision, dtype=dtype, **kw, **dict(spec.config))
         except OSError as e:
             raise _hub_error(spec.name, e) from None
     tok_source = resolve_model_name(spec.tokenizer) if spec.tokenizer else source
@@ -123,3 +127,63 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
             f"{model.get_input_embeddings().num_embeddings}: they do not belong together"
         )
     return LoadedModel(model=model, tokenizer=tokenizer, family=family, source=source)
+
+
+# -- untied LM heads (FLAN-T5) ---------------------------------------------------------------------
+# transformers 5.24's T5Config forces tie_word_embeddings=True: T5 ties its encoder/decoder token
+# embeddings to `shared` through that same flag, so it cannot be False. FLAN-T5 (and every T5 v1.1)
+# checkpoint holds an `lm_head.weight` of its own beside `shared.weight`, with tie_word_embeddings:
+# false in its config.json. What from_pretrained does with that (verified in tests/test_models.py):
+# PreTrainedModel.tie_weights(missing_keys=...) sees both tensors in the checkpoint, finds them
+# different, leaves them untied and drops the pair from `model.all_tied_weights_keys`, warning that
+# the config should say tie_word_embeddings=False (advice T5Config cannot take). The loaded head is
+# right; two things are not, and are fixed here: a later `model.tie_weights()` (resize_token_embeddings,
+# accelerate's FSDP2 prepare, HF Trainer) recomputes the pairs from the class and the config and would
+# silently overwrite the head with the embedding; and `init: random` would build a tied head, a
+# different architecture (and parameter count) from the checkpoint it stands in for.
+
+_UNTIED_WARNING = "but both are present in the checkpoints with different values, so we will NOT tie them"
+
+
+def _from_pretrained(auto, source, **kw):
+    """``auto.from_pretrained`` that keeps whatever heads the checkpoint holds untied, for good."""
+    from transformers.utils import logging as hf_logging
+
+    hf_log = hf_logging.get_logger("transformers.modeling_utils")
+    untied = lambda record: _UNTIED_WARNING not in record.getMessage()  # noqa: E731 (said right by _pin_tied_pairs)
+    hf_log.addFilter(untied)
+    try:
+        model = auto.from_pretrained(source, **kw)
+    finally:
+        hf_log.removeFilter(untied)
+    _pin_tied_pairs(model)
+    return model
+
+
+def _pin_tied_pairs(model) -> None:
+    """Make the pairs from_pretrained actually tied the only ones ``tie_weights()`` ever ties."""
+    declared = model.get_expanded_tied_weights_keys(all_submodels=False)  # from the class and the config
+    kept = getattr(model, "all_tied_weights_keys", declared)
+    if set(declared) != set(kept):
+        model._tied_weights_keys = dict(kept)  # instance attribute: shadows the class's pairs
+        log.info("kept untied, as the checkpoint holds them: %s", ", ".join(sorted(set(declared) - set(kept))))
+
+
+def _declares_untied_head(source: str, revision, config) -> bool:
+    """config.json says tie_word_embeddings: false, but the config class forced it true (T5)."""
+    from transformers import PretrainedConfig
+
+    raw, _ = PretrainedConfig.get_config_dict(source, revision=revision)
+    return raw.get("tie_word_embeddings") is False and bool(getattr(config, "tie_word_embeddings", False))
+
+
+def _untie_head(model) -> None:
+    """Give a freshly drawn T5 its own LM head, drawn as T5 draws an untied one (N(0, factor))."""
+    import torch
+
+    head = model.get_output_embeddings()
+    std = float(getattr(model.config, "initializer_factor", 1.0))
+    head.weight = torch.nn.Parameter(torch.empty_like(head.weight).normal_(0.0, std))
+    name = next(n for n, p in model.named_parameters(remove_duplicate=False) if p is head.weight)
+    model.all_tied_weights_keys.pop(name, None)
+    model._tied_weights_keys = dict(model.all_tied_weights_keys)

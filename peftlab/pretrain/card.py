@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+_PRECISION = {"bf16": "bf16 autocast, fp32 weights", "fp16": "fp16 autocast with loss scaling", "no": "fp32"}
+
+
 def model_card(s: dict) -> str:
     arch = "T5 v1.1-style encoder-decoder (gated GELU)" if s["objective"] == "span_corruption" else (
         "LLaMA-architecture decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention)")
@@ -32,7 +35,8 @@ run on a base model that knows something. It is a test bed for PEFT methods, not
 | training tokens in corpus | {c['train_tokens']:,} |
 | steps | {s['steps']:,} |
 | tokens seen | {s['tokens_seen']:,} (inputs + targets) |
-| hardware | {s['hardware']} |
+| hardware | {s['hardware']}{f" ({s['cpu_capability']})" if s.get('cpu_capability') else ""} |
+| precision | {_PRECISION.get(s.get('precision'), 'not recorded')} |
 | train time | {s['train_seconds'] / 3600:.2f} h ({s['tokens_per_second']:,.0f} tokens/s) |
 | final train loss | {s['final_train_loss']:.4f} |
 | held-out loss | {s['heldout_loss']:.4f} (randomly initialised twin: {s['random_init_heldout_loss']:.4f}) |

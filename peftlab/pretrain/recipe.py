@@ -1,7 +1,7 @@
 """``peftlab pretrain CONFIG --out DIR``: make one of peftlab's small pretrained models.
 
 corpus (stdlib minus code→doc valid/test files) -> byte-level BPE tokenizer -> packed examples
-(T5 span corruption, or causal LM) -> the shared train loop (bf16 autocast, atomic checkpoints,
+(T5 span corruption, or causal LM) -> the shared train loop (``auto`` precision, atomic checkpoints,
 resumable) -> a plain Hugging Face model directory with a model card. A few corpus files are held
 out (by a second hash of their bytes) to measure held-out loss against a randomly initialised twin.
 """
@@ -22,7 +22,7 @@ import torch
 
 from peftlab import rundir
 from peftlab.config import to_dict
-from peftlab.env import device_name, versions
+from peftlab.env import hardware, versions
 from peftlab.errors import ConfigError, DataError
 from peftlab.schema import TrainSpec
 
@@ -210,6 +210,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
     if final_loss is None:  # resumed at the end of the budget: the last logged window's loss
         rows = [json.loads(ln) for ln in (out / rundir.TRAIN_LOG).read_text().splitlines() if '"loss"' in ln]
         final_loss = rows[-1]["loss"] if rows else None
+    hw = hardware()
     stats = {
         "name": cfg.name, "objective": cfg.objective, "parameters": n_params, "vocab_size": len(tok),
         "corpus": {**corpus.summary(), "heldout_files": len(held), "train_files": len(train_idx),
@@ -217,7 +218,9 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
         "steps": result.steps, "tokens_seen": result.tokens, "train_seconds": result.train_seconds,
         "tokens_per_second": result.tokens_per_second, "final_train_loss": final_loss,
         "heldout_loss": held_loss, "random_init_heldout_loss": random_twin_loss,
-        "hardware": device_name(), "wall_seconds_this_invocation": time.time() - t_start,
+        "mixed_precision": spec.mixed_precision, "precision": result.precision,
+        "hardware": hw["device"], "cpu_capability": hw["cpu_capability"], "native_bf16": hw["native_bf16"],
+        "wall_seconds_this_invocation": time.time() - t_start,
         "command": command or "peftlab pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "config": to_dict(cfg), "versions": versions(),
     }

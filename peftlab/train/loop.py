@@ -50,6 +50,7 @@ class TrainResult:
     peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process)
     stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
     strategy: str = "single"  # "single", "ddp" or "fsdp", with the process count: "fsdp x2"
+    precision: str = "no"  # the autocast actually used ("bf16", "fp16" or "no"): spec.mixed_precision resolved
     # under FSDP the model stays sharded: its trained tensors, whole, on the main process
     gathered: Optional[dict] = field(default=None, repr=False)
 
@@ -108,8 +109,12 @@ def process_state():
 
 
 def _make_accelerator(spec):
+    """accelerate's Accelerator for ``spec``: its device, and ``spec.mixed_precision`` resolved for that
+    device (``peftlab.env.resolve_precision``; what it chose is ``accelerator.mixed_precision``)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+
+    from peftlab.env import resolve_precision
 
     # accelerate keeps process-wide singletons; one process may run many configs (a bench) with
     # different precision/accumulation, so start each from a clean state (the process group stays).
@@ -119,9 +124,8 @@ def _make_accelerator(spec):
     cpu = spec.device == "cpu" or (spec.device == "auto" and not torch.cuda.is_available())
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' asked for, but torch sees no CUDA device")
-    if cpu and spec.mixed_precision == "fp16":
-        raise ConfigError("train.mixed_precision: fp16 autocast needs a GPU; use bf16 (or no) on CPU")
-    return Accelerator(mixed_precision=spec.mixed_precision, gradient_accumulation_steps=spec.grad_accum, cpu=cpu)
+    precision = resolve_precision(spec.mixed_precision, "cpu" if cpu else "cuda")
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum, cpu=cpu)
 
 
 @torch.no_grad()
@@ -159,9 +163,10 @@ class _Parallel:
         n = accelerator.num_processes
         self.fsdp = sharding.fsdp_requested(spec) and n > 1
         if self.fsdp:  # shard first: fully_shard swaps the parameters the optimizer must hold
-            if spec.mixed_precision == "fp16":
-                raise ConfigError("train.mixed_precision: fp16 under train.strategy fsdp needs a sharded loss "
-                                  "scaler; use bf16 (or no)")
+            if accelerator.mixed_precision == "fp16":
+                raise ConfigError(f"train.mixed_precision: fp16 ({spec.mixed_precision} on this GPU) under "
+                                  "train.strategy fsdp needs a sharded loss scaler; use no (or bf16 on a GPU "
+                                  "that has it)")
             sharding.shard(model)
             params = [p for p in model.parameters() if p.requires_grad]
             # the optimizer stays ours: accelerate's FSDP2 prepare() insists on wrapping the model too
@@ -218,7 +223,8 @@ def train(
     if not params:
         mem, kind = peak_memory(device)
         eval_loss = evaluate_loss(model, eval_plan, accelerator) if eval_plan else None
-        return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train")
+        return TrainResult(0, 0.0, 0, 0.0, None, eval_loss, mem, kind, "nothing_to_train",
+                           precision=accelerator.mixed_precision)
     torch.manual_seed(spec.seed)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     par = _Parallel(model, params, spec, accelerator)
@@ -272,7 +278,7 @@ def train(
                 bad = f"non-finite loss on another process at step {step + 1}"
         if bad is None and spec.max_grad_norm:
             norm = accelerator.clip_grad_norm_(params, spec.max_grad_norm)
-            if not torch.isfinite(norm):
+            if not torch.isfinite(norm) and accelerator.scaler is None:  # fp16: the scaler's case (below)
                 bad = f"non-finite gradient norm at step {step + 1} (epoch {epoch}, batch {index - 1})"
         if bad is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -288,6 +294,12 @@ def train(
             g["lr"] = spec.lr * lr_factor(step, elapsed, spec)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if accelerator.optimizer_step_was_skipped:  # fp16: the scaled gradients overflowed
+            _check_loss_scale(accelerator.scaler, step)
+            log_row({"step": step + 1, "skipped": f"fp16 loss scale overflow; scale lowered to "
+                                                  f"{accelerator.scaler.get_scale():g}"})
+            t0 = time.perf_counter()
+            continue
         step += 1
         now = time.perf_counter()
         elapsed += now - t0
@@ -313,7 +325,7 @@ def train(
             progress.close()
             mem, kind = peak_memory(device)
             return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, None, mem, kind, "halted",
-                               par.strategy)
+                               par.strategy, precision=accelerator.mixed_precision)
         t0 = time.perf_counter()
     progress.close()
     checkpoint()
@@ -324,7 +336,18 @@ def train(
     stopped = "max_steps" if spec.max_steps is not None and step >= spec.max_steps else "max_seconds"
     gathered = sharding.gather_trainable(model) if par.fsdp else None
     return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped,
-                       par.strategy, gathered)
+                       par.strategy, accelerator.mixed_precision, gathered)
+
+
+def _check_loss_scale(scaler, step: int) -> None:
+    """fp16 loss scaling skips an update whose scaled gradients overflow and halves the scale (a few
+    times at the start is normal). Gradients that overflow even at a vanishing scale are not finite."""
+    if scaler.get_scale() < _MIN_LOSS_SCALE:
+        raise TrainingError(f"non-finite gradients at step {step + 1} even at fp16 loss scale "
+                            f"{scaler.get_scale():g}; set train.mixed_precision: no (or bf16 on a GPU that has it)")
+
+
+_MIN_LOSS_SCALE = 2.0**-24  # ~40 halvings below GradScaler's initial 2^16
 
 
 def _progress(spec, start: int, options: LoopOptions):

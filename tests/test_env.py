@@ -1,0 +1,149 @@
+"""Precision chooses itself (issue 13): the one rule in ``peftlab.env.resolve_precision`` for every
+device, the capability probes behind it (mocked: each kind of CPU/GPU this project has seen or
+expects), the one warning for a forced slow choice, and generation following the same rule."""
+
+import logging
+
+import pytest
+import torch
+
+from peftlab import env
+from peftlab.errors import ConfigError
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """``machine(cpu_bf16=..., cuda_bf16=...)``: pretend the probes found this; warnings start afresh."""
+    monkeypatch.setattr(env, "_warned", set())
+
+    def pretend(cpu_bf16=False, cuda_bf16=False):
+        monkeypatch.setattr(env, "native_bf16_cpu", lambda: cpu_bf16)
+        monkeypatch.setattr(env, "cuda_native_bf16", lambda index=0: cuda_bf16)
+        monkeypatch.setattr(env, "_gpu_name", lambda index=0: "Tesla T4")
+
+    return pretend
+
+
+@pytest.mark.parametrize("device, cpu_bf16, cuda_bf16, requested, expected", [
+    ("cpu", True, False, "auto", "bf16"),    # AVX512-BF16 / AMX
+    ("cpu", False, False, "auto", "no"),     # AVX2-only EPYC of issue 13: fp32
+    ("cuda", False, True, "auto", "bf16"),   # A100 / H100
+    ("cuda", False, False, "auto", "fp16"),  # T4 / V100: fp16 with loss scaling
+    ("cuda:1", False, False, "auto", "fp16"),
+    (torch.device("cpu"), True, False, "auto", "bf16"),
+    ("cpu", False, False, "bf16", "bf16"),   # explicit: still runs (with a warning)
+    ("cpu", True, False, "no", "no"),
+    ("cpu", True, False, "bf16", "bf16"),
+    ("cuda", True, True, "fp16", "fp16"),
+    ("cuda", False, False, "bf16", "bf16"),
+    ("cuda", False, True, "no", "no"),
+])
+def test_precision_resolution(machine, device, cpu_bf16, cuda_bf16, requested, expected):
+    machine(cpu_bf16=cpu_bf16, cuda_bf16=cuda_bf16)
+    assert env.resolve_precision(requested, device) == expected
+
+
+def test_fp16_on_cpu_is_refused_for_training_and_falls_back_for_generation(machine):
+    machine(cpu_bf16=False)
+    with pytest.raises(ConfigError, match="fp16 autocast needs a GPU"):
+        env.resolve_precision("fp16", "cpu")
+    assert env.resolve_precision("fp16", "cpu", training=False) == "no"  # a GPU run re-scored on a CPU
+    machine(cpu_bf16=True)
+    assert env.resolve_precision("fp16", "cpu", training=False) == "bf16"
+
+
+def test_unknown_precision_is_one_clear_error():
+    with pytest.raises(ConfigError, match="train.mixed_precision: 'fp8' is not one of auto, bf16, fp16, no"):
+        env.resolve_precision("fp8", "cpu")
+
+
+def test_forced_slow_bf16_warns_once_saying_why_and_what_to_set(machine, caplog):
+    machine(cpu_bf16=False)
+    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
+        for _ in range(3):
+            assert env.resolve_precision("bf16", "cpu") == "bf16"
+        env.resolve_precision("auto", "cpu")
+    (record,) = caplog.records
+    msg = record.getMessage()
+    assert "without native bf16" in msg and "neither AVX512-BF16 nor AMX" in msg and "slower" in msg
+    assert "train.mixed_precision: auto" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("requested, cpu_bf16", [("auto", False), ("auto", True), ("bf16", True), ("no", False)])
+def test_no_warning_for_a_fast_choice(machine, caplog, requested, cpu_bf16):
+    machine(cpu_bf16=cpu_bf16)
+    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
+        env.resolve_precision(requested, "cpu")
+    assert not caplog.records
+
+
+def test_forced_bf16_on_an_old_gpu_warns_once(machine, caplog):
+    machine(cuda_bf16=False)
+    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
+        env.resolve_precision("bf16", "cuda")
+        env.resolve_precision("bf16", "cuda")
+    (record,) = caplog.records
+    assert "Tesla T4" in record.getMessage() and "auto" in record.getMessage()
+
+
+# what torch.cpu.get_capabilities() says on each kind of CPU (the keys that matter)
+CPUS = {
+    "AVX2-only EPYC (Zen 2/3)": ({"architecture": "x86_64", "avx2": True, "avx512_f": False, "avx512_bf16": False,
+                                  "amx_bf16": False}, "AVX2", False, "AVX2"),
+    "AVX512 without BF16 (Skylake-SP)": ({"architecture": "x86_64", "avx2": True, "avx512_f": True,
+                                          "avx512_bf16": False, "amx_bf16": False}, "AVX512", False, "AVX512"),
+    "AVX512-BF16 EPYC (Zen 4)": ({"architecture": "x86_64", "avx2": True, "avx512_f": True, "avx512_bf16": True,
+                                  "amx_bf16": False}, "AVX512", True, "AVX512 + AVX512-BF16"),
+    "AMX Xeon (Sapphire Rapids)": ({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_bf16": True,
+                                    "amx_tile": True}, "AVX512", True, "AVX512 + AVX512-BF16 + AMX-BF16"),
+    "ARM with BF16 (Graviton3)": ({"architecture": "aarch64", "neon": True, "bf16": True, "sve": True},
+                                  "SVE256", True, "SVE256 + BF16"),
+    "ARM without BF16 (Graviton2)": ({"architecture": "aarch64", "neon": True, "bf16": False}, "DEFAULT", False,
+                                     "DEFAULT"),
+}
+
+
+@pytest.mark.parametrize("name", list(CPUS))
+def test_native_bf16_probe(monkeypatch, name):
+    caps, isa, native, described = CPUS[name]
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    assert env.native_bf16_cpu() is native
+    assert env.cpu_capability() == described
+
+
+def test_probe_without_get_capabilities_uses_torchs_older_probes(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    for fn, value in [("_is_avx2_supported", True), ("_is_avx512_supported", True),
+                      ("_is_avx512_bf16_supported", False), ("_is_amx_tile_supported", True)]:
+        monkeypatch.setattr(torch.cpu, fn, lambda value=value: value)
+    assert env.native_bf16_cpu() is True  # AMX
+
+
+def test_hardware_record_and_report_on_this_machine():
+    hw = env.hardware()
+    assert set(hw) == {"device", "cpu_capability", "native_bf16"} and isinstance(hw["native_bf16"], bool)
+    rep = env.report()
+    assert rep["auto_precision"] in ("bf16", "fp16", "no") and rep["torch"] == torch.__version__
+    assert rep["auto_precision"] == env.resolve_precision("auto", rep["device"])
+
+
+def test_generation_follows_the_same_rule(monkeypatch, machine, tiny_t5):
+    from peftlab.evaluate.generate import generate_texts
+
+    class Tok:  # just enough tokenizer for generate_texts
+        pad_token_id, eos_token_id = 0, 1
+
+        def __call__(self, texts, **kw):
+            return {"input_ids": [[5 + len(t) % 50, 7, 9] for t in texts]}
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(map(str, row.tolist())) for row in ids]
+
+    machine(cpu_bf16=False)
+    seen = []
+    resolve = env.resolve_precision
+    monkeypatch.setattr(env, "resolve_precision", lambda *a, **k: seen.append((a, k)) or resolve(*a, **k))
+    out = generate_texts(tiny_t5(), Tok(), ["a", "bb"], max_source_length=8, max_new_tokens=3, mixed_precision="fp16")
+    assert len(out) == 2
+    assert seen == [(("fp16", torch.device("cpu")), {"training": False})]
