@@ -53,7 +53,7 @@ def prompt_ids(tokenizer, texts: Sequence[str], max_len: int, *, causal: bool = 
 
     Encoder inputs end with EOS (as T5 was trained); decoder prompts start with BOS (where the
     tokenizer has one) and do not end: the target or the generation continues them."""
-    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    eos, bos = tokenizer.eos_token_id, getattr(tokenizer, "bos_token_id", None)
     out, truncated, longest = [], 0, 0
     for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
         if causal:
