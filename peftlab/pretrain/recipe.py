@@ -47,14 +47,23 @@ class PretrainConfig:
     eval_batches: int = 40  # held-out batches per evaluation
 
     def __post_init__(self):
+        from peftlab.config import FieldError, at_least
+
+        at_least(self, 360, "vocab_size")  # 104 special tokens + 256 bytes
+        at_least(self, 8, "inputs_length")
+        at_least(self, 1, "mean_span_length", "heldout_percent", "checkpoint_every", "keep_checkpoints",
+                 "eval_batches")
+        if not 0 < self.noise_density < 1:
+            raise FieldError("noise_density", f"must be between 0 and 1 (exclusive), got {self.noise_density}")
+        if self.heldout_percent >= 100:
+            raise FieldError("heldout_percent", f"must be < 100 (something must be left to train on), "
+                                                f"got {self.heldout_percent}")
         if self.architecture.get("model_type") not in ("t5", "llama"):
             raise ValueError("architecture.model_type must be 't5' or 'llama'")
         if (self.objective == "span_corruption") != (self.architecture["model_type"] == "t5"):
             raise ValueError("span_corruption goes with model_type t5, causal with llama")
         limit = self.architecture.get("max_position_embeddings")
         if self.objective == "causal" and limit is not None and self.inputs_length > limit:
-            from peftlab.config import FieldError
-
             raise FieldError("inputs_length", f"{self.inputs_length} tokens is longer than the model allows "
                                               f"(architecture.max_position_embeddings: {limit})")
 
