@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from peftlab import rundir
+from peftlab import fingerprint, rundir
 from peftlab.config import from_dict, read_yaml, to_dict
 from peftlab.env import device_name, versions
 from peftlab.errors import DataError
@@ -98,8 +98,9 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
     import yaml
 
     run_dir = Path(run_dir)
+    cfg = fingerprint.resolve_paths(cfg)  # config.yaml is read later from anywhere: no relative paths
     if _is_main():
-        rundir.create(run_dir)
+        rundir.create(run_dir)  # owned by this process until _finish
         rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     _barrier()
     return _finish(cfg, run_dir, progress, resume=False)
@@ -120,20 +121,19 @@ def _barrier() -> None:
 
 def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
     """Continue an interrupted run from its newest checkpoint (same config, same batches)."""
-    from peftlab.train.checkpoint import list_checkpoints
+    from peftlab.train.checkpoint import set_aside_damaged
 
     run_dir = Path(run_dir)
-    status = rundir.read_status(run_dir)
-    if not status:
-        raise rundir.RunDirError(f"{run_dir}: not a run directory (no status.json)")
-    if status.get("state") == "complete":
-        raise rundir.RunDirError(f"{run_dir}: already complete; nothing to resume")
+    rundir.require_resumable(run_dir, own=_is_main())  # not a run, complete, or owned by a live process
     cfg = load_run_config(run_dir)
-    ckpts = list_checkpoints(run_dir / rundir.CHECKPOINTS)
-    step = json.loads((ckpts[-1] / "state.json").read_text())["step"] if ckpts else 0
+    trained = rundir.trained(run_dir)  # training was over (adapter saved): only scoring is left
+    ckpts = [] if trained else set_aside_damaged(run_dir / rundir.CHECKPOINTS)
+    step = rundir.read_trained(run_dir)["steps"] if trained else (
+        json.loads((ckpts[-1] / "state.json").read_text())["step"] if ckpts else 0)
     _barrier()  # every process has read the checkpoint list before the main one edits the log
     if _is_main():
-        _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
+        if not trained:
+            _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
         rundir.set_status(run_dir, "running", resumed_from_step=step, error=None)
     log.info("resuming %s from step %d", run_dir, step)
     return _finish(cfg, run_dir, progress, resume=True)
@@ -148,11 +148,18 @@ def _truncate_log(path: Path, step: int) -> None:
 def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict:
     main = _is_main()
     try:
-        metrics = _train_and_score(cfg, run_dir, progress and main, resume)
+        with rundir.stop_on_signals():  # SIGTERM: recorded as interrupted, resumable
+            if resume and rundir.trained(run_dir):  # training was over: only scoring is left
+                metrics = _score_trained(cfg, run_dir)
+            else:
+                metrics = _train_and_score(cfg, run_dir, progress and main, resume)
     except BaseException as e:
         if main:
-            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
+            raise rundir.stopped(run_dir, e)  # failed or interrupted, recorded; the message says what next
         raise
+    finally:
+        if main:
+            rundir.release(run_dir)
     if main:
         rundir.write_json(run_dir / rundir.METRICS, metrics)
         rundir.set_status(run_dir, "complete", finished=rundir.now())
@@ -165,12 +172,15 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     from peftlab.methods.io import save_adapter
     from peftlab.train.loop import LoopOptions, jsonl_writer, result_dict, train
 
-    loaded, state = build(cfg)
-    model, tok = loaded.model, loaded.tokenizer
-    log.info("%s", state.summary(model))
     d = cfg.data
     train_src, train_tgt = prompts(d, load_examples(d, d.train_split, d.max_train_examples))
     eval_src, eval_tgt = prompts(d, load_examples(d, d.eval_split, d.max_eval_examples))
+    test = load_examples(d, d.test_split, cfg.eval.max_examples)  # every split read before training
+    if _is_main():
+        fingerprint.record(run_dir, d, (d.train_split, d.eval_split, d.test_split))
+    loaded, state = build(cfg)
+    model, tok = loaded.model, loaded.tokenizer
+    log.info("%s", state.summary(model))
     train_enc = encode_pairs(tok, train_src, train_tgt, d.max_source_length, d.max_target_length)
     eval_enc = encode_pairs(tok, eval_src, eval_tgt, d.max_source_length, d.max_target_length)
     pad = tok.pad_token_id
@@ -194,12 +204,9 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         copy_into(model, result.gathered)
         model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
-    test = load_examples(d, d.test_split, cfg.eval.max_examples)
-    text, rows = score(model, tok, cfg, test)
-    _write_predictions(run_dir, rows)
     total = state.total_params
     trainable = state.trainable_params(model)
-    return {
+    trained = {
         "method": cfg.display_name(),
         "methods": [to_dict(m) for m in cfg.methods],
         "model": cfg.model.name,
@@ -208,10 +215,6 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "trainable_params_by_method": state.counts(model),
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
-        **{k: text[k] for k in ("bleu", "codexglue_bleu", "rouge_l", "distinct_predictions")},
-        "test_split": d.test_split,
-        "test_examples": text["eval_examples"],
-        "eval_seconds": text["eval_seconds"],
         **result_dict(result),
         "train_examples": len(train_enc),
         "truncated_sources": train_enc.truncated_sources,
@@ -219,6 +222,28 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "device": device_name(),
         "versions": versions(),
     }
+    rundir.write_json(run_dir / rundir.TRAINED, trained)  # from here a failure in scoring loses nothing
+    return _scored(cfg, run_dir, model, tok, test, trained)
+
+
+def _scored(cfg: RunConfig, run_dir: Path, model, tok, test, trained: dict) -> dict:
+    """Score the test split and write predictions; the metrics are ``trained`` plus the scores."""
+    text, rows = score(model, tok, cfg, test)
+    _write_predictions(run_dir, rows)
+    return {
+        **trained,
+        **{k: text[k] for k in ("bleu", "codexglue_bleu", "rouge_l", "distinct_predictions")},
+        "test_split": cfg.data.test_split,
+        "test_examples": text["eval_examples"],
+        "eval_seconds": text["eval_seconds"],
+    }
+
+
+def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
+    """Resume a run whose training was over (its adapter saved) but whose scoring was not."""
+    _, loaded = load_trained(run_dir)
+    test = load_examples(cfg.data, cfg.data.test_split, cfg.eval.max_examples)
+    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, test, rundir.read_trained(run_dir))
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
@@ -250,13 +275,18 @@ def load_trained(run_dir: Path, *, full_precision: bool = False):
 def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optional[int] = None) -> dict:
     """Re-score a finished run on ``split`` from its saved adapter on a fresh base model."""
     run_dir = Path(run_dir)
+    rundir.require_writable(run_dir, "peftlab eval writes its predictions there")
     cfg, loaded = load_trained(run_dir)
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
     examples = load_examples(cfg.data, split, n)
+    change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
+    if change:
+        log.warning("%s", change["message"])
     text, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
-    _write_predictions(run_dir, rows, f"predictions.{split}.eval.jsonl")
-    return {"split": split, **text}
+    tag = f".{change['now']['sha256'][:12]}" if change else ""  # never overwrite the predictions of the data it saw
+    _write_predictions(run_dir, rows, f"predictions.{split}.eval{tag}.jsonl")
+    return {"split": split, **text, **({"data_changed": change["message"]} if change else {})}
 
 
 def generate_one(run_dir: Path, code: str, func_name: Optional[str] = None) -> str:

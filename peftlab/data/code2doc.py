@@ -226,15 +226,21 @@ def _example(record: dict, target_field: str, where: str, lineno: int) -> Code2D
     )
 
 
-def load_code2doc_split(path_or_dir: str | Path, split: str, **read_kwargs) -> list[Code2DocExample]:
-    """One split: ``DIR/{split}.jsonl`` for a directory (``validation``/``dev`` mean ``valid``), else the file."""
+def split_file(path_or_dir: str | Path, split: str) -> Path:
+    """The file a split reads: ``DIR/{split}.jsonl`` for a directory (``validation``/``dev`` mean
+    ``valid``), else the file itself."""
     path = Path(path_or_dir)
     if path.is_dir():
         name = _SPLIT_ALIASES.get(split, split)
         if name not in SPLITS:
             raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         path = path / f"{name}.jsonl"
-    return read_codexglue_jsonl(path, **read_kwargs)
+    return path
+
+
+def load_code2doc_split(path_or_dir: str | Path, split: str, **read_kwargs) -> list[Code2DocExample]:
+    """One split: ``DIR/{split}.jsonl`` for a directory (``validation``/``dev`` mean ``valid``), else the file."""
+    return read_codexglue_jsonl(split_file(path_or_dir, split), **read_kwargs)
 
 
 # ------------------------------------------------------------------------ building from source

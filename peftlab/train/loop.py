@@ -31,6 +31,7 @@ from peftlab.train.checkpoint import (
     read_checkpoint,
     restore_rng,
     save_checkpoint,
+    set_aside_damaged,
 )
 
 
@@ -226,15 +227,17 @@ def train(
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
-    ckpts = list_checkpoints(options.checkpoint_dir) if options.checkpoint_dir else []
+    last_loss, eval_loss = None, None
+    ckpts = set_aside_damaged(options.checkpoint_dir) if options.checkpoint_dir and options.resume else []
     if options.resume and ckpts:
         saved = par.restore(ckpts[-1])
         step, epoch, index = saved["step"], saved["epoch"], saved["index"]
         elapsed, tokens = saved["elapsed"], saved["tokens"]
+        last_loss = saved.get("last_loss")  # a resume with no step left still reports the final loss
 
     def checkpoint() -> None:
         if options.checkpoint_dir:
-            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens}
+            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens, "last_loss": last_loss}
             par.save(options.checkpoint_dir, step, state, options.keep_checkpoints)
 
     def budget_left() -> bool:
@@ -245,7 +248,6 @@ def train(
     progress = _progress(spec, step, options)
     model.train()
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
-    last_loss, eval_loss = None, None
     batches = plan.iterate(epoch, index)
     t0 = time.perf_counter()
     skipped = 0
