@@ -30,8 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="document one function with a finished run")
     g.add_argument("run_dir", type=Path)
-    g.add_argument("--code", type=Path, required=True, help="a file with one Python function")
-    g.add_argument("--func-name", default=None)
+    g.add_argument("--code", type=Path, required=True,
+                   help="a Python file: its one function, or each of its functions, is documented")
+    g.add_argument("--func-name", default=None, help="document only this function of the file")
 
     mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA merged in)")
     mg.add_argument("run_dir", type=Path)
@@ -85,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except PeftlabError as e:
         print(f"peftlab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("peftlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (peftlab.rundir.Interrupted)
+        print(f"peftlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 128 + int(getattr(e, "signum", 2))
+    except OSError as e:  # the machine, not the input: a full disk, a read-only directory
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"peftlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def _train(args) -> int:
@@ -127,19 +132,28 @@ def _print_metrics(m: dict, out: Path) -> None:
 def _eval(args) -> int:
     from peftlab.run import evaluate_run
 
+    if args.max_examples is not None and args.max_examples < 1:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
+
     print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples), indent=2))
     return 0
 
 
 def _generate(args) -> int:
     from peftlab.errors import DataError
-    from peftlab.run import generate_one
+    from peftlab.run import generate_docs
 
     try:
         code = args.code.read_text(encoding="utf-8")
     except OSError as e:
         raise DataError(f"{args.code}: cannot read: {e.strerror}") from None
-    print(generate_one(args.run_dir, code, args.func_name))
+    except UnicodeDecodeError:
+        raise DataError(f"{args.code}: not a text file (not UTF-8); give a file with one Python function") from None
+    docs = generate_docs(args.run_dir, code, args.func_name, where=str(args.code))
+    for name, doc in docs:
+        print(doc if len(docs) == 1 else f"{name}: {doc}")
     return 0
 
 
@@ -167,6 +181,10 @@ def _compare(args) -> int:
 def _pretrain(args) -> int:
     from peftlab.pretrain.recipe import dump_stats, load_pretrain_config, pretrain
 
+    if args.halt_at is not None and args.halt_at < 1:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"--halt-at: must be >= 1, got {args.halt_at}")
     cfg = load_pretrain_config(args.config, args.overrides)
     stats = pretrain(cfg, args.out, work=args.work, resume=args.resume, progress=not args.quiet, halt_at=args.halt_at)
     print(dump_stats(stats))

@@ -290,27 +290,37 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
 
 
 def generate_one(run_dir: Path, code: str, func_name: Optional[str] = None) -> str:
-    """Document one function with a trained run."""
-    from peftlab.data.code2doc import Code2DocExample, clean_code
+    """Document the one function in ``code`` (or the one named ``func_name``) with a trained run."""
+    ((_, doc),) = generate_docs(run_dir, code, func_name, only_one=True)
+    return doc
+
+
+def generate_docs(run_dir: Path, code: str, func_name: Optional[str] = None, *, where: str = "<code>",
+                  only_one: bool = False) -> list[tuple[str, str]]:
+    """``(name, documentation)`` for each function in ``code`` (one model load, one batch);
+    ``func_name`` picks one. Text that is not Python, or holds no function, is refused."""
+    from peftlab.data.code2doc import Code2DocExample, clean_code, functions_in
     from peftlab.evaluate.generate import generate_texts
 
+    funcs = functions_in(code, where)
+    if func_name is not None:
+        funcs = [f for f in funcs if f[0] == func_name or f[0].rsplit(".", 1)[-1] == func_name][:1]
+        if not funcs:
+            names = ", ".join(n for n, _ in functions_in(code, where))
+            raise DataError(f"{where}: no function named {func_name!r} (it has: {names})")
+    if only_one and len(funcs) > 1:
+        raise DataError(f"{where}: holds {len(funcs)} functions ({', '.join(n for n, _ in funcs)}); "
+                        f"pick one with --func-name")
     cfg, loaded = load_trained(Path(run_dir))
-    name = func_name or _guess_name(code)
-    (src,), _ = prompts(cfg.data, [Code2DocExample(func_name=name, code=clean_code(code), target="")])
-    (text,) = generate_texts(
-        loaded.model, loaded.tokenizer, [src], max_source_length=cfg.data.max_source_length,
-        max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams,
+    examples = [Code2DocExample(func_name=n.rsplit(".", 1)[-1], code=clean_code(c), target="") for n, c in funcs]
+    srcs, _ = prompts(cfg.data, examples)
+    texts = generate_texts(
+        loaded.model, loaded.tokenizer, srcs, max_source_length=cfg.data.max_source_length,
+        max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams, batch_size=cfg.eval.batch_size,
         mixed_precision=cfg.train.mixed_precision, no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size,
         repetition_penalty=cfg.eval.repetition_penalty,
     )
-    return text
-
-
-def _guess_name(code: str) -> str:
-    import re
-
-    m = re.search(r"^\s*(?:async\s+)?def\s+(\w+)", code, re.MULTILINE)
-    return m.group(1) if m else ""
+    return [(n, t) for (n, _), t in zip(funcs, texts)]
 
 
 def merge_run(run_dir: Path, out: Path) -> Path:
@@ -326,9 +336,11 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's LoRA adapter in HF peft's format."""
-    from peftlab.methods.export import export_peft
+    """Write a finished run's LoRA adapter in HF peft's format, naming exactly the base it was
+    trained on (a random or config-overridden base is written beside it, in ``out/base``)."""
+    from peftlab.methods.export import export_peft, exported_base
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)
     out = rundir.create_plain(Path(out))
-    return export_peft(loaded.model, out, loaded.source)
+    base = exported_base(cfg.model, cfg.train.seed, loaded.source, out)
+    return export_peft(loaded.model, out, base, cfg.model.revision, spec=cfg.model)

@@ -60,7 +60,7 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
-def _new_dir(path: Path, what: str) -> None:
+def make_dir(path: Path, what: str) -> None:
     """``mkdir -p`` with one-line errors (a file in the way, no permission, a read-only disk)."""
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path}: is a file, not a directory; choose another {what}")
@@ -73,7 +73,7 @@ def _new_dir(path: Path, what: str) -> None:
 def create(run_dir: Path) -> Path:
     """Make a fresh run directory and own it (``acquire``); refuse to reuse one that holds
     anything (never clobber results)."""
-    _new_dir(run_dir, "--out")
+    make_dir(run_dir, "--out")
     acquire(run_dir)
     if any(p.name != LOCK for p in run_dir.iterdir()):
         release(run_dir)
@@ -87,7 +87,7 @@ def create_plain(out: Path) -> Path:
     """An output directory that must be new or empty (exports never overwrite anything)."""
     if out.is_dir() and any(out.iterdir()):
         raise RunDirError(f"{out}: already exists and is not empty; choose another --out")
-    _new_dir(out, "--out")
+    make_dir(out, "--out")
     if not os.access(out, os.W_OK):
         raise RunDirError(f"{out}: not writable; choose another --out")
     return out
@@ -209,8 +209,8 @@ def acquire(directory: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunDirError(f"{directory}: in use by {_who(previous)}; wait for it to finish or stop it "
-                              f"(two processes would write the same files)") from None
+            raise RunDirError(f"{directory}: in use by {_who(previous)}; wait for it to finish, stop it, or "
+                              f"choose another directory (two processes would write the same files)") from None
         except OSError:  # no flock on this filesystem: trust the recorded pid
             if previous and previous.get("pid") != os.getpid() and _alive(previous):
                 os.close(fd)

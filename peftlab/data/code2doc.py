@@ -133,6 +133,36 @@ def _dedent(lines: list[str]) -> str:
     return "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
 
 
+def functions_in(code: str, where: str = "<code>") -> list[tuple[str, str]]:
+    """``(name, source)`` of each function in a snippet: top-level functions and methods of
+    classes (``Class.method``); a nested function stays part of the one around it. Raises
+    ``DataError`` for text that is not Python or holds no function."""
+    code = code.replace("\r\n", "\n").replace("\r", "\n")
+    if not code.strip():
+        raise DataError(f"{where}: empty; give a file with one Python function")
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes on older Pythons
+        line = f":{e.lineno}" if getattr(e, "lineno", None) else ""
+        raise DataError(f"{where}{line}: not Python ({getattr(e, 'msg', e)}); give a file with one Python "
+                        f"function") from None
+    lines = code.split("\n")
+    found: list[tuple[str, str]] = []
+
+    def visit(body, prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                found.append((prefix + node.name, _dedent(lines[start - 1 : node.end_lineno])))
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+
+    visit(tree.body, "")
+    if not found:
+        raise DataError(f"{where}: holds no function (no def); give a file with one Python function")
+    return found
+
+
 # ------------------------------------------------------------------------------ documentation
 
 # Lines that open a reST/Google/numpy/epydoc section or a doctest: the summary stops before them.

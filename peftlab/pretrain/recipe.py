@@ -240,12 +240,23 @@ def save_model(model, tok, out: Path, stats: dict) -> None:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(str(out), safe_serialization=True)
+    _float32_by_default(out / "config.json")
     tok.save_pretrained(str(out))
     stats["logits_check"] = reloaded_logits_check(out)
     rundir.write_json(out / "pretrain_stats.json", stats)
     from peftlab.pretrain.card import model_card
 
     rundir.write_text(out / "README.md", model_card(stats))
+
+
+def _float32_by_default(config_json: Path) -> None:
+    """The weights stay bf16 on disk (half the size), but config.json says float32: transformers 5
+    loads a model in config.json's ``dtype`` by default, and a bf16 base gives other outputs than
+    peftlab's (which loads in float32) and runs very slowly on CPUs without native bf16. Upcast
+    bf16 -> fp32 is exact, so the logits check is the same either way."""
+    config = json.loads(config_json.read_text())
+    config["dtype"] = "float32"
+    rundir.write_text(config_json, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 CHECK_TEXT = "def add(a, b):\n    return a + b\n"
