@@ -153,6 +153,9 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
                 metrics = _score_trained(cfg, run_dir)
             else:
                 metrics = _train_and_score(cfg, run_dir, progress and main, resume)
+            if main:
+                rundir.write_json(run_dir / rundir.METRICS, metrics)
+                rundir.set_status(run_dir, "complete", finished=rundir.now())
     except BaseException as e:
         if main:
             raise rundir.stopped(run_dir, e)  # failed or interrupted, recorded; the message says what next
@@ -160,9 +163,6 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
     finally:
         if main:
             rundir.release(run_dir)
-    if main:
-        rundir.write_json(run_dir / rundir.METRICS, metrics)
-        rundir.set_status(run_dir, "complete", finished=rundir.now())
     _barrier()
     return metrics
 

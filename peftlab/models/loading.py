@@ -140,7 +140,9 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
     else:
         kw = {} if quant is None else {"quantization_config": quant, "device_map": {"": quantized_device()}}
         try:
-            model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **kw, **where, **dict(spec.config))
+            # adapter_kwargs: transformers 5.24 looks for a peft adapter without local_files_only
+            hub = dict(where, adapter_kwargs=dict(where)) if where else {}
+            model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **kw, **hub, **dict(spec.config))
         except _load_errors() as e:
             raise _hub_error(spec.name, e, source) from None
     tok_source = resolve_model_name(spec.tokenizer) if spec.tokenizer else source

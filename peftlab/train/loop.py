@@ -48,7 +48,7 @@ class TrainResult:
     final_loss: Optional[float]
     eval_loss: Optional[float]
     peak_memory_bytes: int
-    peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process)
+    peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process, from the start of this run)
     stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
     strategy: str = "single"  # "single", "ddp" or "fsdp", with the process count: "fsdp x2"
     # under FSDP the model stays sharded: its trained tensors, whole, on the main process
@@ -82,6 +82,20 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's peak from now: in a bench of many runs in one process, the process-wide peak
+    of an earlier run would otherwise be reported by every later one. On Linux, writing 5 to
+    /proc/self/clear_refs resets the RSS high-water mark (what ru_maxrss reports)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the peak stays process-wide (still an upper bound)
+        pass
 
 
 def make_optimizer(params: list, spec, device: torch.device) -> torch.optim.Optimizer:
@@ -206,8 +220,7 @@ def train(
     """Train the parameters of ``model`` that require grad; see the module docstring."""
     accelerator = _make_accelerator(spec)
     device = accelerator.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     params = [p for p in model.parameters() if p.requires_grad]
