@@ -3,8 +3,9 @@
 Each config trains into ``OUT/<config name>``; a run already complete there is reused and one
 interrupted there (same config) is resumed, so an interrupted comparison picks up where it stopped.
 One comparison owns ``OUT`` at a time (``peftlab.rundir.acquire``): a second one into the same
-``--out`` is refused, where it would retrain, set aside and overwrite the same runs. The table goes to the terminal and to
-``OUT/results.md`` / ``results.json``, and a figure to ``OUT/results.png``.
+``--out`` is refused, where it would retrain, set aside and overwrite the same runs. The table
+goes to the terminal and to ``OUT/results.md`` / ``results.json``, and a figure to
+``OUT/results.png``.
 """
 
 from __future__ import annotations
@@ -68,20 +69,29 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
 def _run(cfg, run_dir: Path, progress: bool) -> dict:
     """The metrics of ``cfg`` in ``run_dir``: reused when complete, resumed when interrupted with
     the same config, else trained afresh (a failed or different attempt is kept aside)."""
-    from peftlab.config import to_dict
-    from peftlab.fingerprint import resolve_paths
-    from peftlab.run import load_run_config, resume_run, train_run
+    from peftlab.run import resume_run, train_run
 
     state = rundir.read_status(run_dir).get("state")
     if state == "complete":
         return _backfill(rundir.read_metrics(run_dir), run_dir)
-    if state in ("interrupted", "running") and to_dict(load_run_config(run_dir)) == to_dict(resolve_paths(cfg)):
+    if state in ("interrupted", "running") and _same_config(run_dir, cfg):
         return resume_run(run_dir, progress=progress)  # refused if its process still runs
     if run_dir.exists():  # a failed or different attempt: keep it aside, never delete it
         with rundir.owned(run_dir):  # refused while a live process writes it
             pass
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
     return train_run(cfg, run_dir, progress=progress)
+
+
+def _same_config(run_dir: Path, cfg) -> bool:
+    from peftlab.config import to_dict
+    from peftlab.fingerprint import resolve_paths
+    from peftlab.run import load_run_config
+
+    try:
+        return to_dict(load_run_config(run_dir)) == to_dict(resolve_paths(cfg))
+    except ConfigError:  # no config.yaml (stopped before writing it) or an unreadable one
+        return False
 
 
 def _meta(overrides: Sequence[str]) -> dict:

@@ -150,7 +150,7 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
     try:
         with rundir.stop_on_signals():  # SIGTERM: recorded as interrupted, resumable
             if resume and rundir.trained(run_dir):  # training was over: only scoring is left
-                metrics = _score_trained(cfg, run_dir)
+                metrics = _score_trained(cfg, run_dir) if main else {}
             else:
                 metrics = _train_and_score(cfg, run_dir, progress and main, resume)
             if main:

@@ -162,7 +162,8 @@ def _owner() -> dict:
 def _who(owner: dict) -> str:
     if not owner:
         return "another process"
-    return f"pid {owner.get('pid')} on {owner.get('host')} ({owner.get('command', '?')}, since {owner.get('since', '?')})"
+    return (f"pid {owner.get('pid')} on {owner.get('host')} "
+            f"({owner.get('command', '?')}, since {owner.get('since', '?')})")
 
 
 def _read_owner(fd: int) -> dict:

@@ -283,3 +283,26 @@ def test_two_trains_into_one_out_and_two_compares_into_one_out(tmp_path, data, c
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == 1 and status(out / "a")["state"] == "complete"
     assert not list(out.glob("a.incomplete-*"))  # the second compare set nothing aside
+
+
+def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, data, monkeypatch, capsys):
+    import peftlab.run
+    from peftlab.bench import compare
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "a.yaml").write_text(Path(SMOKE).read_text())
+    out = tmp_path / "out"
+    monkeypatch.setattr(peftlab.run, "score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare([cfgs], out, overrides=tiny_args(data), progress=False)
+    monkeypatch.undo()
+    assert status(out / "a")["state"] == "interrupted" and not (out / ".peftlab.lock").exists()
+    log = (out / "a" / "train_log.jsonl").read_text()
+    rows = compare([cfgs], out, overrides=tiny_args(data), progress=False)
+    assert rows[0]["steps"] == 2 and status(out / "a")["state"] == "complete"
+    assert (out / "a" / "train_log.jsonl").read_text() == log  # scored, not trained again
+    assert not list(out.glob("a.incomplete-*"))

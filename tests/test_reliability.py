@@ -285,11 +285,13 @@ def test_out_pointing_at_a_file_is_one_line(lora_run, tmp_path, data, capsys):
         ["export", str(lora_run), "--out", str(f)],
         ["merge", str(lora_run), "--out", str(f)],
         ["train", SMOKE, "--out", str(f / "below"), "--quiet", *tiny_args(data)],
+        ["data", "code2doc", str(ROOT / "tests" / "fixtures" / "srctree"), "--out", str(f)],
+        ["pretrain", str(ROOT / "configs" / "pretrain-mini-t5.yaml"), "--out", str(f), "--quiet"],
     ]
     for command in commands:
         assert main(command) == 2, command
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "is a file, not a directory" in err[0] or "cannot create" in err[0], (command, err)
+        assert len(err) == 1 and ("is a file, not a directory" in err[0] or "cannot create" in err[0]), (command, err)
     assert f.read_text() == "keep me"
 
 

@@ -414,6 +414,8 @@ def _dedupe(per_split: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], in
 
 def _write_atomically(out_dir: Path, payload: dict[str, str]) -> None:
     """Write into a sibling temp dir, then rename it over ``out_dir``: no reader sees half a dataset."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: is a file, not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
         raise DataError(f"{out_dir}: exists and is not a code2doc dataset; refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -52,23 +52,33 @@ def _cached(repo_id: str, revision: str | None) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
 
 
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``), as huggingface_hub read it at import or as
+    the environment says now."""
+    from huggingface_hub import constants
+
+    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(constants.HF_HUB_OFFLINE) or now.strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
 def hub_kwargs(repo_id: str, revision: str | None = None, what: str = "model") -> dict:
     """Extra ``from_pretrained`` keywords for a hub id (``local_files_only`` when it must come from
     the cache), or ``ModelError`` when it can come from nowhere."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
+    if offline():
         if not _cached(repo_id, revision):
-            raise ModelError(f"{what} {repo_id!r}: HF_HUB_OFFLINE is set and it is not in the local cache "
-                             f"({constants.HF_HUB_CACHE}); unset HF_HUB_OFFLINE to download it, or give a "
-                             f"local directory")
+            raise ModelError(f"could not load {what} {repo_id!r}: HF_HUB_OFFLINE is set and it is not in the "
+                             f"local cache ({constants.HF_HUB_CACHE}); unset HF_HUB_OFFLINE to download it, or "
+                             f"give a local directory")
         return {"local_files_only": True}
     why = unreachable(constants.ENDPOINT)
     if why is None:
         return {}
     if _cached(repo_id, revision):
-        log.warning("the hub (%s) cannot be reached (%s): using the cached copy of %r", constants.ENDPOINT, why, repo_id)
+        log.warning("the hub (%s) cannot be reached (%s): using the cached copy of %r",
+                    constants.ENDPOINT, why, repo_id)
         return {"local_files_only": True}
-    raise ModelError(f"{what} {repo_id!r}: the hub ({constants.ENDPOINT}) cannot be reached ({why}) and the "
-                     f"model is not in the local cache; check the network or HF_ENDPOINT, or give a local "
-                     f"directory (HF_HUB_OFFLINE=1 works from the cache alone)")
+    raise ModelError(f"could not load {what} {repo_id!r}: the hub ({constants.ENDPOINT}) cannot be reached ({why}) "
+                     f"and the model is not in the local cache; check the network or HF_ENDPOINT, or give a "
+                     f"local directory (HF_HUB_OFFLINE=1 works from the cache alone)")

@@ -176,12 +176,20 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
     """Run the recipe into the model directory ``out``; checkpoints live in ``work`` (default out/checkpoints).
 
     ``halt_at`` stops after that step's checkpoint without writing the model (continue with ``resume``).
+    One process owns ``out`` at a time: a second one (a ``--resume`` while the first still runs)
+    would write the same checkpoints.
     """
+    rundir.make_dir(out, "--out")
+    with rundir.owned(out):
+        return _pretrain(cfg, out, work=work, resume=resume, progress=progress, command=command, halt_at=halt_at)
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: bool, progress: bool,
+              command: Optional[str], halt_at: Optional[int]) -> dict:
     from peftlab.pretrain.corpus import build_corpus
     from peftlab.pretrain.tokenizer import encode_sources
     from peftlab.train.loop import LoopOptions, _make_accelerator, evaluate_loss, jsonl_writer, train
 
-    out.mkdir(parents=True, exist_ok=True)
     work = work or out / "checkpoints"
     if not resume and any(work.glob("step-*")):
         raise ConfigError(f"{work} holds checkpoints of an earlier run: pass --resume, or choose another --out/--work")

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,14 +146,21 @@ def set_aside_damaged(root: Path) -> list[Path]:
         if not ckpts:
             return ckpts
         newest = ckpts[-1]
-        key = (str(newest), (newest / "state.json").stat().st_mtime_ns)
-        if key in _intact:
-            return ckpts
         try:
+            key = (str(newest), (newest / "state.json").stat().st_mtime_ns)
+            if key in _intact:
+                return ckpts
             read_checkpoint(newest)
+        except FileNotFoundError:  # another process (data parallel) set it aside first
+            continue
         except DamagedCheckpoint as e:
             aside = newest.with_name(f"damaged-{newest.name}")
-            os.replace(newest, aside)
+            if aside.exists():  # set aside once before (a resume of a resume)
+                aside = newest.with_name(f"damaged-{newest.name}-{os.getpid()}-{int(time.time())}")
+            try:
+                os.replace(newest, aside)
+            except FileNotFoundError:
+                continue
             logging.getLogger(__name__).warning("%s; set aside as %s, resuming from the one before", e, aside.name)
             continue
         _intact.add(key)
