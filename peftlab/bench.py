@@ -54,7 +54,7 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
     paths = expand(configs)
     loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
     rundir.make_dir(out, "--out")
-    with rundir.owned(out):  # one comparison per --out
+    with rundir.owned(out), rundir.stop_on_signals():  # one comparison per --out; SIGTERM lets go of it
         rows = [dict(_run(cfg, out / path.stem, progress), config=str(path), run_dir=str(out / path.stem))
                 for path, cfg in loaded]
         table = markdown_table(rows)

@@ -141,8 +141,16 @@ def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
 
 def _truncate_log(path: Path, step: int) -> None:
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        rows = [(ln, _row(ln)) for ln in path.read_text().splitlines()]
+        keep = [ln for ln, row in rows if row is not None and row["step"] <= step]
         rundir.write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _row(line: str) -> Optional[dict]:
+    try:
+        return json.loads(line)
+    except ValueError:  # blank, or a row torn by a kill in the middle of writing it
+        return None
 
 
 def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict:

@@ -156,7 +156,7 @@ _held: dict[str, list] = {}  # resolved directory -> [fd, depth]: this process's
 
 def _owner() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
-            "command": " ".join(sys.argv[:3]) if sys.argv else "python"}
+            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:3]]) if sys.argv else "python"}
 
 
 def _who(owner: dict) -> str:

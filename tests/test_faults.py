@@ -74,6 +74,8 @@ def test_kill_between_tensor_files_and_json_then_resume(tmp_path, data, referenc
     assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["step-00000002"]
     assert status(run)["state"] == "running" and (run / ".peftlab.lock").exists()  # the dead owner's lock
     assert main(["eval", str(run)]) == 2  # not mistaken for finished
+    with open(run / "train_log.jsonl", "a") as f:  # and a log row torn by a kill in the middle of it
+        f.write('{"step": 5, "lo')
 
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "taking over the lock" in caplog.text and "no longer running" in caplog.text
@@ -251,6 +253,20 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, data, monkeypatch, capsys):
     assert main(["train", "--resume", str(run), "--quiet"]) == 0 and status(run)["state"] == "complete"
 
 
+_COMPARE_WAITING_FOR_A_FILE = r"""
+import os, sys, time
+import peftlab.run
+real = peftlab.run.train_run
+def train_run(*a, **k):  # holds its --out until the test has tried a second compare
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.02)
+    return real(*a, **k)
+peftlab.run.train_run = train_run
+from peftlab.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_two_trains_into_one_out_and_two_compares_into_one_out(tmp_path, data, capsys):
     from peftlab.errors import RunDirError
 
@@ -264,20 +280,21 @@ def test_two_trains_into_one_out_and_two_compares_into_one_out(tmp_path, data, c
     cfgs = tmp_path / "cfgs"
     cfgs.mkdir()
     (cfgs / "a.yaml").write_text(Path(SMOKE).read_text())
-    out = tmp_path / "out"
-    overrides = [f"--set={o}" for o in tiny_args(data, "train.max_steps=40")]
-    first = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "compare", str(cfgs), "--out", str(out), "--quiet",
-                              *overrides], env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, go = tmp_path / "out", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", _COMPARE_WAITING_FOR_A_FILE, str(go), "compare", str(cfgs),
+                              "--out", str(out), "--quiet", *[f"--set={o}" for o in tiny_args(data)]],
+                             env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         while not (out / ".peftlab.lock").exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        assert first.poll() is None, "the first compare ended before the second could start"
-        with pytest.raises(RunDirError, match=f"{out}: in use by pid {first.pid} .*compare"):
-            from peftlab.bench import compare
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        from peftlab.bench import compare
 
-            compare([cfgs], out, overrides=[o.split("=", 1)[1] for o in overrides], progress=False)
+        with pytest.raises(RunDirError, match=f"{out}: in use by pid {first.pid} .*compare"):
+            compare([cfgs], out, overrides=tiny_args(data), progress=False)
     finally:
+        go.touch()
         first.wait(timeout=300)
     assert first.returncode == 0, first.stderr.read()[-2000:]
     rows = json.loads((out / "results.json").read_text())["rows"]

@@ -305,6 +305,7 @@ def test_eval_max_examples_must_be_positive(lora_run, capsys):
 
 _HUB_SCRIPT = r"""
 import json, sys, time
+import transformers, huggingface_hub  # imported before the clock starts: only the hub is timed
 from peftlab.errors import ModelError
 from peftlab.models.loading import load_model
 from peftlab.schema import ModelSpec
