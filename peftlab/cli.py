@@ -136,7 +136,6 @@ def _eval(args) -> int:
         from peftlab.errors import ConfigError
 
         raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
-
     print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples), indent=2))
     return 0
 

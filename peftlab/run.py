@@ -351,4 +351,5 @@ def export_run(run_dir: Path, out: Path) -> Path:
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)
     out = rundir.create_plain(Path(out))
     base = exported_base(cfg.model, cfg.train.seed, loaded.source, out)
-    return export_peft(loaded.model, out, base, cfg.model.revision, spec=cfg.model)
+    revision = cfg.model.revision if base == loaded.source else None  # a base written here has none
+    return export_peft(loaded.model, out, base, revision, spec=cfg.model)
