@@ -267,7 +267,7 @@ def model_dirs(tmp_path_factory):
 @pytest.mark.parametrize("name, words", [
     ("unknown_type", "a local directory: ValueError: The checkpoint you are trying to load has model type `nosuchtype`"),
     ("truncated", "damaged weights file (model.safetensors)"),
-    ("pickled", "refuses for safety"),
+    ("pickled", "pickled weights (.bin) hold more than tensors, which torch refuses to load"),
 ])
 def test_a_broken_local_model_is_one_line(model_dirs, tmp_path, data, capsys, name, words):
     code = train(tmp_path / "r", data, f"model.name={model_dirs / name}", "model.init=pretrained", "model.config={}")

@@ -65,16 +65,20 @@ class LoadedModel:
     source: str  # the resolved directory or hub id
 
 
+def _refused_pickle(e: Exception) -> bool:
+    """torch's weights-only loader refusing a pickled ``.bin`` (its UnpicklingError, by name: peftlab
+    never imports the pickle machinery)."""
+    return type(e).__name__ == "UnpicklingError"
+
+
 def _hub_error(name: str, e: Exception, source: str | None = None) -> ModelError:
     """One line for a model that would not load, worded for where it came from."""
-    import pickle
-
     from safetensors import SafetensorError
 
     first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if isinstance(e, pickle.UnpicklingError):  # torch.load(weights_only=True) refused a pickled .bin
+    if _refused_pickle(e):
         return ModelError(f"could not load model {name!r}: its pickled weights (.bin) hold more than tensors, "
-                          f"which torch.load(weights_only=True) refuses for safety; convert them to "
+                          f"which torch refuses to load (weights_only=True) for safety; convert them to "
                           f"safetensors with code you trust, or use another copy of the model")
     if source is not None and Path(source).is_dir():
         where = name if name == source else f"{name} ({source})"
@@ -85,13 +89,11 @@ def _hub_error(name: str, e: Exception, source: str | None = None) -> ModelError
     return ModelError(f"could not load model {name!r}: not a short name or local directory, and the hub said: {first}")
 
 
-def _load_errors() -> tuple[type[Exception], ...]:
-    """What a damaged or foreign model directory raises while loading (not peftlab bugs)."""
-    import pickle
-
+def _load_error(e: Exception) -> bool:
+    """What a damaged or foreign model directory raises while loading (not a peftlab bug)."""
     from safetensors import SafetensorError
 
-    return (OSError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError)
+    return isinstance(e, (OSError, ValueError, KeyError, SafetensorError)) or _refused_pickle(e)
 
 
 def _where_from(name: str, revision, what: str = "model") -> dict:
@@ -116,7 +118,9 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
     where = _where_from(source, spec.revision)
     try:
         config = AutoConfig.from_pretrained(source, revision=spec.revision, **where)
-    except _load_errors() as e:
+    except Exception as e:
+        if not _load_error(e):
+            raise
         raise _hub_error(spec.name, e, source) from None
     family = family_of(config)
     auto = transformers.AutoModelForSeq2SeqLM if family.kind == "seq2seq" else transformers.AutoModelForCausalLM
@@ -143,7 +147,9 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
             # adapter_kwargs: transformers 5.24 looks for a peft adapter without local_files_only
             hub = dict(where, adapter_kwargs=dict(where)) if where else {}
             model = auto.from_pretrained(source, revision=spec.revision, dtype=dtype, **kw, **hub, **dict(spec.config))
-        except _load_errors() as e:
+        except Exception as e:
+            if not _load_error(e):
+                raise
             raise _hub_error(spec.name, e, source) from None
     tok_source = resolve_model_name(spec.tokenizer) if spec.tokenizer else source
     try:
