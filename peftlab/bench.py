@@ -1,8 +1,11 @@
 """Comparisons: many runs, one table. ``peftlab compare configs/seed000 --out runs/seed000``.
 
-Each config trains into ``OUT/<config name>``; a run already complete there is reused, so an
-interrupted comparison picks up where it stopped. The table goes to the terminal and to
-``OUT/results.md`` / ``results.json``, and a figure to ``OUT/results.png``.
+Each config trains into ``OUT/<config name>``; a run already complete there is reused and one
+interrupted there (same config) is resumed, so an interrupted comparison picks up where it stopped.
+One comparison owns ``OUT`` at a time (``peftlab.rundir.acquire``): a second one into the same
+``--out`` is refused, where it would retrain, set aside and overwrite the same runs. The table
+goes to the terminal and to ``OUT/results.md`` / ``results.json``, and a figure to
+``OUT/results.png``.
 """
 
 from __future__ import annotations
@@ -46,34 +49,54 @@ def expand(paths: Sequence[Path]) -> list[Path]:
 
 def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = (), progress: bool = True) -> list[dict]:
     from peftlab.config import load_config
-    from peftlab.run import train_run
     from peftlab.schema import RunConfig
 
     paths = expand(configs)
     loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path, cfg in loaded:
-        run_dir = out / path.stem
-        if rundir.read_status(run_dir).get("state") == "complete":
-            metrics = _backfill(rundir.read_metrics(run_dir), run_dir)
-        else:
-            if run_dir.exists():  # an interrupted or failed attempt: keep it aside, never delete it
-                run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
-            metrics = train_run(cfg, run_dir, progress=progress)
-        rows.append(dict(metrics, config=str(path), run_dir=str(run_dir)))
-    table = markdown_table(rows)
-    print(table)
-    meta = _meta(overrides)
-    used = ", ".join(sorted({_PRECISION_NAMES[r["precision"]] for r in rows if r.get("precision")})) or "unrecorded"
-    where = f"{meta['device']} ({meta['cpu_capability']}), {used}, {meta['date']}"
-    rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{where}\n")
-    rundir.write_json(out / "results.json", {"meta": meta, "rows": rows})
-    plot(rows, out / "results.png")
+    rundir.make_dir(out, "--out")
+    with rundir.owned(out), rundir.stop_on_signals():  # one comparison per --out; SIGTERM lets go of it
+        rows = [dict(_run(cfg, out / path.stem, progress), config=str(path), run_dir=str(out / path.stem))
+                for path, cfg in loaded]
+        table = markdown_table(rows)
+        print(table)
+        meta = _meta(overrides)
+        used = ", ".join(sorted({_PRECISION_NAMES[r["precision"]] for r in rows if r.get("precision")})) or "unrecorded"
+        where = f"{meta['device']} ({meta['cpu_capability']}), {used}, {meta['date']}"
+        rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{where}\n")
+        rundir.write_json(out / "results.json", {"meta": meta, "rows": rows})
+        plot(rows, out / "results.png")
     return rows
 
 
 _PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
+
+
+def _run(cfg, run_dir: Path, progress: bool) -> dict:
+    """The metrics of ``cfg`` in ``run_dir``: reused when complete, resumed when interrupted with
+    the same config, else trained afresh (a failed or different attempt is kept aside)."""
+    from peftlab.run import resume_run, train_run
+
+    state = rundir.read_status(run_dir).get("state")
+    if state == "complete":
+        return _backfill(rundir.read_metrics(run_dir), run_dir)
+    if state in ("interrupted", "running") and _same_config(run_dir, cfg):
+        return resume_run(run_dir, progress=progress)  # refused if its process still runs
+    if run_dir.exists():  # a failed or different attempt: keep it aside, never delete it
+        with rundir.owned(run_dir):  # refused while a live process writes it
+            pass
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
+    return train_run(cfg, run_dir, progress=progress)
+
+
+def _same_config(run_dir: Path, cfg) -> bool:
+    from peftlab.config import to_dict
+    from peftlab.fingerprint import resolve_paths
+    from peftlab.run import load_run_config
+
+    try:
+        return to_dict(load_run_config(run_dir)) == to_dict(resolve_paths(cfg))
+    except ConfigError:  # no config.yaml (stopped before writing it) or an unreadable one
+        return False
 
 
 def _meta(overrides: Sequence[str]) -> dict:

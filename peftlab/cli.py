@@ -31,9 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="document a function (--code) or continue a prompt (--prompt) with a finished run")
     g.add_argument("run_dir", type=Path)
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--code", type=Path, help="a file with one Python function (code->doc runs)")
+    src.add_argument("--code", type=Path,
+                     help="a Python file: its one function, or each of its functions, is documented (code->doc runs)")
     src.add_argument("--prompt", help="input text, given to the model as is")
-    g.add_argument("--func-name", default=None)
+    g.add_argument("--func-name", default=None, help="document only this function of the file")
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--num-beams", type=int, default=None, help="beam search width (1 = greedy)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
@@ -96,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     except PeftlabError as e:
         print(f"peftlab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("peftlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (peftlab.rundir.Interrupted)
+        print(f"peftlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 128 + int(getattr(e, "signum", 2))
+    except OSError as e:  # the machine, not the input: a full disk, a read-only directory
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"peftlab: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def _train(args) -> int:
@@ -138,27 +143,36 @@ def _print_metrics(m: dict, out: Path) -> None:
 def _eval(args) -> int:
     from peftlab.run import evaluate_run
 
+    if args.max_examples is not None and args.max_examples < 1:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
     print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples), indent=2))
     return 0
 
 
 def _generate(args) -> int:
     from peftlab.errors import DataError
-    from peftlab.run import generate_one
+    from peftlab.run import generate_docs, generate_one
 
-    code = None
-    if args.code is not None:
-        try:
-            code = args.code.read_text(encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"{args.code}: cannot read: {e.strerror}") from None
     decoding = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
                                   ("temperature", args.temperature), ("top_p", args.top_p), ("seed", args.seed))
                 if v is not None}
     if args.sample:
         decoding["do_sample"] = True
     _check_decoding(decoding)
-    print(generate_one(args.run_dir, code, args.func_name, prompt=args.prompt, decoding=decoding))
+    if args.prompt is not None:
+        print(generate_one(args.run_dir, prompt=args.prompt, decoding=decoding))
+        return 0
+    try:
+        code = args.code.read_text(encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{args.code}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{args.code}: not a text file (not UTF-8); give a file with one Python function") from None
+    docs = generate_docs(args.run_dir, code, args.func_name, where=str(args.code), decoding=decoding)
+    for name, doc in docs:
+        print(doc if len(docs) == 1 else f"{name}: {doc}")
     return 0
 
 
@@ -195,6 +209,10 @@ def _compare(args) -> int:
 def _pretrain(args) -> int:
     from peftlab.pretrain.recipe import dump_stats, load_pretrain_config, pretrain
 
+    if args.halt_at is not None and args.halt_at < 1:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"--halt-at: must be >= 1, got {args.halt_at}")
     cfg = load_pretrain_config(args.config, args.overrides)
     stats = pretrain(cfg, args.out, work=args.work, resume=args.resume, progress=not args.quiet, halt_at=args.halt_at)
     print(dump_stats(stats))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -33,13 +34,17 @@ class _Where:
         field = ".".join(str(p) for p in path) or "<top level>"
         if self.source is None:
             return field
-        line = self.lines.get(path)
-        while line is None and path:
-            path = path[:-1]
-            line = self.lines.get(path)
+        blamed, line = path, self.lines.get(path)
+        while line is None and blamed:
+            blamed = blamed[:-1]
+            line = self.lines.get(blamed)
         if isinstance(line, str):  # the value came from a command-line override
             return f"{line}: {field}"
-        return f"{self.source}:{line}: {field}" if line else f"{self.source}: {field}"
+        # a check of several fields (or of a whole list item) lands on the file's line of their
+        # parent; name the command-line values inside it too, or the file takes the blame for them
+        inside = [v for k, v in self.lines.items() if isinstance(v, str) and k[: len(path)] == path]
+        also = f" (with {', '.join(inside)})" if inside else ""
+        return f"{self.source}:{line}: {field}{also}" if line else f"{self.source}: {field}{also}"
 
 
 _YAML_BOOLS = {False: ("no", "false", "off", "n"), True: ("yes", "true", "on", "y")}
@@ -69,6 +74,8 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
                 return _coerce(value, arg, path, where)
             except ConfigError as e:
                 errors.append((arg, e))
+        if len(errors) == 1 and type(None) in args:  # Optional[X]: X's own words say more
+            raise errors[0][1]
         # a value shaped like exactly one arm (a list for a list type, a mapping for a config)
         # gets that arm's own error, which names the inner field
         shaped = [e for arg, e in errors if _shape_matches(value, arg)]
@@ -109,14 +116,19 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
             return int(value)
         raise ConfigError(f"{where(path)}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 as a string (YAML 1.1); accept it
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 1e-4 as a string (YAML 1.1); accept it
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where(path)}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where(path)}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # no field means anything by nan/inf; "no limit" is null
+            raise ConfigError(f"{where(path)}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -138,6 +150,22 @@ class FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
+
+
+def at_least(obj: Any, minimum: float, *names: str) -> None:
+    """For ``__post_init__``: each named field (unless None) must be >= ``minimum``."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value >= minimum:
+            raise FieldError(name, f"must be >= {minimum}, got {value}")
+
+
+def positive(obj: Any, *names: str) -> None:
+    """For ``__post_init__``: each named field (unless None) must be > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise FieldError(name, f"must be > 0, got {value}")
 
 
 def suggest(name: str, valid: typing.Iterable[str]) -> str:
@@ -248,10 +276,31 @@ def read_yaml(path: str | Path) -> tuple[Any, dict]:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:  # an empty file (or only comments) would silently be an all-defaults run
+        raise ConfigError(f"{path}: config file is empty")
+    _no_duplicate_keys(node, path)
     lines: dict = {}
-    if node is not None:
-        _node_lines(node, (), lines)
+    _node_lines(node, (), lines)
     return data, lines
+
+
+def _no_duplicate_keys(node, path: Path) -> None:
+    """YAML keeps the last of two equal keys without a word; a config that says a thing twice is
+    a mistake (two edits of one field), so name both lines."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, val_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise ConfigError(f"{path}:{line}: duplicate key {key_node.value!r} (first set on line "
+                                  f"{seen[key_node.value]}); keep one")
+            seen[key_node.value] = line
+            _no_duplicate_keys(val_node, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _no_duplicate_keys(item, path)
 
 
 def parse_override(text: str) -> tuple[tuple, Any]:

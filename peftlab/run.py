@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from peftlab import rundir
+from peftlab import fingerprint, rundir
 from peftlab.config import from_dict, read_yaml, to_dict
 from peftlab.env import hardware, versions
 from peftlab.errors import DataError
@@ -30,16 +30,20 @@ def base_model_record(cfg: RunConfig) -> dict:
 
 def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causal: bool = False) -> list[tuple[int, "Example"]]:
     """``(task index, example)`` rows of a split over the run's tasks; each task capped at
-    ``max_examples`` by a fixed-seed sample, so every method sees the same rows."""
+    ``max_examples`` by a fixed-seed sample, so every method sees the same rows. ``causal``: as a
+    decoder reads them (see ``for_decoder``)."""
     rows = []
     for t, task in enumerate(data.tasks):
         examples = task.examples(split, max_examples)
         if not examples:
             raise DataError(f"data.task {task.describe()}: split {split!r} is empty")
-        if causal:
-            examples = [task.render_for_decoder(e) for e in examples]
         rows += [(t, e) for e in examples]
-    return rows
+    return for_decoder(data, rows) if causal else rows
+
+
+def for_decoder(data: DataSpec, rows) -> list:
+    """``rows`` rendered as a decoder reads them (a task may word its prompt differently)."""
+    return [(t, data.tasks[t].render_for_decoder(e)) for t, e in rows]
 
 
 def encode_rows(tok, data: DataSpec, rows, causal: bool):
@@ -130,23 +134,12 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
     import yaml
 
     run_dir = Path(run_dir)
-    cfg = resolve_paths(cfg)
+    cfg = fingerprint.resolve_paths(cfg)  # config.yaml is read later from anywhere: no relative paths
     if _is_main():
-        rundir.create(run_dir)
+        rundir.create(run_dir)  # owned by this process until _finish
         rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     _barrier()
     return _finish(cfg, run_dir, progress, resume=False)
-
-
-def resolve_paths(cfg: RunConfig, base_dir: Optional[Path] = None) -> RunConfig:
-    """``cfg`` with its tasks' relative paths made absolute (against the working directory), so a
-    run's config.yaml reads the same data from wherever it is evaluated later."""
-    import dataclasses
-
-    base = base_dir or Path.cwd()
-    tasks = tuple(t.resolved(base) for t in cfg.data.tasks)
-    task = tasks if isinstance(cfg.data.task, tuple) else tasks[0]
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=task))
 
 
 def _is_main() -> bool:
@@ -164,20 +157,19 @@ def _barrier() -> None:
 
 def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
     """Continue an interrupted run from its newest checkpoint (same config, same batches)."""
-    from peftlab.train.checkpoint import list_checkpoints
+    from peftlab.train.checkpoint import set_aside_damaged
 
     run_dir = Path(run_dir)
-    status = rundir.read_status(run_dir)
-    if not status:
-        raise rundir.RunDirError(f"{run_dir}: not a run directory (no status.json)")
-    if status.get("state") == "complete":
-        raise rundir.RunDirError(f"{run_dir}: already complete; nothing to resume")
+    rundir.require_resumable(run_dir, own=_is_main())  # not a run, complete, or owned by a live process
     cfg = load_run_config(run_dir)
-    ckpts = list_checkpoints(run_dir / rundir.CHECKPOINTS)
-    step = json.loads((ckpts[-1] / "state.json").read_text())["step"] if ckpts else 0
+    trained = rundir.trained(run_dir)  # training was over (adapter saved): only scoring is left
+    ckpts = [] if trained else set_aside_damaged(run_dir / rundir.CHECKPOINTS)
+    step = rundir.read_trained(run_dir)["steps"] if trained else (
+        json.loads((ckpts[-1] / "state.json").read_text())["step"] if ckpts else 0)
     _barrier()  # every process has read the checkpoint list before the main one edits the log
     if _is_main():
-        _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
+        if not trained:
+            _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
         rundir.set_status(run_dir, "running", resumed_from_step=step, error=None)
     log.info("resuming %s from step %d", run_dir, step)
     return _finish(cfg, run_dir, progress, resume=True)
@@ -185,21 +177,36 @@ def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
 
 def _truncate_log(path: Path, step: int) -> None:
     if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        rows = [(ln, _row(ln)) for ln in path.read_text().splitlines()]
+        keep = [ln for ln, row in rows if row is not None and row["step"] <= step]
         rundir.write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def _row(line: str) -> Optional[dict]:
+    try:
+        return json.loads(line)
+    except ValueError:  # blank, or a row torn by a kill in the middle of writing it
+        return None
 
 
 def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict:
     main = _is_main()
     try:
-        metrics = _train_and_score(cfg, run_dir, progress and main, resume)
+        with rundir.stop_on_signals():  # SIGTERM: recorded as interrupted, resumable
+            if resume and rundir.trained(run_dir):  # training was over: only scoring is left
+                metrics = _score_trained(cfg, run_dir) if main else {}
+            else:
+                metrics = _train_and_score(cfg, run_dir, progress and main, resume)
+            if main:
+                rundir.write_json(run_dir / rundir.METRICS, metrics)
+                rundir.set_status(run_dir, "complete", finished=rundir.now())
     except BaseException as e:
         if main:
-            rundir.set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}", finished=rundir.now())
+            raise rundir.stopped(run_dir, e)  # failed or interrupted, recorded; the message says what next
         raise
-    if main:
-        rundir.write_json(run_dir / rundir.METRICS, metrics)
-        rundir.set_status(run_dir, "complete", finished=rundir.now())
+    finally:
+        if main:
+            rundir.release(run_dir)
     _barrier()
     return metrics
 
@@ -209,16 +216,22 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     from peftlab.methods.io import save_adapter
     from peftlab.train.loop import LoopOptions, jsonl_writer, result_dict, train
 
+    d = cfg.data
+    # every split is read before the model is built: a missing or empty test split costs nothing
+    train_rows = load_examples(d, d.train_split, d.max_train_examples)
+    eval_rows = load_examples(d, d.eval_split, d.max_eval_examples)
+    test = load_examples(d, d.test_split, cfg.eval.max_examples)
+    if _is_main():
+        fingerprint.record(run_dir, d, (d.train_split, d.eval_split, d.test_split))
     loaded, state = build(cfg)
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"
     check_lengths(cfg, model)
     log.info("%s", state.summary(model))
-    d = cfg.data
-    # every split is read before training: a missing or empty test split must not cost a training run
-    train_enc = encode_rows(tok, d, load_examples(d, d.train_split, d.max_train_examples, causal), causal)
-    eval_enc = encode_rows(tok, d, load_examples(d, d.eval_split, d.max_eval_examples, causal), causal)
-    test = load_examples(d, d.test_split, cfg.eval.max_examples, causal)
+    if causal:
+        train_rows, eval_rows, test = (for_decoder(d, r) for r in (train_rows, eval_rows, test))
+    train_enc = encode_rows(tok, d, train_rows, causal)
+    eval_enc = encode_rows(tok, d, eval_rows, causal)
     pad, with_ids = tok.pad_token_id, wants_task_ids(cfg)
     result = train(
         model, BatchPlan(train_enc, cfg.train.batch_size, pad, seed=cfg.train.seed, with_task_ids=with_ids), cfg.train,
@@ -240,11 +253,9 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         copy_into(model, result.gathered)
         model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg), fold=True)
-    scores, rows = score(model, tok, cfg, test)
-    _write_predictions(run_dir, rows)
     total = state.total_params
     trainable = state.trainable_params(model)
-    return {
+    trained = {
         "method": cfg.display_name(),
         "methods": [to_dict(m) for m in cfg.methods],
         "model": cfg.model.name,
@@ -254,9 +265,6 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "trainable_params_by_method": state.counts(model),
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
-        **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
-        "test_split": d.test_split,
-        "test_examples": scores["eval_examples"],
         "mixed_precision": cfg.train.mixed_precision,  # requested; "precision" (from the loop) is what ran
         **result_dict(result),
         "train_examples": len(train_enc),
@@ -265,6 +273,27 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         **hardware(),  # device, cpu_capability, native_bf16
         "versions": versions(),
     }
+    rundir.write_json(run_dir / rundir.TRAINED, trained)  # from here a failure in scoring loses nothing
+    return _scored(cfg, run_dir, model, tok, test, trained)
+
+
+def _scored(cfg: RunConfig, run_dir: Path, model, tok, test, trained: dict) -> dict:
+    """Score the test split and write predictions; the metrics are ``trained`` plus the scores."""
+    scores, rows = score(model, tok, cfg, test)
+    _write_predictions(run_dir, rows)
+    return {
+        **trained,
+        **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
+        "test_split": cfg.data.test_split,
+        "test_examples": scores["eval_examples"],
+    }
+
+
+def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
+    """Resume a run whose training was over (its adapter saved) but whose scoring was not."""
+    _, loaded = load_trained(run_dir)
+    test = load_examples(cfg.data, cfg.data.test_split, cfg.eval.max_examples, loaded.family.kind == "causal")
+    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, test, rundir.read_trained(run_dir))
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
@@ -296,48 +325,72 @@ def load_trained(run_dir: Path, *, full_precision: bool = False):
 def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optional[int] = None) -> dict:
     """Re-score a finished run on ``split`` from its saved adapter on a fresh base model."""
     run_dir = Path(run_dir)
+    rundir.require_writable(run_dir, "peftlab eval writes its predictions there")
     cfg, loaded = load_trained(run_dir)
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
     examples = load_examples(cfg.data, split, n, causal=loaded.family.kind == "causal")
+    change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
+    if change:
+        log.warning("%s", change["message"])
     scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
-    _write_predictions(run_dir, rows, f"predictions.{split}.eval.jsonl")
-    return {"split": split, **scores}
+    tag = f".{change['tag']}" if change else ""  # never overwrite the predictions of the data it saw
+    _write_predictions(run_dir, rows, f"predictions.{split}.eval{tag}.jsonl")
+    return {"split": split, **scores, **({"data_changed": change["message"]} if change else {})}
 
 
 def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[str] = None, *,
                  prompt: Optional[str] = None, decoding: Optional[dict] = None) -> str:
-    """One output of a trained run: document ``code`` (a code→doc run) or continue ``prompt``
-    (text given as is). ``decoding`` overrides the run's eval settings (beams, sampling...)."""
-    import dataclasses
-
-    from peftlab.data.seq2seq import prompt_ids, tail_tokens
+    """One output of a trained run: document the one function in ``code`` (or the one named
+    ``func_name``; a code→doc run), or continue ``prompt`` (text given as is). ``decoding``
+    overrides the run's eval settings (beams, sampling...)."""
     from peftlab.errors import ConfigError
-    from peftlab.evaluate.generate import Decoding, generate_ids
 
-    cfg, loaded = load_trained(Path(run_dir))
-    task = cfg.data.tasks[0]
     if (code is None) == (prompt is None):
         raise ConfigError("generate: give exactly one of --code FILE or --prompt TEXT")
     if code is not None:
-        if not hasattr(task, "example_from_code"):
-            raise ConfigError(f"generate --code: this run's task is {task.describe()}, not code2doc; use --prompt")
-        text, tail = task.example_from_code(code, func_name or _guess_name(code)).source, task.prompt_tail
-    else:
-        text, tail = prompt, ""
-    model, tok = loaded.model, loaded.tokenizer
-    ids, _, _ = prompt_ids(tok, [text], cfg.data.max_source_length, causal=not model.config.is_encoder_decoder,
-                           keep_tail=tail_tokens(tok, tail))
-    dec = dataclasses.replace(Decoding.of(cfg.eval), **(decoding or {}))
-    (out,) = generate_ids(model, tok, ids, dec, mixed_precision=cfg.train.mixed_precision)
+        ((_, doc),) = generate_docs(run_dir, code, func_name, only_one=True, decoding=decoding)
+        return doc
+    cfg, loaded = load_trained(Path(run_dir))
+    (out,) = _generate(cfg, loaded, [prompt], "", decoding)
     return out
 
 
-def _guess_name(code: str) -> str:
-    import re
+def generate_docs(run_dir: Path, code: str, func_name: Optional[str] = None, *, where: str = "<code>",
+                  only_one: bool = False, decoding: Optional[dict] = None) -> list[tuple[str, str]]:
+    """``(name, documentation)`` for each function in ``code`` (one model load, one batch);
+    ``func_name`` picks one. Text that is not Python, or holds no function, is refused."""
+    from peftlab.data.code2doc import functions_in
+    from peftlab.errors import ConfigError
 
-    m = re.search(r"^\s*(?:async\s+)?def\s+(\w+)", code, re.MULTILINE)
-    return m.group(1) if m else ""
+    funcs = functions_in(code, where)
+    if func_name is not None:
+        funcs = [f for f in funcs if f[0] == func_name or f[0].rsplit(".", 1)[-1] == func_name][:1]
+        if not funcs:
+            names = ", ".join(n for n, _ in functions_in(code, where))
+            raise DataError(f"{where}: no function named {func_name!r} (it has: {names})")
+    if only_one and len(funcs) > 1:
+        raise DataError(f"{where}: holds {len(funcs)} functions ({', '.join(n for n, _ in funcs)}); "
+                        f"pick one with --func-name")
+    cfg, loaded = load_trained(Path(run_dir))
+    task = cfg.data.tasks[0]
+    if not hasattr(task, "example_from_code"):
+        raise ConfigError(f"generate --code: this run's task is {task.describe()}, not code2doc; use --prompt")
+    texts = [task.example_from_code(c, n.rsplit(".", 1)[-1]).source for n, c in funcs]
+    return list(zip((n for n, _ in funcs), _generate(cfg, loaded, texts, task.prompt_tail, decoding)))
+
+
+def _generate(cfg: RunConfig, loaded, texts: list[str], tail: str, decoding: Optional[dict]) -> list[str]:
+    import dataclasses
+
+    from peftlab.data.seq2seq import prompt_ids, tail_tokens
+    from peftlab.evaluate.generate import Decoding, generate_ids
+
+    model, tok = loaded.model, loaded.tokenizer
+    ids, _, _ = prompt_ids(tok, texts, cfg.data.max_source_length, causal=not model.config.is_encoder_decoder,
+                           keep_tail=tail_tokens(tok, tail))
+    dec = dataclasses.replace(Decoding.of(cfg.eval), **(decoding or {}))
+    return generate_ids(model, tok, ids, dec, batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision)
 
 
 def merge_run(run_dir: Path, out: Path) -> Path:
@@ -353,9 +406,12 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's adapter in HF peft's format (the methods peft also has)."""
-    from peftlab.methods.export import export_peft
+    """Write a finished run's adapter in HF peft's format, naming exactly the base it was
+    trained on (a random or config-overridden base is written beside it, in ``out/base``)."""
+    from peftlab.methods.export import export_peft, exported_base
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)
     out = rundir.create_plain(Path(out))
-    return export_peft(loaded.model, out, loaded.source)
+    base = exported_base(cfg.model, cfg.train.seed, loaded.source, out)
+    revision = cfg.model.revision if base == loaded.source else None  # a base written here has none
+    return export_peft(loaded.model, out, base, revision, spec=cfg.model)

@@ -45,11 +45,12 @@ class DataSpec:
                                   "target_field": "data.target_field " + _MOVED}
 
     def __post_init__(self):
-        if self.max_source_length < 8 or self.max_target_length < 2:
-            raise ValueError("max_source_length must be >= 8 and max_target_length >= 2")
-        if isinstance(self.task, tuple):
-            from peftlab.config import FieldError
+        from peftlab.config import FieldError, at_least
 
+        at_least(self, 8, "max_source_length")
+        at_least(self, 2, "max_target_length")
+        at_least(self, 1, "max_train_examples", "max_eval_examples")
+        if isinstance(self.task, tuple):
             if not self.task:
                 raise FieldError("task", "name at least one task")
             names = [t.describe() for t in self.task]
@@ -87,12 +88,17 @@ class TrainSpec:
     strategy: Literal["auto", "fsdp"] = "auto"  # auto: DDP when launched on several processes; fsdp: shard
 
     def __post_init__(self):
+        from peftlab.config import at_least, positive
+
         if self.max_steps is None and self.max_seconds is None:
             raise ValueError("set max_steps, max_seconds, or both (the budget)")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError("max_steps must be >= 0")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
+        # every numeric field, here at load time: a bad value must not surface after training
+        at_least(self, 0, "max_steps", "weight_decay", "warmup_steps", "skip_nonfinite", "seed")
+        at_least(self, 1, "batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every",
+                 "keep_checkpoints", "num_threads")
+        positive(self, "max_seconds", "max_grad_norm")
+        if self.max_steps != 0:  # lr 0 only where nothing is trained (zero-shot configs say so)
+            positive(self, "lr")
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,17 @@ class EvalSpec:
     seed: int = 0  # sampling seed
     batch_size: int = 16
     max_examples: Optional[int] = 200  # test examples scored; None = the whole split
+
+    def __post_init__(self):
+        from peftlab.config import at_least, positive
+
+        at_least(self, 1, "num_beams", "max_new_tokens", "batch_size", "max_examples")
+        at_least(self, 0, "no_repeat_ngram_size", "seed")
+        positive(self, "repetition_penalty", "length_penalty", "temperature", "top_p")
+        if self.top_p > 1:
+            from peftlab.config import FieldError
+
+            raise FieldError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass(frozen=True)

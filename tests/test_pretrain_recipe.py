@@ -46,7 +46,12 @@ def test_pretrain_writes_a_loadable_model_dir(tmp_path, corpus, name, auto):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert sum(p.numel() for p in model.parameters()) == stats["parameters"]
     assert len(tok) == stats["vocab_size"] == model.config.vocab_size
-    assert next(model.parameters()).dtype == torch.bfloat16
+    # bf16 on disk (half the size), float32 as plain from_pretrained loads it (issue 18, item 12)
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert next(model.parameters()).dtype == torch.float32
     assert (out / "README.md").read_text().count(stats["corpus"]["fingerprint"]) == 1
     assert stats["steps"] == 4 and stats["heldout_loss"] < stats["random_init_heldout_loss"] + 0.5
     for key in ("tokens_seen", "train_seconds", "final_train_loss", "hardware", "command", "cpu_capability",

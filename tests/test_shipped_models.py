@@ -67,3 +67,15 @@ def test_no_evaluation_file_was_pretrained_on():
     held = {f["sha256"] for split in ("valid", "test") for f in manifest["files"][split]}
     corpus = set(build_corpus().digests)
     assert held and corpus and not held & corpus
+
+
+def test_plain_from_pretrained_gives_float32(shipped):
+    """The weights are bf16 on disk; config.json says float32 so that plain ``from_pretrained`` (and
+    the README's peft recipe) gives the model peftlab uses, not a bf16 one (issue 18, item 12)."""
+    import torch
+    from safetensors import safe_open
+
+    d, model, _, _ = shipped
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with safe_open(d / "model.safetensors", "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}

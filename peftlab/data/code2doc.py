@@ -133,6 +133,36 @@ def _dedent(lines: list[str]) -> str:
     return "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
 
 
+def functions_in(code: str, where: str = "<code>") -> list[tuple[str, str]]:
+    """``(name, source)`` of each function in a snippet: top-level functions and methods of
+    classes (``Class.method``); a nested function stays part of the one around it. Raises
+    ``DataError`` for text that is not Python or holds no function."""
+    code = code.replace("\r\n", "\n").replace("\r", "\n")
+    if not code.strip():
+        raise DataError(f"{where}: empty; give a file with one Python function")
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes on older Pythons
+        line = f":{e.lineno}" if getattr(e, "lineno", None) else ""
+        raise DataError(f"{where}{line}: not Python ({getattr(e, 'msg', e)}); give a file with one Python "
+                        f"function") from None
+    lines = code.split("\n")
+    found: list[tuple[str, str]] = []
+
+    def visit(body, prefix: str) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                found.append((prefix + node.name, _dedent(lines[start - 1 : node.end_lineno])))
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+
+    visit(tree.body, "")
+    if not found:
+        raise DataError(f"{where}: holds no function (no def); give a file with one Python function")
+    return found
+
+
 # ------------------------------------------------------------------------------ documentation
 
 # Lines that open a reST/Google/numpy/epydoc section or a doctest: the summary stops before them.
@@ -248,15 +278,21 @@ def _example(record: dict, target_field: str, where: str, lineno: int) -> Code2D
     )
 
 
-def load_code2doc_split(path_or_dir: str | Path, split: str, **read_kwargs) -> list[Code2DocExample]:
-    """One split: ``DIR/{split}.jsonl`` for a directory (``validation``/``dev`` mean ``valid``), else the file."""
+def split_file(path_or_dir: str | Path, split: str) -> Path:
+    """The file a split reads: ``DIR/{split}.jsonl`` for a directory (``validation``/``dev`` mean
+    ``valid``), else the file itself."""
     path = Path(path_or_dir)
     if path.is_dir():
         name = _SPLIT_ALIASES.get(split, split)
         if name not in SPLITS:
             raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         path = path / f"{name}.jsonl"
-    return read_codexglue_jsonl(path, **read_kwargs)
+    return path
+
+
+def load_code2doc_split(path_or_dir: str | Path, split: str, **read_kwargs) -> list[Code2DocExample]:
+    """One split: ``DIR/{split}.jsonl`` for a directory (``validation``/``dev`` mean ``valid``), else the file."""
+    return read_codexglue_jsonl(split_file(path_or_dir, split), **read_kwargs)
 
 
 # ------------------------------------------------------------------------ building from source
@@ -400,6 +436,8 @@ def _dedupe(per_split: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], in
 
 def _write_atomically(out_dir: Path, payload: dict[str, str]) -> None:
     """Write into a sibling temp dir, then rename it over ``out_dir``: no reader sees half a dataset."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: is a file, not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
         raise DataError(f"{out_dir}: exists and is not a code2doc dataset; refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,9 @@ class AlignmentConfig(MethodConfig):
             raise ValueError(f"hidden must be >= 1 or null, got {self.hidden}")
         if self.mode not in ("residual", "replace"):
             raise ValueError(f"mode must be 'residual' or 'replace', got {self.mode!r}")
+        from peftlab.config import positive
+
+        positive(self, "eps")
 
     def describe(self) -> str:
         return "hyper alignment" + (f" h={self.hidden}" if self.hidden else "")

@@ -44,18 +44,23 @@ def _peft_methods(model: nn.Module, what: str) -> list:
     return [c for c in state.configs if isinstance(c, (LoraConfig, IA3Config))]
 
 
-def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str) -> Path:
-    """Write the model's adapter in HF peft's on-disk format: LoRA, IA3, or one method with ``to_peft``."""
+def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str,
+                revision: str | None = None, spec=None) -> Path:
+    """Write the model's adapter in HF peft's on-disk format: LoRA, IA3, or one method with ``to_peft``.
+
+    ``base_model_name_or_path`` must load exactly the base the adapter was trained on (see
+    ``exported_base``); with the run's ``spec`` (a ``ModelSpec``) a README.md says how to load it."""
+    where = dict(revision=revision, spec=spec)
     own = _method_export(model)
     if own is not None:
-        return _write(out_dir, model, base_model_name_or_path, *own)
+        return _write(out_dir, model, base_model_name_or_path, *own, **where)
     configs = _peft_methods(model, "peft export")
     if len(configs) != 1:
         raise ModelError(f"peft export: needs exactly one LoRA or IA3 method, found {len(configs)}")
     (cfg,) = configs
     if isinstance(cfg, IA3Config):
         config, tensors = ia3_peft_form(model)
-        return _write(out_dir, model, base_model_name_or_path, config, tensors)
+        return _write(out_dir, model, base_model_name_or_path, config, tensors, **where)
     wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
     if any(m.merged for m in wrapped.values()):
         raise ModelError("peft export: unmerge LoRA first (the export holds A and B, not merged weights)")
@@ -74,19 +79,54 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
         "fan_in_fan_out": False,
         "init_lora_weights": True,
     }
-    return _write(out_dir, model, base_model_name_or_path, config, tensors)
+    return _write(out_dir, model, base_model_name_or_path, config, tensors, **where)
 
 
-def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict) -> Path:
+def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict, *,
+           revision: str | None = None, spec=None) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     config = {**config, "task_type": "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM",
-              "base_model_name_or_path": base_model_name_or_path, "inference_mode": True}
+              "base_model_name_or_path": base_model_name_or_path, "revision": revision, "inference_mode": True}
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    if spec is not None:
+        card = adapter_card(base_model_name_or_path, spec, model.config.is_encoder_decoder, revision,
+                            kind=config.get("peft_type", "LORA"))
+        (out / "README.md").write_text(card)
     return out
+
+
+def exported_base(spec, seed: int, source: str, out_dir: Path) -> str:
+    """The name an export gives its base: the model's directory or hub id when that loads the
+    very base the run trained on; otherwise (``init: random``, ``model.config`` overrides) no name
+    does, so the base is saved to ``out_dir/base`` (with its tokenizer) and that path is named."""
+    import dataclasses
+
+    from peftlab.models.loading import load_model
+
+    if spec.init == "pretrained" and not spec.config:
+        return source
+    base = out_dir / "base"
+    loaded = load_model(dataclasses.replace(spec, quantize="none"), seed=seed)  # the run's own base
+    loaded.model.save_pretrained(str(base))
+    loaded.tokenizer.save_pretrained(str(base))
+    return str(base.resolve())
+
+
+def adapter_card(base: str, spec, encoder_decoder: bool, revision: str | None = None, kind: str = "LORA") -> str:
+    """README.md of an export: exactly how to load the base it belongs to, and the adapter."""
+    auto = "AutoModelForSeq2SeqLM" if encoder_decoder else "AutoModelForCausalLM"
+    rev = f", revision={revision!r}" if revision else ""
+    quant = (f"\nThe adapter was trained on a {spec.quantize} quantization of this base (QLoRA); it is "
+             f"exported for the full-precision base, as QLoRA adapters are.\n" if spec.quantize != "none" else "")
+    return (f"# {kind} adapter in HF peft's format (exported by peftlab)\n\nBase model: `{base}` "
+            f"(model.init: {spec.init}, dtype {spec.dtype}). Load it exactly so:\n\n"
+            f"```python\nimport torch\nfrom peft import PeftModel\nfrom transformers import {auto}\n\n"
+            f"base = {auto}.from_pretrained({base!r}, dtype=torch.{spec.dtype}{rev})\n"
+            f"model = PeftModel.from_pretrained(base, \"<this directory>\")\n```\n{quant}")
 
 
 def merged_model(model: nn.Module) -> nn.Module:

@@ -1,8 +1,10 @@
 """Saving and loading the trainable part of a model: safetensors weights plus a JSON manifest.
 
 ``save_adapter`` writes only the parameters the applied methods train (for full fine-tuning, that
-is every weight) and the method configs; ``load_adapter`` applies the same methods to a fresh
-base model and loads the weights, refusing an adapter that was saved for another base model.
+is every weight), the method configs, and each tensor's shape and the weights file's SHA-256;
+``load_adapter`` applies the same methods to a fresh base model and loads the weights, refusing an
+adapter that was saved for another base model, and a damaged one (truncated, overwritten,
+non-finite values) with the name of the damaged file.
 """
 
 from __future__ import annotations
@@ -47,24 +49,63 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
         "param_names": state.param_names,
         "trainable_params": state.counts(model),
         "base_model": base_model,
+        "shapes": {n: list(t.shape) for n, t in tensors.items()},  # checked on load, with the SHA-256
     }
     tmp = out_dir / f".{WEIGHTS}.tmp"
-    save_file(tensors, tmp, metadata={"format": "pt", "producer": "peftlab"})
-    os.replace(tmp, out_dir / WEIGHTS)
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out_dir / MANIFEST)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "producer": "peftlab"})
+        manifest["sha256"] = _sha256(tmp)
+        os.replace(tmp, out_dir / WEIGHTS)
+        tmp = out_dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, out_dir / MANIFEST)
+    except BaseException:  # a full disk: no half-written temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return out_dir
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_safetensors(path: Path, error: type[Exception] = ModelError) -> dict:
+    """Every tensor of a safetensors file, or ``error`` naming the file when it does not read
+    back whole: missing, truncated, a bad header, or non-finite values (NaN/inf)."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except FileNotFoundError:
+        raise error(f"{path}: missing") from None
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError, ValueError)
+        raise error(f"{path}: damaged file, it does not read back ({str(e).splitlines()[0]})") from None
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise error(f"{path}: damaged file, {len(bad)} tensor(s) hold NaN/inf values ({', '.join(bad[:3])})")
+    return tensors
 
 
 def read_manifest(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise ModelError(f"{path}: no peftlab adapter here") from None
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}:{e.lineno}: adapter manifest is not valid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: cannot read the adapter manifest ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("methods"), list):
+        raise ModelError(f"{path}: not a peftlab adapter manifest (no 'methods' list); damaged or foreign")
+    return manifest
 
 
 def check_base(saved: dict, current: dict, where: str) -> None:
@@ -80,7 +121,6 @@ def check_base(saved: dict, current: dict, where: str) -> None:
 def load_adapter(model: nn.Module, adapter_dir: str | Path, base_model: dict | None = None):
     """Apply the saved methods to ``model`` (a fresh base) and load their weights exactly."""
     import torch
-    from safetensors.torch import load_file
 
     from peftlab.methods.state import apply_methods
 
@@ -89,8 +129,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, base_model: dict | N
     if base_model is not None:
         check_base(manifest.get("base_model", {}), base_model, str(adapter_dir / MANIFEST))
     configs = [_method_from_dict(m, adapter_dir) for m in manifest["methods"]]
+    weights = _read_weights(adapter_dir, manifest)
     state = apply_methods(model, configs)
-    weights = load_file(adapter_dir / WEIGHTS)
     expected = set(state.trainable_names())
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
@@ -102,6 +142,25 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, base_model: dict | N
                 raise ModelError(f"{adapter_dir / WEIGHTS}: {n} has shape {tuple(t.shape)}, model has {tuple(params[n].shape)}")
             params[n].copy_(t)
     return state
+
+
+def _read_weights(adapter_dir: Path, manifest: dict) -> dict:
+    """The adapter's tensors, checked against what the manifest recorded when they were saved."""
+    path = adapter_dir / WEIGHTS
+    advice = "; the adapter cannot be used: retrain it, or restore the run directory from a copy"
+    try:
+        weights = read_safetensors(path)
+    except ModelError as e:
+        raise ModelError(f"{e}{advice}") from None
+    for name, shape in manifest.get("shapes", {}).items():
+        if name in weights and list(weights[name].shape) != shape:
+            raise ModelError(f"{path}: damaged file, {name} has shape {list(weights[name].shape)} where "
+                             f"{MANIFEST} recorded {shape}{advice}")
+    want = manifest.get("sha256")  # older adapters have none; their damage shows only as above
+    if want is not None and _sha256(path) != want:
+        raise ModelError(f"{path}: damaged file, its SHA-256 differs from the one {MANIFEST} recorded "
+                         f"(overwritten since it was saved){advice}")
+    return weights
 
 
 def _method_from_dict(data: dict, adapter_dir: Path):

@@ -106,6 +106,9 @@ class LoraConfig(MethodConfig):
             raise ValueError(f"r must be >= 1, got {self.r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        from peftlab.config import positive
+
+        positive(self, "alpha")  # alpha <= 0 scales the update to nothing (or flips it)
         if not self.targets:
             raise ValueError("targets must name at least one module")
         if isinstance(self.targets, str):  # a bare string would be iterated char by char

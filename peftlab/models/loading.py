@@ -67,11 +67,45 @@ class LoadedModel:
     source: str  # the resolved directory or hub id
 
 
-def _hub_error(name: str, e: Exception) -> ModelError:
-    return ModelError(
-        f"could not load model {name!r}: not a short name or local directory, and the hub said: "
-        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    )
+def _refused_pickle(e: Exception) -> bool:
+    """torch's weights-only loader refusing a pickled ``.bin`` (its UnpicklingError, by name: peftlab
+    never imports the pickle machinery)."""
+    return type(e).__name__ == "UnpicklingError"
+
+
+def _hub_error(name: str, e: Exception, source: str | None = None) -> ModelError:
+    """One line for a model that would not load, worded for where it came from."""
+    from safetensors import SafetensorError
+
+    first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if _refused_pickle(e):
+        return ModelError(f"could not load model {name!r}: its pickled weights (.bin) hold more than tensors, "
+                          f"which torch refuses to load (weights_only=True) for safety; convert them to "
+                          f"safetensors with code you trust, or use another copy of the model")
+    if source is not None and Path(source).is_dir():
+        where = name if name == source else f"{name} ({source})"
+        if isinstance(e, SafetensorError):
+            files = ", ".join(sorted(p.name for p in Path(source).glob("*.safetensors")))
+            return ModelError(f"could not load model {where}: damaged weights file ({files}): {first}")
+        return ModelError(f"could not load model {where}, a local directory: {first}")
+    return ModelError(f"could not load model {name!r}: not a short name or local directory, and the hub said: {first}")
+
+
+def _load_error(e: Exception) -> bool:
+    """What a damaged or foreign model directory raises while loading (not a peftlab bug)."""
+    from safetensors import SafetensorError
+
+    return isinstance(e, (OSError, ValueError, KeyError, SafetensorError)) or _refused_pickle(e)
+
+
+def _where_from(name: str, revision, what: str = "model") -> dict:
+    """``from_pretrained`` keywords for ``name``: nothing for a local directory; for a hub id,
+    ``peftlab.models.hub`` decides (offline mode, an unreachable hub)."""
+    if Path(name).is_dir():
+        return {}
+    from peftlab.models.hub import hub_kwargs
+
+    return hub_kwargs(name, revision, what)
 
 
 def load_model(spec, seed: int = 0) -> LoadedModel:
@@ -83,10 +117,13 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
     from peftlab.models.arch import family_of
 
     source = resolve_model_name(spec.name)
+    where = _where_from(source, spec.revision)
     try:
-        config = AutoConfig.from_pretrained(source, revision=spec.revision)
-    except OSError as e:
-        raise _hub_error(spec.name, e) from None
+        config = AutoConfig.from_pretrained(source, revision=spec.revision, **where)
+    except Exception as e:
+        if not _load_error(e):
+            raise
+        raise _hub_error(spec.name, e, source) from None
     family = family_of(config)
     auto = transformers.AutoModelForSeq2SeqLM if family.kind == "seq2seq" else transformers.AutoModelForCausalLM
     for key in spec.config:
@@ -111,12 +148,17 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
     else:
         kw = {} if quant is None else {"quantization_config": quant, "device_map": {"": quantized_device()}}
         try:
-            model = _from_pretrained(auto, source, revision=spec.revision, dtype=dtype, **kw, **dict(spec.config))
-        except OSError as e:
-            raise _hub_error(spec.name, e) from None
+            # adapter_kwargs: transformers 5.24 looks for a peft adapter without local_files_only
+            hub = dict(where, adapter_kwargs=dict(where)) if where else {}
+            model = _from_pretrained(auto, source, revision=spec.revision, dtype=dtype, **kw, **hub, **dict(spec.config))
+        except Exception as e:
+            if not _load_error(e):
+                raise
+            raise _hub_error(spec.name, e, source) from None
     tok_source = resolve_model_name(spec.tokenizer) if spec.tokenizer else source
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_source)
+        tokenizer = AutoTokenizer.from_pretrained(tok_source, **(where if tok_source == source else
+                                                                 _where_from(tok_source, None, "tokenizer")))
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load a tokenizer from {tok_source!r}: {e}") from None
     if tokenizer.pad_token_id is None:

@@ -51,4 +51,6 @@ Made by:
 Load it with plain transformers (`AutoModelForSeq2SeqLM` / `AutoModelForCausalLM`
 `.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`), or as `model: {s['name']}` in a peftlab
 config. The tokenizer adds no bos/eos by itself: peftlab appends `</s>` to encoder inputs.
+The weights are stored in bfloat16 and `config.json` says `float32`, so `from_pretrained` gives
+a float32 model (the exact upcast, as peftlab loads it); pass `dtype=torch.bfloat16` for bf16.
 """

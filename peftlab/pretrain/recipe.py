@@ -47,14 +47,23 @@ class PretrainConfig:
     eval_batches: int = 40  # held-out batches per evaluation
 
     def __post_init__(self):
+        from peftlab.config import FieldError, at_least
+
+        at_least(self, 360, "vocab_size")  # 104 special tokens + 256 bytes
+        at_least(self, 8, "inputs_length")
+        at_least(self, 1, "mean_span_length", "heldout_percent", "checkpoint_every", "keep_checkpoints",
+                 "eval_batches")
+        if not 0 < self.noise_density < 1:
+            raise FieldError("noise_density", f"must be between 0 and 1 (exclusive), got {self.noise_density}")
+        if self.heldout_percent >= 100:
+            raise FieldError("heldout_percent", f"must be < 100 (something must be left to train on), "
+                                                f"got {self.heldout_percent}")
         if self.architecture.get("model_type") not in ("t5", "llama"):
             raise ValueError("architecture.model_type must be 't5' or 'llama'")
         if (self.objective == "span_corruption") != (self.architecture["model_type"] == "t5"):
             raise ValueError("span_corruption goes with model_type t5, causal with llama")
         limit = self.architecture.get("max_position_embeddings")
         if self.objective == "causal" and limit is not None and self.inputs_length > limit:
-            from peftlab.config import FieldError
-
             raise FieldError("inputs_length", f"{self.inputs_length} tokens is longer than the model allows "
                                               f"(architecture.max_position_embeddings: {limit})")
 
@@ -167,12 +176,20 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
     """Run the recipe into the model directory ``out``; checkpoints live in ``work`` (default out/checkpoints).
 
     ``halt_at`` stops after that step's checkpoint without writing the model (continue with ``resume``).
+    One process owns ``out`` at a time: a second one (a ``--resume`` while the first still runs)
+    would write the same checkpoints.
     """
+    rundir.make_dir(out, "--out")
+    with rundir.owned(out):
+        return _pretrain(cfg, out, work=work, resume=resume, progress=progress, command=command, halt_at=halt_at)
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: bool, progress: bool,
+              command: Optional[str], halt_at: Optional[int]) -> dict:
     from peftlab.pretrain.corpus import build_corpus
     from peftlab.pretrain.tokenizer import encode_sources
     from peftlab.train.loop import LoopOptions, _make_accelerator, evaluate_loss, jsonl_writer, train
 
-    out.mkdir(parents=True, exist_ok=True)
     work = work or out / "checkpoints"
     if not resume and any(work.glob("step-*")):
         raise ConfigError(f"{work} holds checkpoints of an earlier run: pass --resume, or choose another --out/--work")
@@ -234,12 +251,23 @@ def save_model(model, tok, out: Path, stats: dict) -> None:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(str(out), safe_serialization=True)
+    _float32_by_default(out / "config.json")
     tok.save_pretrained(str(out))
     stats["logits_check"] = reloaded_logits_check(out)
     rundir.write_json(out / "pretrain_stats.json", stats)
     from peftlab.pretrain.card import model_card
 
     rundir.write_text(out / "README.md", model_card(stats))
+
+
+def _float32_by_default(config_json: Path) -> None:
+    """The weights stay bf16 on disk (half the size), but config.json says float32: transformers 5
+    loads a model in config.json's ``dtype`` by default, and a bf16 base gives other outputs than
+    peftlab's (which loads in float32) and runs very slowly on CPUs without native bf16. Upcast
+    bf16 -> fp32 is exact, so the logits check is the same either way."""
+    config = json.loads(config_json.read_text())
+    config["dtype"] = "float32"
+    rundir.write_text(config_json, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 CHECK_TEXT = "def add(a, b):\n    return a + b\n"

@@ -80,8 +80,8 @@ class TaskConfig:
     def prompt_tail(self) -> str:
         return ""
 
-    def fingerprint_paths(self) -> list[str]:
-        """Files whose content defines the data (for a run's data fingerprint)."""
+    def split_files(self, split: str) -> list[str]:
+        """The files ``split`` reads (a run fingerprints them, so a later eval on changed data says so)."""
         return []
 
     def resolved(self, base_dir) -> "TaskConfig":

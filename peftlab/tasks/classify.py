@@ -155,15 +155,8 @@ class ClassifyTask(TaskConfig):
             out.append(Example(self.template_text.format(**fields), words[label], {"line": line}, label))
         return sample_rows(out, limit)
 
-    def fingerprint_paths(self) -> list[str]:
-        return [str(self._file(s)) for s in _SPLIT_FILES if self._has(s)]
-
-    def _has(self, split: str) -> bool:
-        try:
-            self._file(split)
-            return True
-        except DataError:
-            return False
+    def split_files(self, split: str) -> list[str]:
+        return [str(self._file(split))]
 
     def resolved(self, base_dir) -> "ClassifyTask":
         if Path(self.path).is_absolute():

@@ -72,9 +72,10 @@ class Code2DocTask(TaskConfig):
         # the literal text after the last {field}
         return parts[-1][0] if parts and parts[-1][1] is None else ""
 
-    def fingerprint_paths(self) -> list[str]:
-        d = self.data_dir()
-        return [str(p) for p in sorted(d.glob("*.jsonl"))] if d.is_dir() else [str(d)]
+    def split_files(self, split: str) -> list[str]:
+        from peftlab.data.code2doc import split_file
+
+        return [str(split_file(self.data_dir(), split))]
 
     def resolved(self, base_dir) -> "Code2DocTask":
         if self.path == "stdlib" or Path(self.path).is_absolute():

@@ -13,10 +13,13 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from peftlab.errors import PeftlabError
 
 _PREFIX = "step-"
 
@@ -60,14 +63,28 @@ def save_checkpoint(root: Path, step: int, weights: dict, per_param: dict, state
     ``weights``: trainable tensors by parameter name; ``per_param``: optimizer state by parameter
     name (tensors go to safetensors as ``name::key``, scalars to state.json).
     """
-    from safetensors.torch import save_file
-
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_PREFIX}{step:08d}"
     for stale in root.glob(".tmp-*"):  # left by a process killed mid-write; one writer per run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
+    try:
+        _write(tmp, step, weights, per_param, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:  # a full disk: free what the half checkpoint took; the older ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, step: int, weights: dict, per_param: dict, state: dict) -> None:
+    from safetensors.torch import save_file
+
     save_file({n: t.detach().to("cpu").contiguous() for n, t in weights.items()}, tmp / "trainable.safetensors")
     tensors, scalars = {}, {}
     for pname, st in per_param.items():
@@ -82,12 +99,6 @@ def save_checkpoint(root: Path, step: int, weights: dict, per_param: dict, state
     for f in tmp.iterdir():  # data reaches the disk before the rename makes it visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -98,18 +109,62 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(done, key=lambda p: p.name)
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
-    """``(state, weights, optimizer state per parameter name)`` as saved; no model needed."""
-    from safetensors.torch import load_file
+class DamagedCheckpoint(PeftlabError):
+    """A checkpoint file that does not read back whole (truncated, overwritten, non-finite)."""
 
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(path / "trainable.safetensors")
+
+def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """``(state, weights, optimizer state per parameter name)`` as saved; no model needed.
+
+    Raises ``DamagedCheckpoint`` naming the file when one does not read back whole."""
+    from peftlab.methods.io import read_safetensors
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpoint(f"{path / 'state.json'}: damaged checkpoint file ({e})") from None
+    weights = read_safetensors(path / "trainable.safetensors", DamagedCheckpoint)
+    optim = read_safetensors(path / "optimizer.safetensors", DamagedCheckpoint)
     per_param: dict[str, dict] = {}
-    items = list(load_file(path / "optimizer.safetensors").items()) + list(state.get("optimizer_scalars", {}).items())
+    items = list(optim.items()) + list(state.get("optimizer_scalars", {}).items())
     for key_full, value in items:
         pname, key = key_full.rsplit("::", 1)
         per_param.setdefault(pname, {})[key] = value
     return state, weights, per_param
+
+
+_intact: set = set()  # (checkpoint, mtime) already read back whole by this process
+
+
+def set_aside_damaged(root: Path) -> list[Path]:
+    """The complete checkpoints under ``root``, oldest first, after renaming any damaged ones at
+    the newest end to ``damaged-step-…`` (kept for inspection, never resumed from)."""
+    import logging
+
+    while True:
+        ckpts = list_checkpoints(root)
+        if not ckpts:
+            return ckpts
+        newest = ckpts[-1]
+        try:
+            key = (str(newest), (newest / "state.json").stat().st_mtime_ns)
+            if key in _intact:
+                return ckpts
+            read_checkpoint(newest)
+        except FileNotFoundError:  # another process (data parallel) set it aside first
+            continue
+        except DamagedCheckpoint as e:
+            aside = newest.with_name(f"damaged-{newest.name}")
+            if aside.exists():  # set aside once before (a resume of a resume)
+                aside = newest.with_name(f"damaged-{newest.name}-{os.getpid()}-{int(time.time())}")
+            try:
+                os.replace(newest, aside)
+            except FileNotFoundError:
+                continue
+            logging.getLogger(__name__).warning("%s; set aside as %s, resuming from the one before", e, aside.name)
+            continue
+        _intact.add(key)
+        return ckpts
 
 
 def check_fits(path: Path, weights: dict, model: torch.nn.Module) -> None:

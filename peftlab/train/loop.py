@@ -31,6 +31,7 @@ from peftlab.train.checkpoint import (
     read_checkpoint,
     restore_rng,
     save_checkpoint,
+    set_aside_damaged,
 )
 
 
@@ -47,7 +48,7 @@ class TrainResult:
     final_loss: Optional[float]
     eval_loss: Optional[float]
     peak_memory_bytes: int
-    peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process)
+    peak_memory_kind: str  # "cuda_max_allocated" or "cpu_max_rss" (whole process, from the start of this run)
     stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
     strategy: str = "single"  # "single", "ddp" or "fsdp", with the process count: "fsdp x2"
     precision: str = "no"  # the autocast actually used ("bf16", "fp16" or "no"): spec.mixed_precision resolved
@@ -82,6 +83,20 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's peak from now: in a bench of many runs in one process, the process-wide peak
+    of an earlier run would otherwise be reported by every later one. On Linux, writing 5 to
+    /proc/self/clear_refs resets the RSS high-water mark (what ru_maxrss reports)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the peak stays process-wide (still an upper bound)
+        pass
 
 
 def make_optimizer(params: list, spec, device: torch.device) -> torch.optim.Optimizer:
@@ -210,8 +225,7 @@ def train(
     """Train the parameters of ``model`` that require grad; see the module docstring."""
     accelerator = _make_accelerator(spec)
     device = accelerator.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -232,15 +246,17 @@ def train(
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
-    ckpts = list_checkpoints(options.checkpoint_dir) if options.checkpoint_dir else []
+    last_loss, eval_loss = None, None
+    ckpts = set_aside_damaged(options.checkpoint_dir) if options.checkpoint_dir and options.resume else []
     if options.resume and ckpts:
         saved = par.restore(ckpts[-1])
         step, epoch, index = saved["step"], saved["epoch"], saved["index"]
         elapsed, tokens = saved["elapsed"], saved["tokens"]
+        last_loss = saved.get("last_loss")  # a resume with no step left still reports the final loss
 
     def checkpoint() -> None:
         if options.checkpoint_dir:
-            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens}
+            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens, "last_loss": last_loss}
             par.save(options.checkpoint_dir, step, state, options.keep_checkpoints)
 
     def budget_left() -> bool:
@@ -251,7 +267,6 @@ def train(
     progress = _progress(spec, step, options)
     model.train()
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
-    last_loss, eval_loss = None, None
     batches = plan.iterate(epoch, index)
     t0 = time.perf_counter()
     skipped = 0
