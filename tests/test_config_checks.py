@@ -49,6 +49,11 @@ BAD = [
     (EvalSpec, "batch_size", 0, "must be >= 1"),
     (EvalSpec, "max_examples", 0, "must be >= 1"),
     (EvalSpec, "max_examples", -2, "must be >= 1"),
+    (EvalSpec, "length_penalty", 0, "must be > 0"),
+    (EvalSpec, "seed", -1, "must be >= 0"),
+    (EvalSpec, "temperature", 0, "must be > 0"),
+    (EvalSpec, "top_p", 0, "must be > 0"),
+    (EvalSpec, "top_p", 1.5, "top_p must be in (0, 1]"),
 ]
 SECTION = {DataSpec: "data", TrainSpec: "train", EvalSpec: "eval", ModelSpec: "model"}
 
@@ -59,6 +64,37 @@ METHOD_BAD = [  # (method, field, value, words)
     ("lora", "dropout", ".nan", "expected a finite number"),
     ("alignment", "hidden", 0, "must be >= 1"),
     ("alignment", "eps", 0, "must be > 0"),
+    ('houlsby', 'bottleneck', -1, 'bottleneck must be >= 1 or null'),
+    ('houlsby', 'drop_lowest', -1, 'drop_lowest must be >= 0'),
+    ('houlsby', 'dropout', -1, 'dropout must be in [0, 1)'),
+    ('houlsby', 'reduction_factor', -1, 'reduction_factor must be > 0'),
+    ('houlsby', 'scaling', -1, 'scaling must be > 0'),
+    ('llama_adapter', 'layers', -1, 'layers must be >= 1 or null'),
+    ('llama_adapter', 'length', -1, 'length must be >= 1'),
+    ('llama_adapter_v2', 'layers', -1, 'layers must be >= 1 or null'),
+    ('llama_adapter_v2', 'length', -1, 'length must be >= 1'),
+    ('p_tuning', 'dropout', -1, 'dropout must be in [0, 1)'),
+    ('p_tuning', 'hidden', -1, 'hidden must be >= 1 or null'),
+    ('p_tuning', 'lstm_layers', -1, 'lstm_layers must be >= 1'),
+    ('p_tuning', 'num_virtual_tokens', -1, 'num_virtual_tokens must be >= 1'),
+    ('parallel', 'bottleneck', -1, 'bottleneck must be >= 1 or null'),
+    ('parallel', 'drop_lowest', -1, 'drop_lowest must be >= 0'),
+    ('parallel', 'dropout', -1, 'dropout must be in [0, 1)'),
+    ('parallel', 'reduction_factor', -1, 'reduction_factor must be > 0'),
+    ('parallel', 'scaling', -1, 'scaling must be > 0'),
+    ('pfeiffer', 'bottleneck', -1, 'bottleneck must be >= 1 or null'),
+    ('pfeiffer', 'drop_lowest', -1, 'drop_lowest must be >= 0'),
+    ('pfeiffer', 'dropout', -1, 'dropout must be in [0, 1)'),
+    ('pfeiffer', 'reduction_factor', -1, 'reduction_factor must be > 0'),
+    ('pfeiffer', 'scaling', -1, 'scaling must be > 0'),
+    ('prefix', 'length', -1, 'length must be >= 1'),
+    ('prefix', 'projection', -1, 'projection must be >= 0'),
+    ('prompt_tuning', 'init_std', -1, 'init_std must be a positive number'),
+    ('prompt_tuning', 'num_virtual_tokens', -1, 'num_virtual_tokens must be >= 1'),
+    ('s2_attn', 'group_fraction', -1, 'group_fraction must be in'),
+    ('s2_attn', 'group_size', -1, 'group_size must be >= 0'),
+    ('strided', 'stride', -1, 'stride must be >= 1'),
+    ('strided', 'window', -1, 'window must be >= 1'),
 ]
 
 PRETRAIN_BAD = [
@@ -120,7 +156,9 @@ def test_the_tables_cover_every_numeric_field():
     for spec in (ModelSpec, DataSpec, TrainSpec, EvalSpec):
         missing = numeric_fields(spec) - {f for s, f, _, _ in BAD if s is spec}
         assert not missing, f"{spec.__name__}: add rows to BAD for {sorted(missing)}"
-    for method in ("lora", "alignment", "full", "zero_shot"):
+    from peftlab.methods import method_names
+
+    for method in method_names():
         missing = numeric_fields(get_method(method)) - {f for m, f, _, _ in METHOD_BAD if m == method}
         assert not missing, f"{method}: add rows to METHOD_BAD for {sorted(missing)}"
     missing = numeric_fields(PretrainConfig) - {f for f, _, _ in PRETRAIN_BAD}

@@ -24,7 +24,7 @@ def make_data(root: Path) -> Path:
 
 
 def tiny_args(data: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.path={data}", *extra]
+    return [*TINY, f"data.task.path={data}", *extra]
 
 
 def train(out: Path, data: Path, *extra: str) -> int:
