@@ -175,3 +175,33 @@ def _smoothed_sentence_bleu(hypothesis: list[str], reference: list[str]) -> floa
         log_precision += math.log(matches + smooth + _TINY) - math.log(guesses + smooth + _TINY)
     log_brevity = min(0.0, 1 - (len(reference) + 1) / (len(hypothesis) + 1))
     return math.exp(log_precision / _MAX_ORDER + log_brevity)
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance: the fewest single-character insertions, deletions and substitutions."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean of ``1 - levenshtein(p, r) / max(len(p), len(r))`` on 0-100 (two empty strings: 1),
+    after collapsing whitespace runs to one space (indentation is not scored)."""
+    predictions, references = _checked(predictions, references)
+    total = 0.0
+    for p, r in zip(predictions, references):
+        p, r = " ".join(p.split()), " ".join(r.split())
+        total += 1.0 - levenshtein(p, r) / max(len(p), len(r), 1)
+    return 100.0 * total / len(predictions)
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Percent of predictions equal to their reference after collapsing whitespace runs."""
+    predictions, references = _checked(predictions, references)
+    return 100.0 * sum(p.split() == r.split() for p, r in zip(predictions, references)) / len(predictions)
