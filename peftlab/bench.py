@@ -2,7 +2,10 @@
 
 Each config trains into ``OUT/<config name>``; a run already complete there is reused, so an
 interrupted comparison picks up where it stopped. The table goes to the terminal and to
-``OUT/results.md`` / ``results.json``, and a figure to ``OUT/results.png``.
+``OUT/results.md`` / ``results.json``, and a figure to ``OUT/results.png``. The task metrics shown
+are those the runs have; the floors the runs recorded (best constant or majority class, BM25
+retrieval: ``peftlab.evaluate.floors``) are rows of the same table, and a method that does not beat
+every floor of its task is marked.
 """
 
 from __future__ import annotations
@@ -14,19 +17,59 @@ from typing import Sequence
 from peftlab import rundir
 from peftlab.errors import ConfigError
 
-COLUMNS = [
+HEAD = [
     ("method", "Method", "{}"),
     ("trainable_params", "Trainable params", "{:,}"),
     ("trainable_pct", "Trainable %", "{:.2f}"),
+]
+# task metrics: a table shows those its rows have, in this order
+METRICS = [
     ("bleu", "BLEU", "{:.2f}"),
     ("codexglue_bleu", "CodeXGLUE BLEU", "{:.2f}"),
+    ("rouge_1", "ROUGE-1", "{:.2f}"),
+    ("rouge_2", "ROUGE-2", "{:.2f}"),
     ("rouge_l", "ROUGE-L", "{:.2f}"),
+    ("chrf", "chrF", "{:.2f}"),
+    ("exact_match", "Exact match", "{:.2f}"),
+    ("f1", "F1", "{:.2f}"),
+    ("edit_sim", "Edit sim", "{:.2f}"),
+    ("accuracy", "Accuracy", "{:.2f}"),
+    ("macro_f1", "Macro-F1", "{:.2f}"),
     ("distinct_predictions", "Distinct outputs", "{:.0%}"),
+]
+TAIL = [
     ("steps", "Steps", "{}"),
     ("train_seconds", "Train s", "{:.1f}"),
     ("tokens_per_second", "Tokens/s", "{:,.0f}"),
     ("final_loss", "Final loss", "{:.3f}"),
 ]
+COLUMNS = HEAD + METRICS + TAIL
+BELOW_FLOOR = " †"  # marks a method that does not beat every floor of its task
+_FLOOR_NAMES = {"constant": "best constant", "majority": "majority class", "retrieval": "BM25 retrieval"}
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The table's columns: the fixed ones, and the task metrics some row has."""
+    return HEAD + [c for c in METRICS if any(c[0] in r for r in rows)] + TAIL
+
+
+def floor_rows(rows: list[dict]) -> list[dict]:
+    """Table rows for the floors the runs recorded (``metrics.json["floors"]``), each distinct one once."""
+    out, seen = [], set()
+    for r in rows:
+        for task, floors in (r.get("floors") or {}).items():
+            for name, f in floors.items():
+                if not isinstance(f, dict):
+                    continue
+                key = (task, name, json.dumps(f, sort_keys=True))
+                if key in seen:
+                    continue
+                seen.add(key)
+                label = f"floor: {_FLOOR_NAMES.get(name, name)}"
+                if "prediction" in f:
+                    label += f' "{f["prediction"]}"'
+                out.append({**f, "method": label, "floor": name, "task": task})
+    return out
 
 
 def expand(paths: Sequence[Path]) -> list[Path]:
@@ -62,12 +105,13 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
                 run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
             metrics = train_run(cfg, run_dir, progress=progress)
         rows.append(dict(metrics, config=str(path), run_dir=str(run_dir)))
-    table = markdown_table(rows)
+    floors = floor_rows(rows)
+    table = markdown_table(rows + floors)
     print(table)
     meta = _meta(overrides)
     rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{meta['device']}, {meta['date']}\n")
-    rundir.write_json(out / "results.json", {"meta": meta, "rows": rows})
-    plot(rows, out / "results.png")
+    rundir.write_json(out / "results.json", {"meta": meta, "rows": rows, "floors": floors})
+    plot(rows + floors, out / "results.png")
     return rows
 
 
@@ -93,37 +137,47 @@ def _backfill(metrics: dict, run_dir: Path) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in COLUMNS) + "|"
+    cols = columns(rows)
+    head = "| " + " | ".join(title for _, title, _ in cols) + " |"
+    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in cols) + "|"
     lines = [head, rule]
     for r in rows:
-        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in COLUMNS]
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in cols]
+        if r.get("beats_floors") and not all(r["beats_floors"].values()):
+            cells[0] += BELOW_FLOOR
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.get("beats_floors") and not all(r["beats_floors"].values()) for r in rows):
+        metrics = sorted({f["metric"] for r in rows for f in (r.get("floors") or {}).values()})
+        lines.append(f"\n†: does not beat every floor on {', '.join(metrics)} (model-free baselines on the same rows)")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """BLEU, CodeXGLUE BLEU and ROUGE-L per method, with trainable parameters (log scale) beside."""
+    """Each task metric per method (floors included), with trainable parameters (log scale) beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["method"] for r in rows]
+    metrics = [(key, title) for key, title, _ in columns(rows)[len(HEAD):-len(TAIL)] if key != "distinct_predictions"]
+    names = [r["method"] if len(r["method"]) < 40 else r["method"][:37] + "..." for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     x = list(range(len(rows)))
-    w = 0.27
-    for i, (key, label) in enumerate([("bleu", "BLEU"), ("codexglue_bleu", "CodeXGLUE BLEU"), ("rouge_l", "ROUGE-L")]):
-        ax1.bar([j + (i - 1) * w for j in x], [r[key] for r in rows], w, label=label)
+    w = 0.8 / max(len(metrics), 1)
+    for i, (key, label) in enumerate(metrics):
+        offset = (i - (len(metrics) - 1) / 2) * w
+        ax1.bar([j + offset for j in x], [r.get(key) or 0 for r in rows], w, label=label)
     ax1.set_xticks(x, names, rotation=20, ha="right")
     ax1.set_ylabel("score")
-    ax1.legend()
-    counts = [r["trainable_params"] for r in rows]
-    ax2.bar(x, [max(c, 1) for c in counts], color="gray")
+    if metrics:
+        ax1.legend()
+    methods = [r for r in rows if "trainable_params" in r]
+    counts = [r["trainable_params"] for r in methods]
+    ax2.bar(range(len(methods)), [max(c, 1) for c in counts], color="gray")
     for j, c in enumerate(counts):
         ax2.annotate(f"{c:,}", (j, max(c, 1)), ha="center", va="bottom", fontsize=8)
     ax2.set_yscale("log")
-    ax2.set_xticks(x, names, rotation=20, ha="right")
+    ax2.set_xticks(range(len(methods)), [r["method"] for r in methods], rotation=20, ha="right")
     ax2.set_ylabel("trainable parameters")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

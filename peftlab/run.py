@@ -94,14 +94,16 @@ def build(cfg: RunConfig):
     return loaded, state
 
 
-def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
+def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=()) -> tuple[dict, list[dict]]:
     """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
 
     One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
-    ``task_metrics``."""
+    ``task_metrics``. With ``eval.select``, a generation task's decoding is chosen on its
+    ``valid_rows`` first (``peftlab.evaluate.select``)."""
     from peftlab.data.seq2seq import tail_tokens
     from peftlab.evaluate.generate import Decoding
-    from peftlab.evaluate.score import score_task
+    from peftlab.evaluate.select import score_selected
+    from peftlab.tasks.base import sample_rows
 
     multi = len(cfg.data.tasks) > 1
     per_task, out_rows = {}, []
@@ -109,8 +111,9 @@ def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
         examples = [e for i, e in rows if i == t]
         if not examples:
             continue
-        metrics, preds = score_task(
-            model, tokenizer, task, examples, max_source_length=cfg.data.max_source_length,
+        valid = sample_rows([e for i, e in valid_rows if i == t], cfg.eval.select_examples) if cfg.eval.select else []
+        metrics, preds = score_selected(
+            model, tokenizer, task, examples, valid, space=cfg.eval.select, max_source_length=cfg.data.max_source_length,
             decoding=Decoding.of(cfg.eval), batch_size=cfg.eval.batch_size,
             mixed_precision=cfg.train.mixed_precision, keep_tail=tail_tokens(tokenizer, task.prompt_tail),
             task_id=t if multi and wants_task_ids(cfg) else None,
@@ -216,8 +219,9 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     log.info("%s", state.summary(model))
     d = cfg.data
     # every split is read before training: a missing or empty test split must not cost a training run
-    train_enc = encode_rows(tok, d, load_examples(d, d.train_split, d.max_train_examples, causal), causal)
-    eval_enc = encode_rows(tok, d, load_examples(d, d.eval_split, d.max_eval_examples, causal), causal)
+    train_rows = load_examples(d, d.train_split, d.max_train_examples, causal)
+    eval_rows = load_examples(d, d.eval_split, d.max_eval_examples, causal)
+    train_enc, eval_enc = encode_rows(tok, d, train_rows, causal), encode_rows(tok, d, eval_rows, causal)
     test = load_examples(d, d.test_split, cfg.eval.max_examples, causal)
     pad, with_ids = tok.pad_token_id, wants_task_ids(cfg)
     result = train(
@@ -240,8 +244,9 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         copy_into(model, result.gathered)
         model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
-    scores, rows = score(model, tok, cfg, test)
+    scores, rows = score(model, tok, cfg, test, eval_rows)
     _write_predictions(run_dir, rows)
+    floors = _floors(cfg, train_rows, eval_rows, test, scores)
     total = state.total_params
     trainable = state.trainable_params(model)
     return {
@@ -257,6 +262,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
         "test_split": d.test_split,
         "test_examples": scores["eval_examples"],
+        **floors,
         **result_dict(result),
         "train_examples": len(train_enc),
         "truncated_sources": train_enc.truncated_sources,
@@ -264,6 +270,16 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "device": device_name(),
         "versions": versions(),
     }
+
+
+def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict) -> dict:
+    """``floors`` (model-free baselines per task, on the same rows) and ``beats_floors`` for metrics.json."""
+    if not cfg.eval.floors:
+        return {}
+    from peftlab.evaluate.floors import beats, task_floors
+
+    floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows)
+    return {"floors": floors, "beats_floors": {t: beats(scores["task_metrics"][t], f) for t, f in floors.items()}}
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
@@ -298,8 +314,10 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
     cfg, loaded = load_trained(run_dir)
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
-    examples = load_examples(cfg.data, split, n, causal=loaded.family.kind == "causal")
-    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
+    causal = loaded.family.kind == "causal"
+    examples = load_examples(cfg.data, split, n, causal=causal)
+    valid = load_examples(cfg.data, cfg.data.eval_split, cfg.data.max_eval_examples, causal) if cfg.eval.select else []
+    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples, valid)
     _write_predictions(run_dir, rows, f"predictions.{split}.eval.jsonl")
     return {"split": split, **scores}
 

@@ -211,6 +211,16 @@ def write_tree(out_dir: Path, files: dict[str, str]) -> None:
     _write_atomically(Path(out_dir), files)
 
 
+def build_task_dir(sources: Sequence[str | Path], extractor: Extractor, out_dir: str | Path, *,
+                   exclude_tests: bool = True, percent: dict[str, int] | None = None) -> dict:
+    """One task's ``{train,valid,test}.jsonl`` + ``manifest.json`` in ``out_dir`` (``peftlab data``)."""
+    ((records, manifest),) = build_source_tasks(sources, [extractor], percent=percent, exclude_tests=exclude_tests).values()
+    if not any(records.values()):
+        raise DataError(f"no {extractor.name} examples found in {', '.join(map(str, sources))}")
+    write_tree(Path(out_dir), payload(records, manifest))
+    return manifest
+
+
 def read_split(path: Path) -> list[dict]:
     """The records of one built split (a JSONL file); DataError naming the file if it is missing."""
     if not path.is_file():

@@ -205,3 +205,26 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Percent of predictions equal to their reference after collapsing whitespace runs."""
     predictions, references = _checked(predictions, references)
     return 100.0 * sum(p.split() == r.split() for p, r in zip(predictions, references)) / len(predictions)
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures on 0-100 (``rouge_score``, stemmed, as ``rouge_l``)."""
+    predictions, references = _checked(predictions, references)
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for prediction, reference in zip(predictions, references):
+        for key, score in scorer.score(reference, prediction).items():
+            totals[key] += score.fmeasure
+    n = len(predictions)
+    return {"rouge_1": 100.0 * totals["rouge1"] / n, "rouge_2": 100.0 * totals["rouge2"] / n,
+            "rouge_l": 100.0 * totals["rougeL"] / n}
+
+
+def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF on 0-100 (Popović 2015, sacrebleu's defaults: character 6-grams, beta 2)."""
+    predictions, references = _checked(predictions, references)
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(predictions, [references]).score)

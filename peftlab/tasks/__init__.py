@@ -19,6 +19,8 @@ _REGISTRY = {
     "doc_match": "peftlab.tasks.doc_match:DocMatchTask",
     "exception_type": "peftlab.tasks.exception_type:ExceptionTypeTask",
     "line_completion": "peftlab.tasks.line_completion:LineCompletionTask",
+    "glue": "peftlab.tasks.glue:GlueTask",
+    "seq2seq": "peftlab.tasks.seq2seq:Seq2SeqTask",
 }
 
 
