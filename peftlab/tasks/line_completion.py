@@ -3,8 +3,8 @@ completion of CodeXGLUE, Lu et al. 2021, on functions).
 
 Each function (docstring and comments removed, at least three lines) gives one example: a line
 holding a whole one-line statement (``pass`` and lines under four characters excepted) is drawn with
-a seed fixed by the file and the function; the input is every line before it plus the line's
-indentation, the target the line itself. A prompt keeps the ``def`` line and as many of the last
+a seed fixed by the function's code (a copy of it elsewhere is cut alike, and deduplicated); the
+input is every line before it plus the line's indentation, the target the line itself. A prompt keeps the ``def`` line and as many of the last
 lines before the cut as fit in ``max_context_chars`` (the end is what predicts the next line, and a
 prompt too long for the model would lose its middle, i.e. that end). An encoder-decoder sees the code
 followed by T5's first sentinel (the span to fill in, as in its pretraining); a decoder simply
@@ -81,7 +81,7 @@ class LineCompletionTask(SourceTask):
                                  and len(lines[n.lineno - 1].strip()) >= 4})
             if not candidates:
                 continue
-            at = rng_for(file.digest, f.qualname).choice(candidates)
+            at = rng_for(f.cleaned).choice(candidates)  # by the code: a copy elsewhere is cut alike (deduplicated)
             line = lines[at - 1]
             out.append({"func_name": f.qualname, "line": f.node.lineno, "context": "\n".join(lines[: at - 1]),
                         "indent": line[: len(line) - len(line.lstrip())], "target": line.strip()})
