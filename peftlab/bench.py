@@ -44,13 +44,21 @@ TAIL = [
     ("final_loss", "Final loss", "{:.3f}"),
 ]
 COLUMNS = HEAD + METRICS + TAIL
-BELOW_FLOOR = " †"  # marks a method that does not beat every floor of its task
+BELOW_FLOOR = " †"  # marks a method that does not beat every floor of its task ("Above floors: no †")
 _FLOOR_NAMES = {"constant": "best constant", "majority": "majority class", "retrieval": "BM25 retrieval"}
 
 
 def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
-    """The table's columns: the fixed ones, and the task metrics some row has."""
-    return HEAD + [c for c in METRICS if any(c[0] in r for r in rows)] + TAIL
+    """The table's columns: the fixed ones, the task metrics some row has, and whether a method
+    beats its task's floors when the runs recorded them."""
+    floors = [("above_floors", "Above floors", "{}")] if any("beats_floors" in r for r in rows) else []
+    return HEAD + [c for c in METRICS if any(c[0] in r for r in rows)] + floors + TAIL
+
+
+def _above(r: dict):
+    if "beats_floors" not in r:
+        return None
+    return "yes" if all(r["beats_floors"].values()) else "no" + BELOW_FLOOR
 
 
 def floor_rows(rows: list[dict]) -> list[dict]:
@@ -142,9 +150,8 @@ def markdown_table(rows: list[dict]) -> str:
     rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in cols) + "|"
     lines = [head, rule]
     for r in rows:
+        r = dict(r, above_floors=_above(r))
         cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in cols]
-        if r.get("beats_floors") and not all(r["beats_floors"].values()):
-            cells[0] += BELOW_FLOOR
         lines.append("| " + " | ".join(cells) + " |")
     if any(r.get("beats_floors") and not all(r["beats_floors"].values()) for r in rows):
         metrics = sorted({f["metric"] for r in rows for f in (r.get("floors") or {}).values()})
