@@ -29,7 +29,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 from peftlab.data.code2doc import (TEST_DIR_NAMES, _dedent, _decode, _python_files, _wanted, _write_atomically,
                                    clean_code, stdlib_sources, summary_from_docstring)
@@ -276,16 +276,18 @@ def package_root(name: str) -> Path:
     return path
 
 
-def cross_project_dir(name: str, extractors: Sequence[Extractor], exclude_keys: dict[str, set], parent: Path) -> Path:
+def cross_project_dir(name: str, extractors: Sequence[Extractor], exclude_keys: Callable[[], dict[str, set]],
+                      parent: Path) -> Path:
     """Every task of ``extractors`` built from package (or directory) ``name``, all of it the test
-    split, without any record whose key is in ``exclude_keys[task]`` (the train/valid splits it will
-    be read beside); cached under ``parent``, keyed on the package's file contents and the builders."""
+    split, without any record whose key is in ``exclude_keys()[task]`` (the train/valid splits it
+    will be read beside; called only when building); cached under ``parent``, keyed on the package's
+    file contents and the builders."""
     root = package_root(name)
     files = _python_files([root], exclude_tests=True)
     digest = hashlib.sha256("\n".join(f"{r} {file_digest(p.read_bytes())}" for r, p in files).encode()).hexdigest()
     out = Path(parent) / f"{root.name}-{digest[:10]}-{_version_tag(extractors)}"
     if not (out / "manifest.json").is_file():
-        built = build_source_tasks([root], extractors, percent=ALL_TEST, exclude_keys=exclude_keys)
+        built = build_source_tasks([root], extractors, percent=ALL_TEST, exclude_keys=exclude_keys())
         out_files = {"manifest.json": json.dumps({"source": str(root), **{n: m["counts"] for n, (_, m) in built.items()}},
                                                  indent=2) + "\n"}
         for task, (records, manifest) in built.items():

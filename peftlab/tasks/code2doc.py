@@ -73,9 +73,12 @@ class Code2DocTask(TaskConfig):
         from peftlab.data.pysource import cross_project_dir
 
         stdlib = self.data_dir()
-        exclude = {self.record_key(json.loads(line)) for s in ("train", "valid")
-                   for line in (stdlib / f"{s}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
-        return cross_project_dir(self.test_source, [type(self)], {self.name: exclude}, stdlib / "cross") / self.name / "test.jsonl"
+
+        def exclude():  # every key of the stdlib corpus's train and valid splits
+            return {self.name: {self.record_key(json.loads(line)) for s in ("train", "valid") for line in
+                                (stdlib / f"{s}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}}
+
+        return cross_project_dir(self.test_source, [type(self)], exclude, stdlib / "cross") / self.name / "test.jsonl"
 
     def data_dir(self) -> Path:
         from peftlab.data.code2doc import default_code2doc_dir

@@ -109,8 +109,11 @@ class SourceTask(TaskConfig):
 
             classes = source_task_classes()
             stdlib = self.data_dir().parent
-            exclude = {c.name: {c.record_key(r) for s in ("train", "valid") for r in read_records(stdlib / c.name / f"{s}.jsonl")}
-                       for c in classes}
+
+            def exclude():  # every key of the stdlib build's train and valid splits
+                return {c.name: {c.record_key(r) for s in ("train", "valid") for r in read_records(stdlib / c.name / f"{s}.jsonl")}
+                        for c in classes}
+
             return cross_project_dir(self.test_source, classes, exclude, stdlib / "cross") / self.name / "test.jsonl"
         return self.data_dir() / f"{split}.jsonl"
 
