@@ -166,7 +166,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [(key, title) for key, title, _ in columns(rows)[len(HEAD):-len(TAIL)] if key != "distinct_predictions"]
+    metrics = [(key, title) for key, title, _ in METRICS if key != "distinct_predictions" and any(key in r for r in rows)]
     names = [r["method"] if len(r["method"]) < 40 else r["method"][:37] + "..." for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     x = list(range(len(rows)))

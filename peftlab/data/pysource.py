@@ -256,8 +256,9 @@ def stdlib_tasks_dir(extractors: Sequence[Extractor], cache_dir: str | Path | No
 
 
 def package_root(name: str) -> Path:
-    """Where an installed package (or a directory) lives; DataError if neither, or if it is part of
-    the standard library (pretraining read that, so it cannot be a cross-project test)."""
+    """Where an installed package (or a directory: an existing path wins over a package of the same
+    name) lives; DataError if neither, or if it is part of the standard library (pretraining read
+    that, so it cannot be a cross-project test)."""
     path = Path(name).expanduser()
     if not path.exists():
         try:

@@ -60,7 +60,6 @@ class Code2DocTask(TaskConfig):
     def record_key(cls, record: dict) -> str:
         return " ".join(record["code_tokens"]) + "\x00" + " ".join(record["docstring_tokens"])
 
-
     def describe(self) -> str:
         return self.name if self.test_source == "stdlib" else f"{self.name}@{Path(self.test_source).name}"
 
