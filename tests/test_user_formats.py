@@ -40,8 +40,8 @@ def test_rte_from_glue_tsv_and_superglue_jsonl(tmp_path):
         train = task.examples("train")
         assert task.choices() == ["false", "true"] and task.describe() == "rte"
         assert [e.label for e in train] == [1, 0, 1, 0, 1, 0]  # entailment is the positive class (index 1)
-        assert train[0].source == "premise 0\nQuestion: hypothesis 0 True or False?" and train[0].target == "true"
-        assert task.prompt_tail == " True or False?"
+        assert train[0].source == "Hypothesis: hypothesis 0\nPremise: premise 0\nIs the hypothesis true?"
+        assert train[0].target == "true" and task.prompt_tail == "\nIs the hypothesis true?"
         # fewer than 10,000 training rows: dev is halved into validation and test, never the unlabelled test file
         valid, test = task.examples("valid"), task.examples("test")
         assert len(valid) == len(test) == 2
@@ -77,7 +77,7 @@ def test_mrpc_sst2_cola_boolq_official_layouts(tmp_path):
     boolq = GlueTask(benchmark="boolq", path=str(tmp_path / "boolq"))
     train = boolq.examples("train")
     assert [(e.target, e.label) for e in train] == [("yes", 1), ("no", 0)]
-    assert train[0].source == "Water is wet.\nQuestion: is water wet?"
+    assert train[0].source == "Question: is water wet?\nPassage: Water is wet.\nAnswer:"
     assert boolq.metrics(["yes", "yes"], train) == {"accuracy": 50.0, "macro_f1": pytest.approx(100 / 3),
                                                    "f1": pytest.approx(200 / 3)}
 

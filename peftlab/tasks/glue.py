@@ -38,12 +38,14 @@ class Layout:
     header: Optional[tuple[str, ...]] = None  # column names of a file without a header row
 
 
-_NLI = "{premise}\nQuestion: {hypothesis} True or False?"
+# the shorter text first: a prompt too long for the model loses its middle, so a long premise or
+# passage is what gets cut, never the hypothesis or the question
+_NLI = "Hypothesis: {hypothesis}\nPremise: {premise}\nIs the hypothesis true?"
 _ENTAIL = dict(labels=("not_entailment", "entailment"), label_words=("false", "true"))
 PRESETS: dict[str, tuple[Layout, ...]] = {
     "rte": (Layout("train.jsonl", "val.jsonl", ("premise", "hypothesis"), "label", template=_NLI, **_ENTAIL),
             Layout("train.tsv", "dev.tsv", ("sentence1", "sentence2"), "label",
-                   template="{sentence1}\nQuestion: {sentence2} True or False?", **_ENTAIL)),
+                   template="Hypothesis: {sentence2}\nPremise: {sentence1}\nIs the hypothesis true?", **_ENTAIL)),
     "mrpc": (Layout("train.tsv", "dev.tsv", ("#1 String", "#2 String"), "Quality", ("0", "1"), ("no", "yes"),
                     "Sentence 1: {#1 String}\nSentence 2: {#2 String}\nDo they mean the same?"),),
     "sst2": (Layout("train.tsv", "dev.tsv", ("sentence",), "label", ("0", "1"), ("negative", "positive"),
@@ -56,11 +58,11 @@ PRESETS: dict[str, tuple[Layout, ...]] = {
                    "Question 1: {question1}\nQuestion 2: {question2}\nSame question?"),),
     "mnli": (Layout("train.tsv", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label",
                     ("entailment", "neutral", "contradiction"), ("yes", "maybe", "no"),
-                    "{sentence1}\nQuestion: {sentence2} Yes, no, or maybe?"),),
+                    "Hypothesis: {sentence2}\nPremise: {sentence1}\nIs the hypothesis true? Yes, no, or maybe?"),),
     "boolq": (Layout("train.jsonl", "val.jsonl", ("passage", "question"), "label", ("False", "True"), ("no", "yes"),
-                     "{passage}\nQuestion: {question}?"),),
+                     "Question: {question}?\nPassage: {passage}\nAnswer:"),),
     "cb": (Layout("train.jsonl", "val.jsonl", ("premise", "hypothesis"), "label",
-                  ("entailment", "contradiction", "neutral"), ("yes", "no", "maybe"), _NLI.replace("True or False", "Yes, no, or maybe")),),
+                  ("entailment", "contradiction", "neutral"), ("yes", "no", "maybe"), _NLI + " Yes, no, or maybe?"),),
 }
 SMALL = 10_000  # training rows under which dev is halved into validation and test
 VALID_FROM_TRAIN = 1_000
