@@ -8,8 +8,8 @@ removed (a docstring often says "Raises ValueError"), with each such statement, 
 shows *where* something is raised, and the condition guarding it, but not what). The function must
 keep at least three lines. The label set is ``classes``, or else the ``num_classes`` classes with the
 most training examples; functions raising anything else are left out of every split.
-Scores: accuracy and macro-F1 (the classes are far from balanced; the majority-class floor shows
-how far).
+Scores: macro-F1 (what ranks methods: the classes are far from balanced, and the majority class
+alone is about 60% accurate) and accuracy.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def mask_raises(code: str, mask: str) -> tuple[str, Optional[str]]:
 @dataclass(frozen=True)
 class ExceptionTypeTask(SourceClassification):
     name = "exception_type"
+    primary_metric = "macro_f1"  # the classes are imbalanced: always "ValueError" is ~60% accurate, 9% macro-F1
     metric_names = ("accuracy", "macro_f1")
     builder_version = 1
 
