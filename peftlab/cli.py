@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("sources", nargs="+", type=Path)
     cd.add_argument("--out", type=Path, required=True)
     cd.add_argument("--include-tests", action="store_true", help="also mine test directories")
+    from peftlab.tasks.source import source_task_classes
+
+    for task in source_task_classes():
+        sp = dsub.add_parser(task.name, help=f"build the {task.name} task's splits from Python sources")
+        sp.add_argument("sources", nargs="+", type=Path)
+        sp.add_argument("--out", type=Path, required=True)
+        sp.add_argument("--include-tests", action="store_true", help="also mine test directories")
     return p
 
 
@@ -133,11 +140,19 @@ def _train(args) -> int:
 def _print_metrics(m: dict, out: Path) -> None:
     if not m:  # a non-main data-parallel process: the main one reports
         return
+    from peftlab.bench import METRICS
+
+    scores = "  ".join(f"{title} {m[key]:.2f}" for key, title, _ in METRICS if isinstance(m.get(key), float)
+                       and key != "distinct_predictions")
     print(
         f"{m['method']}: trainable {m['trainable_params']:,} / {m['total_params']:,} ({m['trainable_pct']:.2f}%)  "
-        f"BLEU {m['bleu']:.2f}  CodeXGLUE-BLEU {m['codexglue_bleu']:.2f}  ROUGE-L {m['rouge_l']:.2f}  "
-        f"steps {m['steps']}  {m['train_seconds']:.1f}s  -> {out}"
+        f"{scores}  steps {m['steps']}  {m['train_seconds']:.1f}s  -> {out}"
     )
+    for task, floors in (m.get("floors") or {}).items():
+        key = floors["metric"]
+        shown = ", ".join(f"{name} {f[key]:.2f}" for name, f in floors.items() if isinstance(f, dict))
+        verdict = "beats them" if m["beats_floors"][task] else "does NOT beat them"
+        print(f"  floors of {task} on {key}: {shown}; the method scores {m['task_metrics'][task][key]:.2f}: {verdict}")
 
 
 def _eval(args) -> int:
@@ -230,6 +245,13 @@ def _env(args) -> int:
 def _data(args) -> int:
     from peftlab.data.code2doc import build_code2doc
 
+    if args.data_command != "code2doc":
+        from peftlab.data.pysource import build_task_dir
+        from peftlab.tasks import get_task
+
+        manifest = build_task_dir(args.sources, get_task(args.data_command), args.out, exclude_tests=not args.include_tests)
+        print(json.dumps({"out": str(args.out), **manifest["counts"]}))
+        return 0
     manifest = build_code2doc(args.sources, args.out, exclude_tests=not args.include_tests)
     print(json.dumps({"out": str(args.out), **manifest["counts"]}))
     return 0

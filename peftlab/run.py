@@ -98,14 +98,16 @@ def build(cfg: RunConfig):
     return loaded, state
 
 
-def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
+def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=()) -> tuple[dict, list[dict]]:
     """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
 
     One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
-    ``task_metrics``."""
+    ``task_metrics``. With ``eval.select``, a generation task's decoding is chosen on its
+    ``valid_rows`` first (``peftlab.evaluate.select``)."""
     from peftlab.data.seq2seq import tail_tokens
     from peftlab.evaluate.generate import Decoding
-    from peftlab.evaluate.score import score_task
+    from peftlab.evaluate.select import score_selected
+    from peftlab.tasks.base import sample_rows
 
     multi = len(cfg.data.tasks) > 1
     per_task, out_rows = {}, []
@@ -113,8 +115,9 @@ def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
         examples = [e for i, e in rows if i == t]
         if not examples:
             continue
-        metrics, preds = score_task(
-            model, tokenizer, task, examples, max_source_length=cfg.data.max_source_length,
+        valid = sample_rows([e for i, e in valid_rows if i == t], cfg.eval.select_examples) if cfg.eval.select else []
+        metrics, preds = score_selected(
+            model, tokenizer, task, examples, valid, space=cfg.eval.select, max_source_length=cfg.data.max_source_length,
             decoding=Decoding.of(cfg.eval), batch_size=cfg.eval.batch_size,
             mixed_precision=cfg.train.mixed_precision, keep_tail=tail_tokens(tokenizer, task.prompt_tail),
             task_id=t if multi and wants_task_ids(cfg) else None,
@@ -274,26 +277,42 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "versions": versions(),
     }
     rundir.write_json(run_dir / rundir.TRAINED, trained)  # from here a failure in scoring loses nothing
-    return _scored(cfg, run_dir, model, tok, test, trained)
+    return _scored(cfg, run_dir, model, tok, (train_rows, eval_rows, test), trained)
 
 
-def _scored(cfg: RunConfig, run_dir: Path, model, tok, test, trained: dict) -> dict:
-    """Score the test split and write predictions; the metrics are ``trained`` plus the scores."""
-    scores, rows = score(model, tok, cfg, test)
+def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:
+    """Score the test split (decoding chosen on validation when ``eval.select`` asks) and write
+    predictions; the metrics are ``trained``, the scores and the task floors."""
+    train_rows, eval_rows, test = splits
+    scores, rows = score(model, tok, cfg, test, eval_rows)
     _write_predictions(run_dir, rows)
     return {
         **trained,
         **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
         "test_split": cfg.data.test_split,
         "test_examples": scores["eval_examples"],
+        **_floors(cfg, train_rows, eval_rows, test, scores),
     }
 
 
 def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
     """Resume a run whose training was over (its adapter saved) but whose scoring was not."""
     _, loaded = load_trained(run_dir)
-    test = load_examples(cfg.data, cfg.data.test_split, cfg.eval.max_examples, loaded.family.kind == "causal")
-    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, test, rundir.read_trained(run_dir))
+    d, causal = cfg.data, loaded.family.kind == "causal"
+    splits = (load_examples(d, d.train_split, d.max_train_examples, causal),
+              load_examples(d, d.eval_split, d.max_eval_examples, causal),
+              load_examples(d, d.test_split, cfg.eval.max_examples, causal))
+    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, splits, rundir.read_trained(run_dir))
+
+
+def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict) -> dict:
+    """``floors`` (model-free baselines per task, on the same rows) and ``beats_floors`` for metrics.json."""
+    if not cfg.eval.floors:
+        return {}
+    from peftlab.evaluate.floors import beats, task_floors
+
+    floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows)
+    return {"floors": floors, "beats_floors": {t: beats(scores["task_metrics"][t], f) for t, f in floors.items()}}
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
@@ -329,11 +348,13 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
     cfg, loaded = load_trained(run_dir)
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
-    examples = load_examples(cfg.data, split, n, causal=loaded.family.kind == "causal")
+    causal = loaded.family.kind == "causal"
+    examples = load_examples(cfg.data, split, n, causal=causal)
+    valid = load_examples(cfg.data, cfg.data.eval_split, cfg.data.max_eval_examples, causal) if cfg.eval.select else []
     change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
     if change:
         log.warning("%s", change["message"])
-    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
+    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples, valid)
     tag = f".{change['tag']}" if change else ""  # never overwrite the predictions of the data it saw
     _write_predictions(run_dir, rows, f"predictions.{split}.eval{tag}.jsonl")
     return {"split": split, **scores, **({"data_changed": change["message"]} if change else {})}

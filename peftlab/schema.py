@@ -101,6 +101,10 @@ class TrainSpec:
             positive(self, "lr")
 
 
+_SELECTABLE = {"num_beams": int, "no_repeat_ngram_size": int, "length_penalty": float, "repetition_penalty": float,
+               "max_new_tokens": int}
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     num_beams: int = 1
@@ -114,6 +118,26 @@ class EvalSpec:
     seed: int = 0  # sampling seed
     batch_size: int = 16
     max_examples: Optional[int] = 200  # test examples scored; None = the whole split
+    # decoding settings chosen on the validation split (never the test), per generation task:
+    # a grid such as {num_beams: [1, 4], no_repeat_ngram_size: [0, 3]}; the choice is in metrics.json
+    select: dict[str, list[Any]] = field(default_factory=dict)
+    select_examples: Optional[int] = 64  # validation rows the selection decodes (a fixed-seed sample); None = all
+    floors: bool = True  # score model-free floors beside the method (best constant / majority, BM25 retrieval)
+
+    def __post_init__(self):
+        from peftlab.config import FieldError
+
+        for key, values in self.select.items():
+            kind = _SELECTABLE.get(key)
+            if kind is None:
+                raise FieldError("select", f"cannot select {key!r}; selectable: {', '.join(sorted(_SELECTABLE))}")
+            if not isinstance(values, list) or not values:
+                raise FieldError("select", f"{key}: give a non-empty list of values, got {values!r}")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+                    raise FieldError("select", f"{key}: {v!r} is not {'an integer' if kind is int else 'a number'}")
+                if v < (1 if key in ("num_beams", "max_new_tokens") else 0):
+                    raise FieldError("select", f"{key}: {v!r} is out of range")
 
     def __post_init__(self):
         from peftlab.config import at_least, positive
