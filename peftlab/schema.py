@@ -138,11 +138,9 @@ class EvalSpec:
                     raise FieldError("select", f"{key}: {v!r} is not {'an integer' if kind is int else 'a number'}")
                 if v < (1 if key in ("num_beams", "max_new_tokens") else 0):
                     raise FieldError("select", f"{key}: {v!r} is out of range")
-
-    def __post_init__(self):
         from peftlab.config import at_least, positive
 
-        at_least(self, 1, "num_beams", "max_new_tokens", "batch_size", "max_examples")
+        at_least(self, 1, "num_beams", "max_new_tokens", "batch_size", "max_examples", "select_examples")
         at_least(self, 0, "no_repeat_ngram_size", "seed")
         positive(self, "repetition_penalty", "length_penalty", "temperature", "top_p")
         if self.top_p > 1:

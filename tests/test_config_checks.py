@@ -50,6 +50,7 @@ BAD = [
     (EvalSpec, "max_examples", 0, "must be >= 1"),
     (EvalSpec, "max_examples", -2, "must be >= 1"),
     (EvalSpec, "length_penalty", 0, "must be > 0"),
+    (EvalSpec, "select_examples", 0, "must be >= 1"),
     (EvalSpec, "seed", -1, "must be >= 0"),
     (EvalSpec, "temperature", 0, "must be > 0"),
     (EvalSpec, "top_p", 0, "must be > 0"),

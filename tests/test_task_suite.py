@@ -398,7 +398,7 @@ def test_code2doc_cross_project_test_split(tmp_path, monkeypatch):
     test = task.examples("test")
     assert {e.meta["path"] for e in test} == {"y.py"}  # geometry's functions are in train already
     assert {e.meta["func_name"] for e in test} == {"Store.read_item", "Store.write_item", "parse_size"}
-    assert task.describe() == "code2doc@other" and task.fingerprint_paths()[-1].endswith("code2doc/test.jsonl")
+    assert task.describe() == "code2doc@other" and task.split_files("test")[-1].endswith("code2doc/test.jsonl")
     with pytest.raises(ConfigError, match="test_source"):
         _task_config({"name": "code2doc", "path": "/x", "test_source": "rich"})
 
