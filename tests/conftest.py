@@ -49,9 +49,10 @@ def build_gpt2(seed: int = 0, **overrides):
 
     from peftlab.models.gpt2 import GPT2
 
-    cfg = {**GPT2.tiny_config, **overrides}
+    cfg = {"vocab_size": VOCAB, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 1, **GPT2.tiny_config,
+           **overrides}
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=1, eos_token_id=1, **cfg)
+    config = GPT2Config(**cfg)
     return GPT2LMHeadModel(config).eval()
 
 
@@ -61,7 +62,7 @@ DECODER_TYPES = ("mistral", "qwen2", "qwen3", "gemma")
 
 
 def build_decoder(model_type: str, seed: int = 0, **overrides):
-    """Tiny causal LM of a LLaMA-layout ``model_type`` (``DECODER_TYPES``), or ``"gpt2"``."""
+    """Tiny causal LM of a LLaMA-layout ``model_type`` (``llama`` or ``DECODER_TYPES``), or ``"gpt2"``."""
     if model_type == "gpt2":
         return build_gpt2(seed, **overrides)
     from transformers import AutoConfig, AutoModelForCausalLM
