@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--split", default=None)
     e.add_argument("--max-examples", type=int, default=None)
+    e.add_argument("--perplexity", metavar="PATH", default=None,
+                   help="causal runs: perplexity on a file, a directory of .py/.txt, or stdlib (held-out files) "
+                        "instead of re-scoring a split")
+    e.add_argument("--window", type=int, default=None, help="perplexity: tokens per window")
+    e.add_argument("--stride", type=int, default=None, help="perplexity: tokens between window starts")
 
     g = sub.add_parser("generate", help="document a function (--code) or continue a prompt (--prompt) with a finished run")
     g.add_argument("run_dir", type=Path)
@@ -135,6 +140,11 @@ def _print_metrics(m: dict, out: Path) -> None:
 def _eval(args) -> int:
     from peftlab.run import evaluate_run
 
+    if args.perplexity or args.window is not None or args.stride is not None:
+        from peftlab.run import perplexity_run
+
+        print(json.dumps(perplexity_run(args.run_dir, args.perplexity, args.window, args.stride), indent=2))
+        return 0
     print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples), indent=2))
     return 0
 

@@ -146,7 +146,11 @@ def resolve_paths(cfg: RunConfig, base_dir: Optional[Path] = None) -> RunConfig:
     base = base_dir or Path.cwd()
     tasks = tuple(t.resolved(base) for t in cfg.data.tasks)
     task = tasks if isinstance(cfg.data.task, tuple) else tasks[0]
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=task))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, task=task))
+    ppl = cfg.eval.perplexity
+    if ppl and ppl != "stdlib" and not Path(ppl).is_absolute():
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=str((base / ppl).resolve())))
+    return cfg
 
 
 def _is_main() -> bool:
@@ -213,6 +217,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"
     check_lengths(cfg, model)
+    ppl_texts = perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
     log.info("%s", state.summary(model))
     d = cfg.data
     # every split is read before training: a missing or empty test split must not cost a training run
@@ -241,6 +246,8 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         model.to(process_state().device)
     save_adapter(model, run_dir / rundir.ADAPTER, base_model_record(cfg))
     scores, rows = score(model, tok, cfg, test)
+    if ppl_texts:
+        scores.update(_perplexity(model, tok, cfg, ppl_texts))
     _write_predictions(run_dir, rows)
     total = state.total_params
     trainable = state.trainable_params(model)
@@ -264,6 +271,54 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "device": device_name(),
         "versions": versions(),
     }
+
+
+def perplexity_texts(cfg: RunConfig, causal: bool) -> Optional[list[str]]:
+    """The texts of ``eval.perplexity`` (None when unset); a seq2seq model is refused by name."""
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.perplexity import read_texts
+
+    if not cfg.eval.perplexity:
+        return None
+    if not causal:
+        raise ConfigError(f"eval.perplexity: perplexity needs a causal LM; {cfg.model.name} is an encoder-decoder")
+    return [text for _, text in read_texts(cfg.eval.perplexity)]
+
+
+def _perplexity(model, tok, cfg: RunConfig, texts: list[str], window: Optional[int] = None,
+                stride: Optional[int] = None) -> dict:
+    """``{"ppl", "ppl_tokens", ...}`` of ``model`` on ``texts`` with the run's window settings."""
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.perplexity import default_window, perplexity
+
+    if window is None:
+        window = cfg.eval.perplexity_window or default_window(model, cfg.data.max_source_length
+                                                              + cfg.data.max_target_length)
+    if stride is None:
+        stride = cfg.eval.perplexity_stride or max(window // 2, 1)
+    if window < 2 or not 1 <= stride <= window:
+        raise ConfigError(f"eval.perplexity: window must be >= 2 and stride in [1, window]; got window {window}, "
+                          f"stride {stride}")
+    out = perplexity(model, tok, texts, window=window, stride=stride, batch_size=cfg.eval.batch_size,
+                     mixed_precision=cfg.train.mixed_precision)
+    return {"ppl": out["ppl"], "ppl_tokens": out["tokens"], "ppl_window": out["window"], "ppl_stride": out["stride"]}
+
+
+def perplexity_run(run_dir: Path, path: Optional[str] = None, window: Optional[int] = None,
+                   stride: Optional[int] = None) -> dict:
+    """Perplexity of a finished causal run (its adapter on a fresh base) on ``path`` (default: the
+    run's ``eval.perplexity``): ``peftlab eval RUN --perplexity PATH``."""
+    import dataclasses
+
+    from peftlab.errors import ConfigError
+
+    cfg, loaded = load_trained(Path(run_dir))
+    path = path or cfg.eval.perplexity
+    if not path:
+        raise ConfigError("eval --perplexity: give a PATH (file, directory or stdlib); this run sets no eval.perplexity")
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=path))
+    texts = perplexity_texts(cfg, loaded.family.kind == "causal")
+    return {"perplexity_path": path, **_perplexity(loaded.model, loaded.tokenizer, cfg, texts, window, stride)}
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:

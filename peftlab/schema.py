@@ -106,6 +106,20 @@ class EvalSpec:
     seed: int = 0  # sampling seed
     batch_size: int = 16
     max_examples: Optional[int] = 200  # test examples scored; None = the whole split
+    # causal LMs: also the perplexity on a text/source file, a directory of .py/.txt, or "stdlib"
+    # (its held-out test-split files) -> metrics.json "ppl" (peftlab.evaluate.perplexity)
+    perplexity: Optional[str] = None
+    perplexity_window: Optional[int] = None  # tokens per window; None = max_source_length + max_target_length
+    perplexity_stride: Optional[int] = None  # tokens between window starts; None = window // 2
+
+    def __post_init__(self):
+        from peftlab.config import FieldError
+
+        if self.perplexity_window is not None and self.perplexity_window < 2:
+            raise FieldError("perplexity_window", f"perplexity_window must be >= 2, got {self.perplexity_window}")
+        if self.perplexity_stride is not None and not 1 <= self.perplexity_stride <= (self.perplexity_window or 2**31):
+            raise FieldError("perplexity_stride", f"perplexity_stride must be in [1, perplexity_window], "
+                                                  f"got {self.perplexity_stride}")
 
 
 @dataclass(frozen=True)
