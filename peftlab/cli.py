@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("sources", nargs="+", type=Path)
     cd.add_argument("--out", type=Path, required=True)
     cd.add_argument("--include-tests", action="store_true", help="also mine test directories")
+    ins = dsub.add_parser("instruct", help="build a dolly-format instruction set (document / implement / name "
+                                            "functions) from Python sources")
+    ins.add_argument("sources", nargs="+", type=Path)
+    ins.add_argument("--out", type=Path, required=True)
+    ins.add_argument("--include-tests", action="store_true", help="also mine test directories")
     return p
 
 
@@ -211,6 +216,12 @@ def _pretrain(args) -> int:
 def _data(args) -> int:
     from peftlab.data.code2doc import build_code2doc
 
+    if args.data_command == "instruct":
+        from peftlab.data.instruct import build_instruct
+
+        manifest = build_instruct(args.sources, args.out, exclude_tests=not args.include_tests)
+        print(json.dumps({"out": str(args.out), **manifest["counts"]}))
+        return 0
     manifest = build_code2doc(args.sources, args.out, exclude_tests=not args.include_tests)
     print(json.dumps({"out": str(args.out), **manifest["counts"]}))
     return 0

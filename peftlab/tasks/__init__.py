@@ -15,6 +15,7 @@ from peftlab.tasks.base import Example, TaskConfig
 _REGISTRY = {
     "code2doc": "peftlab.tasks.code2doc:Code2DocTask",
     "classify": "peftlab.tasks.classify:ClassifyTask",
+    "instruction": "peftlab.tasks.instruction:InstructionTask",
 }
 
 
