@@ -26,7 +26,11 @@ COLUMNS = [
     ("train_seconds", "Train s", "{:.1f}"),
     ("tokens_per_second", "Tokens/s", "{:,.0f}"),
     ("final_loss", "Final loss", "{:.3f}"),
+    ("eval_loss", "Val loss", "{:.3f}"),
+    ("ppl", "Perplexity", "{:.2f}"),  # causal runs with eval.perplexity
+    ("peak_memory_mib", "Peak memory MiB", "{:,.0f}"),
 ]
+OPTIONAL = {"eval_loss", "ppl", "peak_memory_mib"}  # shown only when some row has them
 
 
 def expand(paths: Sequence[Path]) -> list[Path]:
@@ -61,7 +65,8 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
             if run_dir.exists():  # an interrupted or failed attempt: keep it aside, never delete it
                 run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
             metrics = train_run(cfg, run_dir, progress=progress)
-        rows.append(dict(metrics, config=str(path), run_dir=str(run_dir)))
+        rows.append(dict(metrics, config=str(path), run_dir=str(run_dir),
+                         peak_memory_mib=metrics.get("peak_memory_bytes", 0) / 2**20 or None))
     table = markdown_table(rows)
     print(table)
     meta = _meta(overrides)
@@ -93,11 +98,12 @@ def _backfill(metrics: dict, run_dir: Path) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in COLUMNS) + "|"
+    cols = [c for c in COLUMNS if c[0] not in OPTIONAL or any(r.get(c[0]) is not None for r in rows)]
+    head = "| " + " | ".join(title for _, title, _ in cols) + " |"
+    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in cols) + "|"
     lines = [head, rule]
     for r in rows:
-        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in COLUMNS]
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
