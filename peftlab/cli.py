@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--code", type=Path, help="a file with one Python function (code->doc runs)")
     src.add_argument("--prompt", help="input text, given to the model as is")
+    src.add_argument("--instruction", help="an instruction, put into an instruction run's prompt template")
+    g.add_argument("--input", default="", help="with --instruction: its input / context")
     g.add_argument("--func-name", default=None)
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--num-beams", type=int, default=None, help="beam search width (1 = greedy)")
@@ -170,7 +172,8 @@ def _generate(args) -> int:
     if args.sample:
         decoding["do_sample"] = True
     _check_decoding(decoding)
-    print(generate_one(args.run_dir, code, args.func_name, prompt=args.prompt, decoding=decoding))
+    print(generate_one(args.run_dir, code, args.func_name, prompt=args.prompt, decoding=decoding,
+                       instruction=args.instruction, input=args.input))
     return 0
 
 

@@ -360,9 +360,11 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
 
 
 def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[str] = None, *,
-                 prompt: Optional[str] = None, decoding: Optional[dict] = None) -> str:
-    """One output of a trained run: document ``code`` (a code→doc run) or continue ``prompt``
-    (text given as is). ``decoding`` overrides the run's eval settings (beams, sampling...)."""
+                 prompt: Optional[str] = None, decoding: Optional[dict] = None,
+                 instruction: Optional[str] = None, input: str = "") -> str:
+    """One output of a trained run: document ``code`` (a code→doc run), continue ``prompt``
+    (text given as is) or answer ``instruction`` (+ ``input``) in an instruction run's template.
+    ``decoding`` overrides the run's eval settings (beams, sampling...)."""
     import dataclasses
 
     from peftlab.data.seq2seq import prompt_ids, tail_tokens
@@ -371,9 +373,14 @@ def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[
 
     cfg, loaded = load_trained(Path(run_dir))
     task = cfg.data.tasks[0]
-    if (code is None) == (prompt is None):
-        raise ConfigError("generate: give exactly one of --code FILE or --prompt TEXT")
-    if code is not None:
+    if sum(x is not None for x in (code, prompt, instruction)) != 1:
+        raise ConfigError("generate: give exactly one of --code FILE, --prompt TEXT or --instruction TEXT")
+    if instruction is not None:
+        if not hasattr(task, "render"):
+            raise ConfigError(f"generate --instruction: this run's task is {task.describe()}, not an instruction "
+                              f"task; use --prompt")
+        text, tail = task.render(instruction, input), task.prompt_tail
+    elif code is not None:
         if not hasattr(task, "example_from_code"):
             raise ConfigError(f"generate --code: this run's task is {task.describe()}, not code2doc; use --prompt")
         text, tail = task.example_from_code(code, func_name or _guess_name(code)).source, task.prompt_tail

@@ -212,3 +212,13 @@ def test_a_few_steps_on_tiny_llama(tmp_path):
     assert {"rouge_l", "bleu", "codexglue_bleu", "exact_match"} <= set(m)
     preds = [json.loads(x) for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and all(p["category"] == "math" for p in preds)
+
+    from peftlab.cli import main
+    from peftlab.run import generate_one
+
+    # --instruction renders the run's template: the same text as a --prompt written out in full
+    args = dict(decoding={"max_new_tokens": 4})
+    assert generate_one(tmp_path / "run", instruction="What is 3 plus 3?", **args) == \
+        generate_one(tmp_path / "run", prompt=cfg.data.task.render("What is 3 plus 3?"), **args)
+    assert main(["generate", str(tmp_path / "run"), "--instruction", "Add.", "--input", "2 and 2",
+                 "--max-new-tokens", "3"]) == 0
