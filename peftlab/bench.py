@@ -44,6 +44,9 @@ TAIL = [
     ("train_seconds", "Train s", "{:.1f}"),
     ("tokens_per_second", "Tokens/s", "{:,.0f}"),
     ("final_loss", "Final loss", "{:.3f}"),
+    ("eval_loss", "Val loss", "{:.3f}"),
+    ("ppl", "Perplexity", "{:.2f}"),  # causal runs with eval.perplexity
+    ("peak_memory_mib", "Peak memory MiB", "{:,.0f}"),
 ]
 COLUMNS = HEAD + METRICS + TAIL
 BELOW_FLOOR = " †"  # marks a method that does not beat every floor of its task ("Above floors: no †")
@@ -54,7 +57,8 @@ def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     """The table's columns: the fixed ones, the task metrics some row has, and whether a method
     beats its task's floors when the runs recorded them."""
     floors = [("above_floors", "Above floors", "{}")] if any("beats_floors" in r for r in rows) else []
-    return HEAD + [c for c in METRICS if any(c[0] in r for r in rows)] + floors + TAIL
+    tail = [c for c in TAIL if c[0] not in OPTIONAL or any(r.get(c[0]) is not None for r in rows)]
+    return HEAD + [c for c in METRICS if any(c[0] in r for r in rows)] + floors + tail
 
 
 def _above(r: dict):
@@ -80,6 +84,7 @@ def floor_rows(rows: list[dict]) -> list[dict]:
                     label += f' "{f["prediction"]}"'
                 out.append({**f, "method": label, "floor": name, "task": task})
     return out
+OPTIONAL = {"eval_loss", "ppl", "peak_memory_mib"}  # shown only when some row has them
 
 
 def expand(paths: Sequence[Path]) -> list[Path]:
@@ -105,8 +110,7 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
     loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
     rundir.make_dir(out, "--out")
     with rundir.owned(out), rundir.stop_on_signals():  # one comparison per --out; SIGTERM lets go of it
-        rows = [dict(_run(cfg, out / path.stem, progress), config=str(path), run_dir=str(out / path.stem))
-                for path, cfg in loaded]
+        rows = [_row(_run(cfg, out / path.stem, progress), path, out / path.stem) for path, cfg in loaded]
         floors = floor_rows(rows)
         table = markdown_table(rows + floors)
         print(table)
@@ -120,6 +124,11 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
 
 
 _PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
+
+
+def _row(metrics: dict, path: Path, run_dir: Path) -> dict:
+    peak = metrics.get("peak_memory_bytes")
+    return dict(metrics, config=str(path), run_dir=str(run_dir), peak_memory_mib=peak / 2**20 if peak else None)
 
 
 def _run(cfg, run_dir: Path, progress: bool) -> dict:

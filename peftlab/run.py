@@ -230,6 +230,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"
     check_lengths(cfg, model)
+    ppl_texts = perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
     log.info("%s", state.summary(model))
     if causal:
         train_rows, eval_rows, test = (for_decoder(d, r) for r in (train_rows, eval_rows, test))
@@ -282,9 +283,13 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
 
 def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:
     """Score the test split (decoding chosen on validation when ``eval.select`` asks) and write
-    predictions; the metrics are ``trained``, the scores and the task floors."""
+    predictions; the metrics are ``trained``, the scores, the perplexity (``eval.perplexity``) and
+    the task floors."""
     train_rows, eval_rows, test = splits
     scores, rows = score(model, tok, cfg, test, eval_rows)
+    ppl_texts = perplexity_texts(cfg, not model.config.is_encoder_decoder)
+    if ppl_texts:
+        scores.update(_perplexity(model, tok, cfg, ppl_texts))
     _write_predictions(run_dir, rows)
     return {
         **trained,
@@ -313,6 +318,54 @@ def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict) -> 
 
     floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows)
     return {"floors": floors, "beats_floors": {t: beats(scores["task_metrics"][t], f) for t, f in floors.items()}}
+
+
+def perplexity_texts(cfg: RunConfig, causal: bool) -> Optional[list[str]]:
+    """The texts of ``eval.perplexity`` (None when unset); a seq2seq model is refused by name."""
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.perplexity import read_texts
+
+    if not cfg.eval.perplexity:
+        return None
+    if not causal:
+        raise ConfigError(f"eval.perplexity: perplexity needs a causal LM; {cfg.model.name} is an encoder-decoder")
+    return [text for _, text in read_texts(cfg.eval.perplexity)]
+
+
+def _perplexity(model, tok, cfg: RunConfig, texts: list[str], window: Optional[int] = None,
+                stride: Optional[int] = None) -> dict:
+    """``{"ppl", "ppl_tokens", ...}`` of ``model`` on ``texts`` with the run's window settings."""
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.perplexity import default_window, perplexity
+
+    if window is None:
+        window = cfg.eval.perplexity_window or default_window(model, cfg.data.max_source_length
+                                                              + cfg.data.max_target_length)
+    if stride is None:
+        stride = cfg.eval.perplexity_stride or max(window // 2, 1)
+    if window < 2 or not 1 <= stride <= window:
+        raise ConfigError(f"eval.perplexity: window must be >= 2 and stride in [1, window]; got window {window}, "
+                          f"stride {stride}")
+    out = perplexity(model, tok, texts, window=window, stride=stride, batch_size=cfg.eval.batch_size,
+                     mixed_precision=cfg.train.mixed_precision)
+    return {"ppl": out["ppl"], "ppl_tokens": out["tokens"], "ppl_window": out["window"], "ppl_stride": out["stride"]}
+
+
+def perplexity_run(run_dir: Path, path: Optional[str] = None, window: Optional[int] = None,
+                   stride: Optional[int] = None) -> dict:
+    """Perplexity of a finished causal run (its adapter on a fresh base) on ``path`` (default: the
+    run's ``eval.perplexity``): ``peftlab eval RUN --perplexity PATH``."""
+    import dataclasses
+
+    from peftlab.errors import ConfigError
+
+    cfg, loaded = load_trained(Path(run_dir))
+    path = path or cfg.eval.perplexity
+    if not path:
+        raise ConfigError("eval --perplexity: give a PATH (file, directory or stdlib); this run sets no eval.perplexity")
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=path))
+    texts = perplexity_texts(cfg, loaded.family.kind == "causal")
+    return {"perplexity_path": path, **_perplexity(loaded.model, loaded.tokenizer, cfg, texts, window, stride)}
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
@@ -361,19 +414,28 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
 
 
 def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[str] = None, *,
-                 prompt: Optional[str] = None, decoding: Optional[dict] = None) -> str:
+                 prompt: Optional[str] = None, decoding: Optional[dict] = None,
+                 instruction: Optional[str] = None, input: str = "") -> str:
     """One output of a trained run: document the one function in ``code`` (or the one named
-    ``func_name``; a code→doc run), or continue ``prompt`` (text given as is). ``decoding``
-    overrides the run's eval settings (beams, sampling...)."""
+    ``func_name``; a code→doc run), continue ``prompt`` (text given as is) or answer
+    ``instruction`` (+ ``input``) in an instruction run's template. ``decoding`` overrides the
+    run's eval settings (beams, sampling...)."""
     from peftlab.errors import ConfigError
 
-    if (code is None) == (prompt is None):
-        raise ConfigError("generate: give exactly one of --code FILE or --prompt TEXT")
+    if sum(x is not None for x in (code, prompt, instruction)) != 1:
+        raise ConfigError("generate: give exactly one of --code FILE, --prompt TEXT or --instruction TEXT")
     if code is not None:
         ((_, doc),) = generate_docs(run_dir, code, func_name, only_one=True, decoding=decoding)
         return doc
     cfg, loaded = load_trained(Path(run_dir))
-    (out,) = _generate(cfg, loaded, [prompt], "", decoding)
+    task = cfg.data.tasks[0]
+    if instruction is not None:
+        if not hasattr(task, "render"):
+            raise ConfigError(f"generate --instruction: this run's task is {task.describe()}, not an instruction "
+                              f"task; use --prompt")
+        (out,) = _generate(cfg, loaded, [task.render(instruction, input)], task.prompt_tail, decoding)
+    else:
+        (out,) = _generate(cfg, loaded, [prompt], "", decoding)
     return out
 
 

@@ -123,6 +123,11 @@ class EvalSpec:
     select: dict[str, list[Any]] = field(default_factory=dict)
     select_examples: Optional[int] = 64  # validation rows the selection decodes (a fixed-seed sample); None = all
     floors: bool = True  # score model-free floors beside the method (best constant / majority, BM25 retrieval)
+    # causal LMs: also the perplexity on a text/source file, a directory of .py/.txt, or "stdlib"
+    # (its held-out test-split files) -> metrics.json "ppl" (peftlab.evaluate.perplexity)
+    perplexity: Optional[str] = None
+    perplexity_window: Optional[int] = None  # tokens per window; None = max_source_length + max_target_length
+    perplexity_stride: Optional[int] = None  # tokens between window starts; None = window // 2
 
     def __post_init__(self):
         from peftlab.config import FieldError
@@ -147,6 +152,11 @@ class EvalSpec:
             from peftlab.config import FieldError
 
             raise FieldError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        if self.perplexity_window is not None and self.perplexity_window < 2:
+            raise FieldError("perplexity_window", f"perplexity_window must be >= 2, got {self.perplexity_window}")
+        if self.perplexity_stride is not None and not 1 <= self.perplexity_stride <= (self.perplexity_window or 2**31):
+            raise FieldError("perplexity_stride", f"perplexity_stride must be in [1, perplexity_window], "
+                                                  f"got {self.perplexity_stride}")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ _REGISTRY = {
     "line_completion": "peftlab.tasks.line_completion:LineCompletionTask",
     "glue": "peftlab.tasks.glue:GlueTask",
     "seq2seq": "peftlab.tasks.seq2seq:Seq2SeqTask",
+    "instruction": "peftlab.tasks.instruction:InstructionTask",
 }
 
 
