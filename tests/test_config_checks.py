@@ -51,6 +51,8 @@ BAD = [
     (EvalSpec, "max_examples", -2, "must be >= 1"),
     (EvalSpec, "length_penalty", 0, "must be > 0"),
     (EvalSpec, "select_examples", 0, "must be >= 1"),
+    (EvalSpec, "perplexity_window", 1, "perplexity_window must be >= 2"),
+    (EvalSpec, "perplexity_stride", 0, "perplexity_stride must be in"),
     (EvalSpec, "seed", -1, "must be >= 0"),
     (EvalSpec, "temperature", 0, "must be > 0"),
     (EvalSpec, "top_p", 0, "must be > 0"),

@@ -104,7 +104,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], *, window: int, stride: i
         raise DataError("perplexity: the texts have no token to score")
     wins.sort(key=lambda w: len(w.ids))
     device = next(model.parameters()).device
-    dtype = autocast_dtype(mixed_precision)
+    dtype = autocast_dtype(mixed_precision, device)
     was_training = model.training
     model.eval()
     nll, count = 0.0, 0
