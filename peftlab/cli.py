@@ -63,6 +63,37 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every run")
     c.add_argument("--quiet", action="store_true")
 
+    b = sub.add_parser("bench", help="run methods × tasks × seeds from a bench spec into one directory, then report")
+    b.add_argument("spec", type=Path, help="the bench spec (configs/bench/*.yaml)")
+    b.add_argument("--out", type=Path, required=True, help="the bench directory (a rerun keeps finished runs)")
+    b.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="key=value on the spec, e.g. seeds=[0] budget.steps=20 (repeatable)")
+    b.add_argument("--no-report", action="store_true", help="leave the report to `peftlab report`")
+    b.add_argument("--quiet", action="store_true")
+
+    rp = sub.add_parser("report", help="write report.md and a self-contained report.html for a bench directory")
+    rp.add_argument("bench_dir", type=Path)
+
+    an = sub.add_parser("analyze", help="analyses of trained runs (LoRA subspaces, per-layer importance)")
+    asub = an.add_subparsers(dest="analysis", required=True)
+    ls = asub.add_parser("lora-subspace", help="Grassmann similarity of two runs' LoRA A matrices, per layer (LoRA §7.2)")
+    ls.add_argument("run_a", type=Path)
+    ls.add_argument("run_b", type=Path)
+    ls.add_argument("--out", type=Path, required=True, help="directory for subspace.{json,md,png}")
+    li = asub.add_parser("layer-importance", help="score drop when each layer's adapters are taken out (AdapterDrop)")
+    li.add_argument("run_dir", type=Path)
+    li.add_argument("--out", type=Path, required=True, help="directory for layer_importance.{json,md,png}")
+    li.add_argument("--mode", choices=("reset", "zero"), default="reset",
+                    help="reset: to the values training started from (removal for identity-at-init methods); zero")
+    li.add_argument("--max-examples", type=int, default=None, help="rows scored (default: the run's eval.max_examples)")
+    li.add_argument("--split", default=None, help="split scored (default: the run's test split)")
+
+    se = sub.add_parser("search", help="AutoPEFT-style search (Optuna) of which methods go where under a parameter budget")
+    se.add_argument("spec", type=Path, help="the search spec (configs/search/*.yaml)")
+    se.add_argument("--out", type=Path, required=True, help="directory for the trials and study.db (a rerun resumes)")
+    se.add_argument("--set", dest="overrides", action="append", default=[], help="key=value on the spec (repeatable)")
+    se.add_argument("--quiet", action="store_true")
+
     pt = sub.add_parser("pretrain", help="pretrain one of peftlab's small models from a recipe")
     pt.add_argument("config", type=Path)
     pt.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -240,6 +271,53 @@ def _compare(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from peftlab.study import run_bench
+
+    index = run_bench(args.spec, args.out, overrides=tuple(args.overrides), progress=not args.quiet,
+                      report=not args.no_report)
+    done = sum(r["state"] == "complete" for r in index["runs"])
+    print(f"{done} runs complete in {args.out}" + ("" if args.no_report else f"; report: {args.out / 'report.md'}, "
+                                                                         f"{args.out / 'report.html'}"))
+    return 0
+
+
+def _report(args) -> int:
+    from peftlab.report import write_report
+
+    paths = write_report(args.bench_dir)
+    print(f"{paths['report.md']}\n{paths['report.html']}")
+    return 0
+
+
+def _analyze(args) -> int:
+    if args.analysis == "lora-subspace":
+        from peftlab.analysis.subspace import write_subspace
+
+        paths = write_subspace(args.run_a, args.run_b, args.out)
+        print(paths["md"].read_text())
+    else:
+        from peftlab.analysis.layers import layer_importance, write_layer_importance
+
+        if args.max_examples is not None and args.max_examples < 1:
+            from peftlab.errors import ConfigError
+
+            raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples}")
+        result = layer_importance(args.run_dir, mode=args.mode, max_examples=args.max_examples, split=args.split)
+        paths = write_layer_importance(result, args.out)
+        print(paths["md"].read_text())
+    return 0
+
+
+def _search(args) -> int:
+    from peftlab.search import run_search
+
+    summary = run_search(args.spec, args.out, overrides=tuple(args.overrides), progress=not args.quiet)
+    print((args.out / "pareto.md").read_text())
+    print(f"{summary['finished']} trials finished; every trial: {args.out / 'trials.md'}")
+    return 0
+
+
 def _pretrain(args) -> int:
     from peftlab.pretrain.recipe import dump_stats, load_pretrain_config, pretrain
 
@@ -280,7 +358,8 @@ def _data(args) -> int:
 
 
 _COMMANDS = {"train": _train, "eval": _eval, "generate": _generate, "compare": _compare, "pretrain": _pretrain,
-             "merge": _merge, "export": _export,
+             "merge": _merge, "export": _export, "bench": _bench, "report": _report, "analyze": _analyze,
+             "search": _search,
              "data": _data, "env": _env}
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""``peftlab report BENCH_DIR``: a bench's results as ``report.md`` and a self-contained ``report.html``.
+
+The Markdown links the figures in ``BENCH_DIR/plots/``; the HTML embeds them (base64 PNG), so it
+can be mailed or attached as one file. Both hold the main table (methods × tasks, mean ± std over
+seeds, floors as rows), the figures (``peftlab.report.plots``), one table per task with all its
+metrics, the batch sizes used, and the runs that are missing or failed. What the main table shows
+comes from the spec's ``report`` section (``peftlab.study.ReportSpec``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+from peftlab.report.table import Results, Table, collect, main_table, task_table
+
+__all__ = ["Results", "collect", "main_table", "task_table", "write_report"]
+
+
+def write_report(bench_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``bench_dir``; returns their paths."""
+    from peftlab import rundir
+    from peftlab.report.plots import PLOTS
+
+    bench_dir = Path(bench_dir)
+    res = collect(bench_dir)
+    spec = res.index.get("report") or {}
+    main = main_table(res, spec.get("metrics"), spec.get("columns"))
+    tasks = [(f"{t['label']}" + (f": {s['name']}" if len(t["tasks"]) > 1 else ""), task_table(res, t, s))
+             for t in res.tasks for s in t["tasks"]]
+    plots = {name: draw(res, bench_dir / "plots" / f"{name}.png") for name, draw in PLOTS.items()}
+    sections = [("Results", main)] + [(f"Task: {name}", table) for name, table in tasks]
+    rundir.write_text(bench_dir / "report.md", _markdown(res, sections, plots, bench_dir))
+    rundir.write_text(bench_dir / "report.html", _html(res, sections, plots))
+    return {"report.md": bench_dir / "report.md", "report.html": bench_dir / "report.html", **plots}
+
+
+CAPTIONS = {
+    "loss_curves": "Training loss (mean over seeds; band: lowest to highest seed)",
+    "score_vs_params": "Primary metric vs trainable parameters (dotted: methods that train nothing; dashed: floors)",
+    "score_vs_time": "Primary metric vs training time (dashed: floors)",
+    "peak_memory": "Peak memory per method",
+}
+
+
+def _about(res: Results) -> list[str]:
+    ix = res.index
+    budget = ix.get("budget") or {}
+    mode = (f"equal steps ({budget['steps']:,} optimizer steps)" if budget.get("steps")
+            else f"equal wall-clock time ({budget.get('seconds')} s of training)")
+    fit = ix.get("batch_size") or {}
+    batch = "fitted to free memory per method × task (below)" if fit.get("fit") else "the base config's"
+    lines = [f"Spec: `{ix.get('spec')}`; budget: {mode}; batch size: {batch}; seeds: "
+             f"{', '.join(map(str, res.seeds))}.",
+             f"Device: {ix.get('device', '?')} ({ix.get('cpu_capability', '?')}); started {ix.get('started', '?')}"
+             + (f", last run {ix['updated']}" if ix.get("updated") else "") + "."]
+    precisions = sorted({r.metrics.get("precision") for r in res.runs if r.metrics and r.metrics.get("precision")})
+    if precisions:
+        names = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
+        lines[-1] += f" Precision: {', '.join(names.get(p, p) for p in precisions)}."
+    return lines
+
+
+def _status(res: Results) -> list[str]:
+    missing = [r for r in res.runs if r.metrics is None]
+    if not missing:
+        return []
+    out = [f"{len(missing)} of {len(res.runs)} runs have no results:"]
+    for r in missing:
+        error = ""
+        status = r.dir / "status.json"
+        if status.is_file():
+            try:
+                error = json.loads(status.read_text()).get("error") or ""
+            except ValueError:
+                pass
+        out.append(f"- `{r.dir.relative_to(res.root)}`: {r.state}" + (f" ({error})" if error else ""))
+    return out
+
+
+def _batch_lines(res: Results) -> list[str]:
+    if not (res.index.get("batch_size") or {}).get("fit"):
+        return []
+    out = ["| Task | Method | Batch | How |", "|---|---|---:|---|"]
+    for t in res.tasks:
+        for m in res.index["methods"]:
+            path = res.root / t["dir"] / m["dir"] / "batch_fit.json"
+            if path.is_file():
+                fit = json.loads(path.read_text())
+                out.append(f"| {t['label']} | {m['label']} | {fit['batch_size']} | {fit.get('how', '')} |")
+    return out
+
+
+def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root: Path) -> str:
+    parts = [f"# {res.title}", "", *_about(res), ""]
+    for i, (title, table) in enumerate(sections):
+        parts += [f"## {title}", "", table.markdown(), ""]
+        if i == 0:
+            for name, path in plots.items():
+                parts += [f"![{CAPTIONS[name]}]({path.relative_to(root)})", f"*{CAPTIONS[name]}*", ""]
+    batch = _batch_lines(res)
+    if batch:
+        parts += ["## Batch sizes", "", *batch, ""]
+    status = _status(res)
+    if status:
+        parts += ["## Missing runs", "", *status, ""]
+    return "\n".join(parts)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px}
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}.note{font-size:12px;color:#555;margin:2px 0}
+figure{margin:1em 0}figcaption{font-size:12px;color:#555}img{max-width:100%}code{background:#f3f3f3}"""
+
+
+def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
+    about = "".join(f"<p>{_inline(line)}</p>" for line in _about(res))
+    body = [f"<h1>{escape(res.title)}</h1>", about]
+    for i, (title, table) in enumerate(sections):
+        body += [f"<h2>{escape(title)}</h2>", table.html()]
+        if i == 0:
+            for name, path in plots.items():
+                data = base64.b64encode(path.read_bytes()).decode("ascii")
+                body.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{escape(CAPTIONS[name])}</figcaption></figure>")
+    batch = _batch_lines(res)
+    if batch:
+        rows = [line.strip("|").split(" | ") for line in batch[2:]]
+        table = Table(["Task", "Method", "Batch", "How"], [[c.strip() for c in r] for r in rows],
+                      right=[False, False, True, False])
+        body += ["<h2>Batch sizes</h2>", table.html()]
+    status = _status(res)
+    if status:
+        body += ["<h2>Missing runs</h2>", f"<p>{escape(status[0])}</p><ul>"]
+        body += [f"<li>{_inline(s[2:])}</li>" for s in status[1:]] + ["</ul>"]
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(res.title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """Markdown's inline code (`x`) as HTML, the rest escaped."""
+    parts = text.split("`")
+    return "".join(f"<code>{escape(p)}</code>" if i % 2 else escape(p) for i, p in enumerate(parts))

@@ -1,0 +1,175 @@
+"""`peftlab bench`: methods × tasks × seeds into run directories, a report, resumable, checked specs."""
+
+import gc
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench_helpers import write_spec
+from peftlab.batchfit import cpu_estimate, largest_fitting, saved_activation_bytes, worst_case_batch
+from peftlab.cli import main
+from peftlab.errors import ConfigError
+from peftlab.study import load_bench, run_bench, slug
+
+
+def _models_alive() -> int:
+    from transformers import PreTrainedModel
+
+    gc.collect()
+    return sum(issubclass(type(o), PreTrainedModel) for o in gc.get_objects())
+
+
+def test_two_methods_two_tasks_two_seeds_finish_under_a_minute_with_a_full_report(tmp_path, capsys):
+    spec = write_spec(tmp_path, extra="batch_size: {fit: true, max: 8}\n")
+    alive = _models_alive()
+    start = time.perf_counter()
+    assert main(["bench", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert time.perf_counter() - start < 60
+    assert _models_alive() <= alive  # no model outlives its run
+    out = tmp_path / "out"
+    index = json.loads((out / "bench.json").read_text())
+    dirs = sorted(r["dir"] for r in index["runs"])
+    assert dirs == sorted(f"{t}/{m}/seed{s}" for t in ("code2doc", "sentiment") for m in ("lora", "ia3") for s in (0, 1))
+    for r in index["runs"]:
+        assert r["state"] == "complete" and r["how"] == "trained"
+        assert json.loads((out / r["dir"] / "status.json").read_text())["state"] == "complete"
+        # the fitted batch size is recorded beside the runs of its pair, and the runs used it
+        fit = json.loads((out / r["dir"]).parent.joinpath("batch_fit.json").read_text())
+        assert 1 <= fit["batch_size"] <= 8 and fit["how"].startswith("cpu estimate") and fit["per_example_bytes"] > 0
+        assert f"batch_size: {fit['batch_size']}" in (out / r["dir"] / "config.yaml").read_text()
+        assert r["batch_size"] == fit["batch_size"]
+    # every table cell is filled: no "–" in a method row of the main table or of the task tables
+    report = (out / "report.md").read_text()
+    main_rows = [ln for ln in report.splitlines() if ln.startswith("| LoRA |") or ln.startswith("| IA3 |")]
+    assert len(main_rows) == 2 + 2 + 2  # main table + one table per task
+    assert all("–" not in ln for ln in main_rows)
+    assert "| floor: majority class |" in report and "| floor: BM25 retrieval |" in report
+    assert "| floor: best constant |" in report
+    for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+        assert f"(plots/{name}.png)" in report
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 4 and "plots/" not in html  # self-contained
+    assert "<table>" in html and "LoRA" in html
+    assert "4 runs complete" not in capsys.readouterr().out  # 8 of them
+    # a second bench into the same directory reuses every run
+    again = run_bench(spec, out, progress=False, report=False)
+    assert {r["how"] for r in again["runs"]} == {"reused"}
+
+
+def test_a_killed_bench_resumes_without_redoing_finished_runs(tmp_path):
+    spec = write_spec(tmp_path, tasks=None, budget="{steps: 12}",
+                      extra="", seeds="[0, 1]")
+    text = spec.read_text().replace("  - {task: {name: classify", "  # - {task: {name: classify")
+    text = text.replace("  train.log_every: 1\n", "  train.log_every: 1\n  train.checkpoint_every: 3\n")
+    spec.write_text(text)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "bench", str(spec), "--out", str(out), "--quiet",
+                             "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def complete() -> list:
+        return sorted(p.parent for p in out.glob("*/*/*/status.json")
+                      if json.loads(p.read_text() or "{}").get("state") == "complete")
+
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and len(complete()) < 2:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the bench finished before it could be killed"
+    done = complete()
+    assert 2 <= len(done) < 4
+    before = {d: (d / "metrics.json").read_bytes() for d in done}
+    index = run_bench(spec, out, progress=False, report=False)
+    assert all(r["state"] == "complete" for r in index["runs"])
+    how = {str(out / r["dir"]): r["how"] for r in index["runs"]}
+    for d, metrics in before.items():
+        assert how[str(d)] == "reused" and (d / "metrics.json").read_bytes() == metrics  # not redone
+    assert {h for d, h in how.items() if d not in map(str, before)} <= {"resumed", "trained"}
+
+
+def test_spec_errors_name_file_line_and_field(tmp_path):
+    spec = write_spec(tmp_path, methods="  - {label: LoRA, methods: [{name: lora, r: 0}]}\n")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.0.methods.0: r must be >= 1"):
+        load_bench(spec)
+    spec = write_spec(tmp_path, methods="  - {label: LoRA, methods: [{name: lora, rank: 4}]}\n")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.0.methods.0.rank: unknown key 'rank' \(did you mean 'r'\?\)"):
+        load_bench(spec)
+    spec = write_spec(tmp_path, methods="  - {label: A, methods: [lora]}\n  - {label: a, methods: [ia3]}\n")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.1: 'a' has the same name"):
+        load_bench(spec)
+    spec = write_spec(tmp_path, budget="{steps: 2, seconds: 10}")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: budget: give exactly one of steps"):
+        load_bench(spec)
+    spec = write_spec(tmp_path, seeds="[1, 1]")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: seeds: seeds must be distinct"):
+        load_bench(spec)
+    # a run-config field set by an entry's overrides: the line of that override, and which run
+    spec = write_spec(tmp_path, methods="  - label: LoRA\n    methods: [lora]\n    overrides: {train.lr: -1}\n")
+    line = spec.read_text().splitlines().index("    overrides: {train.lr: -1}") + 1
+    with pytest.raises(ConfigError, match=rf"bench.yaml:{line}: train.lr: must be > 0, got -1.0 \(in the run of "
+                                          r"method 'LoRA' on task 'code2doc'\)"):
+        load_bench(spec)
+    spec = write_spec(tmp_path, extra="report: {columns: [trainable_params, wall_time]}\n")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: report.columns: unknown column 'wall_time'"):
+        load_bench(spec)
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace("base: ", "base: nowhere/"))
+    with pytest.raises(ConfigError, match=r"bench.yaml:1: base: no run config"):
+        load_bench(spec)
+    # the command line says it in one line, exit status 2
+    assert main(["bench", str(spec), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_budget_seeds_and_directories(tmp_path):
+    spec = write_spec(tmp_path, budget="{seconds: 30}", seeds="[3]")
+    bench = load_bench(spec, ("seeds=[3, 4]",))
+    assert len(bench.runs) == 2 * 2 * 2
+    first = bench.runs[0]
+    assert first.rel == "code2doc/lora/seed3" and first.config.train.seed == 3
+    assert first.config.train.max_seconds == 30 and first.config.train.max_steps is None
+    assert [r.seed for r in bench.runs] == [3] * 4 + [4] * 4  # seeds outermost: every pair once first
+    assert first.config.label == "LoRA" and bench.runs[1].config.display_name() == "IA3"
+    assert slug("LoRA r=32 + hyper alignment") == "lora-r32-hyper-alignment"
+
+
+def test_largest_fitting_doubles_then_bisects():
+    tried = []
+
+    def fits_below(limit):
+        def fits(b):
+            tried.append(b)
+            return b <= limit
+        return fits
+
+    assert largest_fitting(fits_below(37), 1, 256) == 37
+    assert tried[:7] == [1, 2, 4, 8, 16, 32, 64]
+    assert largest_fitting(fits_below(1000), 1, 100) == 100
+    assert largest_fitting(fits_below(0), 1, 100) == 0
+    assert largest_fitting(fits_below(5), 4, 4) == 4
+
+
+def test_cpu_estimate_by_hand(tiny_t5):
+    # fixed 1 GB, 100 MB per example, 4 GB available, 80% usable: (3.2 - 1.0) / 0.1 = 22
+    assert cpu_estimate(10**9, 10**8, 4 * 10**9, 0.8, 256, 1) == 22
+    assert cpu_estimate(10**9, 10**8, 4 * 10**9, 0.8, 16, 1) == 16
+    assert cpu_estimate(10**10, 10**8, 4 * 10**9, 0.8, 16, 2) == 2
+    import torch
+
+    from peftlab.config import from_dict
+    from peftlab.schema import RunConfig
+
+    cfg = from_dict(RunConfig, {"data": {"max_source_length": 16, "max_target_length": 4}})
+    model = tiny_t5().train()
+    one, two = (saved_activation_bytes(model, worst_case_batch(cfg, None, False, b, 128), torch.device("cpu"), "no")
+                for b in (1, 2))
+    assert 0 < one < two <= 2 * one + 1024
