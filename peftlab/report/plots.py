@@ -140,7 +140,7 @@ def peak_memory(res: Results, path: Path) -> Path:
             color=[colors[m] for m in res.methods], capsize=3)
     for i, c in enumerate(cells):
         if c.mean:
-            ax.annotate(f"{c.mean:,.0f}", (c.mean, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+            ax.annotate(f"{c.mean:,.0f}", (c.mean + (c.std or 0), i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y, res.methods, fontsize=8)
     ax.invert_yaxis()
     kinds = {r.metrics.get("peak_memory_kind") for r in res.runs if r.metrics}
