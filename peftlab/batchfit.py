@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ACTIVATION_FACTOR = 2.0  # saved activations + their gradients in backward (CPU estimate)
 
 
-def worst_case_batch(cfg, tokenizer, causal: bool, batch_size: int, vocab_size: int) -> dict:
+def worst_case_batch(cfg, causal: bool, batch_size: int, vocab_size: int) -> dict:
     """A batch of ``batch_size`` rows at the config's longest source and target (random token ids
     that are never padding, so nothing is masked away)."""
     import torch
@@ -68,7 +68,7 @@ def fit_batch_size(cfg, *, max_batch: int = 256, min_batch: int = 1, memory_frac
     try:
         model.to(device)
         model.train()
-        make = lambda b: worst_case_batch(cfg, loaded.tokenizer, causal, b, vocab)  # noqa: E731
+        make = lambda b: worst_case_batch(cfg, causal, b, vocab)  # noqa: E731
         if device.type == "cuda":
             found = _probe_cuda(model, make, device, precision, cfg.train.lr, max_batch, min_batch, steps)
         else:

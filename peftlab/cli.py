@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="analyses of trained runs (LoRA subspaces, per-layer importance)")
     asub = an.add_subparsers(dest="analysis", required=True)
-    ls = asub.add_parser("lora-subspace", help="Grassmann similarity of two runs' LoRA A matrices, per layer (LoRA §7.2)")
+    ls = asub.add_parser("lora-subspace",
+                         help="Grassmann similarity of two runs' LoRA A matrices, per layer (LoRA §7.2)")
     ls.add_argument("run_a", type=Path)
     ls.add_argument("run_b", type=Path)
     ls.add_argument("--out", type=Path, required=True, help="directory for subspace.{json,md,png}")
@@ -88,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     li.add_argument("--max-examples", type=int, default=None, help="rows scored (default: the run's eval.max_examples)")
     li.add_argument("--split", default=None, help="split scored (default: the run's test split)")
 
-    se = sub.add_parser("search", help="AutoPEFT-style search (Optuna) of which methods go where under a parameter budget")
+    se = sub.add_parser("search",
+                        help="AutoPEFT-style search (Optuna) of which methods go where under a parameter budget")
     se.add_argument("spec", type=Path, help="the search spec (configs/search/*.yaml)")
     se.add_argument("--out", type=Path, required=True, help="directory for the trials and study.db (a rerun resumes)")
     se.add_argument("--set", dest="overrides", action="append", default=[], help="key=value on the spec (repeatable)")

@@ -291,7 +291,8 @@ def _open_study(search: Search, out: Path):
                                 load_if_exists=True)
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"{out / STORAGE}: this study was made with other objectives "
-                          f"({[d.name.lower() for d in study.directions]}); use another --out for sampler {spec.sampler}")
+                          f"({[d.name.lower() for d in study.directions]}); use another --out for sampler "
+                          f"{spec.sampler}")
     return study
 
 
@@ -418,7 +419,8 @@ def write_front(study, search: Search, out: Path) -> dict:
     rundir.write_json(out / "pareto.json", summary)
     head = f"| Trial | {search.metric} ({search.spec.score_split}) | Trainable params | Methods |"
     table = [head, "|---:|---:|---:|---|"] + [
-        f"| {r['number']} | {r['score']:.2f} | {r['trainable_params']:,} | {_describe(r['methods'])} |" for r in on_front]
+        f"| {r['number']} | {r['score']:.2f} | {r['trainable_params']:,} | {_describe(r['methods'])} |"
+        for r in on_front]
     intro = (f"# Search: `{search.path}`\n\nPareto front of {search.task} {search.metric} on the "
              f"{search.spec.score_split} split vs trainable parameters ({summary['finished']} trials finished, "
              f"sampler {search.spec.sampler}" + (f", budget {search.spec.max_params:,} parameters" if
@@ -443,7 +445,8 @@ def _describe(methods: Optional[list[dict]]) -> str:
         return "none (the base model)"
     parts = []
     for m in methods:
-        fields = ", ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in m.items() if k != "name")
+        fields = ", ".join(f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                           for k, v in m.items() if k != "name")
         parts.append(f"{m['name']}({fields})")
     return " + ".join(parts)
 

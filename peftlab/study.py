@@ -257,19 +257,21 @@ def _loc(source: str, line) -> str:
 
 def load_bench(path: Path, overrides: tuple[str, ...] = ()) -> Bench:
     """The spec at ``path`` and every run it asks for, each run config built and checked.
-    ``overrides``: ``key=value`` on the spec itself (``seeds=[0]``, ``budget.steps=10``)."""
+    ``overrides``: ``key=value`` on the spec itself (``seeds=[0]``, ``budget.steps=10``,
+    ``tasks.0.task.test_source=accelerate``: entries in their full form)."""
     from peftlab.config import parse_override
 
     path = Path(path)
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a bench spec is a mapping (methods, tasks, budget, ...), got {type(data).__name__}")
-    for text in overrides:
+    data, lines = _normalise(data, lines)
+    for text in overrides:  # paths of the full form: tasks.0.task.test_source=accelerate
         key, value = parse_override(text)
         data = set_path(data, key, value, text)
         lines = {p: ln for p, ln in lines.items() if p[: len(key)] != key}
         lines[key] = f"override {text!r}"
-    data, lines = _normalise(data, lines)
+    data, lines = _normalise(data, lines)  # an override may give a shorthand (tasks=[code2doc])
     source = str(path)
     spec = from_dict(BenchSpec, data, source=source, lines=lines)
     _check_labels(spec, source, lines)
@@ -282,7 +284,8 @@ def load_bench(path: Path, overrides: tuple[str, ...] = ()) -> Bench:
                 layers.put((), base_data, base_source, base_lines, () if base_source != source else ("base",))
                 layers.put_overrides(data.get("overrides") or {}, source, lines, ("overrides",))
                 layers.put(("data", "task"), data["tasks"][ti]["task"], source, lines, ("tasks", ti, "task"))
-                layers.put_overrides(data["tasks"][ti].get("overrides") or {}, source, lines, ("tasks", ti, "overrides"))
+                layers.put_overrides(data["tasks"][ti].get("overrides") or {}, source, lines,
+                                     ("tasks", ti, "overrides"))
                 layers.put(("methods",), data["methods"][mi]["methods"], source, lines, ("methods", mi, "methods"))
                 layers.put(("label",), entry.display_name(), source, lines, ("methods", mi))
                 layers.put_overrides(data["methods"][mi].get("overrides") or {}, source, lines,
@@ -305,7 +308,8 @@ def _base(spec: BenchSpec, data: dict, lines: dict, path: Path) -> tuple[dict, d
         return dict(data["base"]), lines, str(path)
     where = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
     if not where.is_file():
-        raise ConfigError(f"{_loc(str(path), _line(lines, ('base',)))}: base: no run config {where} (a path is relative to the spec's directory)")
+        raise ConfigError(f"{_loc(str(path), _line(lines, ('base',)))}: base: no run config {where} (a path is "
+                          f"relative to the spec's directory)")
     base, base_lines = read_yaml(where)
     if not isinstance(base, dict):
         raise ConfigError(f"{where}: a run config is a mapping, got {type(base).__name__}")
@@ -328,8 +332,9 @@ def _check_labels(spec: BenchSpec, source: str, lines: dict) -> None:
         for i, e in enumerate(entries):
             name = slug(e.display_name())
             if name in seen:
-                raise ConfigError(f"{_loc(source, _line(lines, (section, i)))}: {section}.{i}: {e.display_name()!r} has the same name (directory "
-                                  f"{name!r}) as {section}.{seen[name]}; give each a distinct label")
+                raise ConfigError(f"{_loc(source, _line(lines, (section, i)))}: {section}.{i}: {e.display_name()!r} "
+                                  f"has the same name (directory {name!r}) as {section}.{seen[name]}; give each a "
+                                  f"distinct label")
             seen[name] = i
 
 
@@ -348,7 +353,10 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
         rundir.write_text(out / SPEC_COPY, Path(path).read_text(encoding="utf-8"))
         index = _index(bench, out)
         for i, planned in enumerate(bench.runs):
+            log.info("[%d/%d] %s", i + 1, len(bench.runs), planned.rel)
             index["runs"][i].update(_one(bench, planned, out, progress))
+            log.info("[%d/%d] %s: %s", i + 1, len(bench.runs), planned.rel,
+                     index["runs"][i].get("how") if index["runs"][i]["state"] == "complete" else "FAILED")
             index["updated"] = rundir.now()
             rundir.write_json(out / INDEX, index)
             gc.collect()  # nothing of the run outlives it (bounded memory over a long bench)

@@ -24,7 +24,8 @@ SENTIMENT = {
     "train": [{"text": f"good film {i}", "label": "pos"} for i in range(6)]
     + [{"text": f"bad film {i}", "label": "neg"} for i in range(6)],
     "valid": [{"text": "fine film", "label": "pos"}, {"text": "awful", "label": "neg"}],
-    "test": [{"text": "awful movie", "label": "neg"}, {"text": "great", "label": "pos"}, {"text": "good", "label": "pos"}],
+    "test": [{"text": "awful movie", "label": "neg"}, {"text": "great", "label": "pos"},
+             {"text": "good", "label": "pos"}],
 }
 
 

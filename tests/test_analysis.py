@@ -102,7 +102,8 @@ def test_layer_importance_of_a_tiny_run(runs, tmp_path, capsys):
     # scored as the run was: the same rows and decoding give the run's own score
     assert result["baseline"] == {"code2doc": pytest.approx(metrics["codexglue_bleu"])}
     # 1-layer T5 (d_model 16, inner 8): encoder q, v = 2 · 4 · (16 + 8); the decoder adds cross q, v
-    assert [(r["stack"], r["layer"], r["params"]) for r in result["layers"]] == [("encoder", 0, 192), ("decoder", 0, 384)]
+    layers = [(r["stack"], r["layer"], r["params"]) for r in result["layers"]]
+    assert layers == [("encoder", 0, 192), ("decoder", 0, 384)]
     for r in result["layers"]:
         assert r["drop"]["code2doc"] == pytest.approx(result["baseline"]["code2doc"] - r["scores"]["code2doc"])
     assert (tmp_path / "li" / "layer_importance.png").stat().st_size > 1000

@@ -62,7 +62,8 @@ def make_bench(root):
 def test_mean_and_std_over_seeds_match_hand_computed_values(tmp_path):
     res = collect(make_bench(tmp_path))
     table = main_table(res, None, res.index["report"]["columns"])
-    assert table.header == ["Method", "t1 CodeXGLUE BLEU", "t2 Accuracy", "Trainable params", "Peak memory MiB", "Train s"]
+    assert table.header == ["Method", "t1 CodeXGLUE BLEU", "t2 Accuracy", "Trainable params", "Peak memory MiB",
+                            "Train s"]
     a, b, constant, majority, retrieval = table.rows
     # A, t1: 10, 12, 14 -> mean 12, sample std 2; t2: 50 x3 -> std 0, not above the majority floor (55)
     # cost columns over all 6 runs of A: peak 100, 200, 300 MiB twice -> 200 ± sqrt(4·100²/5) = 89.4;

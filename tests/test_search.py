@@ -85,7 +85,8 @@ def test_per_layer_sizes_become_method_configs(tmp_path):
 
 def test_search_spec_errors_name_file_and_line(tmp_path):
     spec = write_search(tmp_path, space="space:\n  - {name: lora, choose: {rank: [2, 4]}}\n")
-    with pytest.raises(ConfigError, match=r"search.yaml:\d+: space.0.choose: lora has no field 'rank' \(did you mean 'r'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"search.yaml:\d+: space.0.choose: lora has no field 'rank' \(did you mean 'r'\?\)"):
         load_search(spec)
     spec = write_search(tmp_path, space="space:\n  - {name: lora, choose: {r: [2, 4]}, per_layer: r}\n")
     with pytest.raises(ConfigError, match=r"search.yaml:\d+: space.0.per_layer: lora has no 'layers' field"):

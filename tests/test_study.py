@@ -3,7 +3,6 @@
 import gc
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,7 +34,8 @@ def test_two_methods_two_tasks_two_seeds_finish_under_a_minute_with_a_full_repor
     out = tmp_path / "out"
     index = json.loads((out / "bench.json").read_text())
     dirs = sorted(r["dir"] for r in index["runs"])
-    assert dirs == sorted(f"{t}/{m}/seed{s}" for t in ("code2doc", "sentiment") for m in ("lora", "ia3") for s in (0, 1))
+    want = [f"{t}/{m}/seed{s}" for t in ("code2doc", "sentiment") for m in ("lora", "ia3") for s in (0, 1)]
+    assert dirs == sorted(want)
     for r in index["runs"]:
         assert r["state"] == "complete" and r["how"] == "trained"
         assert json.loads((out / r["dir"] / "status.json").read_text())["state"] == "complete"
@@ -102,7 +102,8 @@ def test_spec_errors_name_file_line_and_field(tmp_path):
     with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.0.methods.0: r must be >= 1"):
         load_bench(spec)
     spec = write_spec(tmp_path, methods="  - {label: LoRA, methods: [{name: lora, rank: 4}]}\n")
-    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.0.methods.0.rank: unknown key 'rank' \(did you mean 'r'\?\)"):
+    with pytest.raises(ConfigError,
+                       match=r"bench.yaml:\d+: methods.0.methods.0.rank: unknown key 'rank' \(did you mean 'r'\?\)"):
         load_bench(spec)
     spec = write_spec(tmp_path, methods="  - {label: A, methods: [lora]}\n  - {label: a, methods: [ia3]}\n")
     with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.1: 'a' has the same name"):
@@ -170,6 +171,37 @@ def test_cpu_estimate_by_hand(tiny_t5):
 
     cfg = from_dict(RunConfig, {"data": {"max_source_length": 16, "max_target_length": 4}})
     model = tiny_t5().train()
-    one, two = (saved_activation_bytes(model, worst_case_batch(cfg, None, False, b, 128), torch.device("cpu"), "no")
+    one, two = (saved_activation_bytes(model, worst_case_batch(cfg, False, b, 128), torch.device("cpu"), "no")
                 for b in (1, 2))
     assert 0 < one < two <= 2 * one + 1024
+
+
+@pytest.mark.parametrize("table", ["seed000", "seed003"])
+def test_the_seeds_table_3_is_a_bench_of_their_configs(table):
+    """configs/bench/seed00X.yaml runs exactly the rows of configs/seed00X/ (seed 0: the same config)."""
+    from pathlib import Path
+
+    from peftlab.config import load_config, to_dict
+    from peftlab.schema import RunConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    rows = {c.label: c for c in (load_config(RunConfig, p) for p in sorted((root / table).glob("*.yaml")))}
+    bench = load_bench(root / "bench" / f"{table}.yaml")
+    assert sorted(bench.method_labels) == sorted(rows)
+    for run in (r for r in bench.runs if r.seed == 0):
+        mine, theirs = to_dict(run.config), to_dict(rows[run.method])
+        keys = ("model", "methods", "data", "eval", "label") + (() if run.method == "zero-shot" else ("train",))
+        assert {k: mine[k] for k in keys} == {k: theirs[k] for k in keys}, run.method
+    assert bench.spec.report.metrics and bench.spec.report.columns
+
+
+def test_shipped_specs_load():
+    from pathlib import Path
+
+    from peftlab.search import load_search
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for spec in sorted((root / "bench").glob("*.yaml")):
+        assert load_bench(spec).runs
+    for spec in sorted((root / "search").glob("*.yaml")):
+        assert load_search(spec).metric

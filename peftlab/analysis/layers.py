@@ -135,7 +135,8 @@ def write_layer_importance(result: dict, out: Path) -> dict[str, Path]:
     tasks = list(result["baseline"])
     head = " | ".join(f"{t} {result['metric'][t]} | drop" for t in tasks)
     lines = [f"# Layer importance: `{result['run']}` ({result['method']})", "",
-             f"Each block's adapter parameters {'reset to their initial values' if result['mode'] == 'reset' else 'zeroed'} "
+             f"Each block's adapter parameters "
+             f"{'reset to their initial values' if result['mode'] == 'reset' else 'zeroed'} "
              f"in turn; scored on {result['examples']} {result['split']} rows. Baseline (all adapters): "
              + ", ".join(f"{t} {result['metric'][t]} {v:.2f}" for t, v in result["baseline"].items()) + ".", "",
              f"| Stack | Layer | Params | {head} |", "|---|---:|---:|" + "---:|---:|" * len(tasks)]

@@ -75,7 +75,8 @@ def compare_runs(run_a: Path, run_b: Path) -> list[dict]:
     rows = []
     for name in common:
         if a[name].shape[1] != b[name].shape[1]:
-            raise ModelError(f"{name}: input widths differ ({a[name].shape[1]} vs {b[name].shape[1]}): not the same base")
+            raise ModelError(f"{name}: input widths differ ({a[name].shape[1]} vs {b[name].shape[1]}): "
+                             f"not the same base model")
         grid = phi_grid(a[name], b[name])
         k = min(grid.shape)
         rows.append({"layer": name, "r_a": int(a[name].shape[0]), "r_b": int(b[name].shape[0]),

@@ -109,7 +109,8 @@ def _score_vs(res: Results, path: Path, key: str, xlabel: str, log_x: bool) -> P
         for name, label in FLOOR_ROWS:
             if name in floors and metric in floors[name]:
                 ax.axhline(floors[name][metric], color="gray", ls="--", lw=1)
-                ax.annotate(label.replace("floor: ", ""), (0.01, floors[name][metric]), xycoords=("axes fraction", "data"),
+                ax.annotate(label.replace("floor: ", ""), (0.01, floors[name][metric]),
+                            xycoords=("axes fraction", "data"),
                             fontsize=7, color="gray", va="bottom")
         if log_x:
             ax.set_xscale("log")
@@ -140,7 +141,8 @@ def peak_memory(res: Results, path: Path) -> Path:
             color=[colors[m] for m in res.methods], capsize=3)
     for i, c in enumerate(cells):
         if c.mean:
-            ax.annotate(f"{c.mean:,.0f}", (c.mean + (c.std or 0), i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+            ax.annotate(f"{c.mean:,.0f}", (c.mean + (c.std or 0), i), xytext=(4, 0), textcoords="offset points",
+                        va="center", fontsize=7)
     ax.set_yticks(y, res.methods, fontsize=8)
     ax.invert_yaxis()
     kinds = {r.metrics.get("peak_memory_kind") for r in res.runs if r.metrics}

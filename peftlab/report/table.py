@@ -217,7 +217,8 @@ class Table:
             return f'<td class="{"num" if self.right[j] else "txt"}">{body}</td>'
 
         head = "".join(f"<th>{escape(h)}</th>" for h in self.header)
-        body = "".join("<tr>" + "".join(td(i, j, s) for j, s in enumerate(row)) + "</tr>" for i, row in enumerate(self.rows))
+        body = "".join("<tr>" + "".join(td(i, j, s) for j, s in enumerate(row)) + "</tr>"
+                       for i, row in enumerate(self.rows))
         notes = "".join(f"<p class=\"note\">{escape(n)}</p>" for n in self.notes)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
@@ -279,9 +280,9 @@ def _table(res: Results, cols: list[Column]) -> Table:
     header = ["Method"] + [c.title for c in cols]
     rows, bold, below = [], set(), False
     trained = {m for m in res.methods if any((r.value("steps") or 0) > 0 for r in res.runs_of(m))}
-    for i, m in enumerate(res.methods):
+    for m in res.methods:
         row = [m]
-        for j, (c, x) in enumerate(zip(cols, cells[m])):
+        for c, x in zip(cols, cells[m]):
             text = fmt_cell(x, c.fmt, c.percent, expected, spread=not c.count)
             floor_values = [v for v in (c.floor(f) for f, _ in FLOOR_ROWS) if v is not None]
             if c.score and x.mean is not None and floor_values and x.mean <= max(floor_values):
