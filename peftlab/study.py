@@ -6,8 +6,10 @@ trains ``DIR/<task>/<method>/seed<k>/`` for each combination, seeds outermost, s
 stopped half-way already holds every method on every task once. A run already complete with the
 same config is reused, one interrupted is resumed, one that failed or was made with another config
 is set aside (renamed, never deleted) and trained again: a killed bench picks up where it stopped.
-Runs happen one after another in this process and nothing keeps a model between them (each run
-builds its own and drops it; ``gc`` runs between runs), so memory is bounded by the largest run.
+Each run happens in a fresh process (``isolate: true``, the default): its peak memory is its own,
+and a run the kernel kills for memory is recorded as failed while the bench goes on. With
+``isolate: false`` runs happen in this process one after another, and nothing keeps a model
+between them (each run builds its own and drops it; ``gc`` runs between runs).
 
 A spec::
 
@@ -136,6 +138,9 @@ class BenchSpec:
     seeds: list[int] = field(default_factory=lambda: [0])  # train.seed of each repetition
     batch_size: BatchFit = field(default_factory=BatchFit)
     report: ReportSpec = field(default_factory=ReportSpec)
+    # each run in a fresh process: its peak memory is its own (on CPU the RSS a process once had stays
+    # with it), and nothing of one run (memory, a crash) reaches the next; false: all in this process
+    isolate: bool = True
 
     def __post_init__(self):
         if not self.methods:
@@ -354,7 +359,13 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
         index = _index(bench, out)
         for i, planned in enumerate(bench.runs):
             log.info("[%d/%d] %s", i + 1, len(bench.runs), planned.rel)
-            index["runs"][i].update(_one(bench, planned, out, progress))
+            reused = _reusable(bench, planned, out)
+            if reused is not None:  # complete with this config: nothing to start a process for
+                index["runs"][i].update(reused)
+            elif bench.spec.isolate:
+                index["runs"][i].update(_one_in_a_process(path, overrides, i, out, progress))
+            else:
+                index["runs"][i].update(_one(bench, planned, out, progress))
             log.info("[%d/%d] %s: %s", i + 1, len(bench.runs), planned.rel,
                      index["runs"][i].get("how") if index["runs"][i]["state"] == "complete" else "FAILED")
             index["updated"] = rundir.now()
@@ -365,11 +376,11 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
             from peftlab.report import write_report
 
             write_report(out)
-    failed = [r for r in index["runs"] if r["state"] == "failed"]
+    failed = [r for r in index["runs"] if r["state"] != "complete"]
     if failed:
         names = "; ".join(f"{r['dir']}: {r.get('error', '?')}" for r in failed[:5])
-        raise BenchError(f"{len(failed)} of {len(index['runs'])} runs failed ({names}); rerun the same command to "
-                         f"retry them (finished runs are kept)")
+        raise BenchError(f"{len(failed)} of {len(index['runs'])} runs did not finish ({names}); rerun the same "
+                         f"command to retry them (finished runs are kept)")
     return index
 
 
@@ -418,6 +429,79 @@ def _one(bench: Bench, planned: PlannedRun, out: Path, progress: bool) -> dict:
     except (RuntimeError, ValueError, OSError) as e:  # e.g. out of memory: recorded, the bench goes on
         log.error("%s: %s: %s", run_dir, type(e).__name__, e)
         return {"state": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path, progress: bool) -> dict:
+    """``_one`` for run ``i`` in a child process (``python -m peftlab.study``), which dies with this
+    one (Linux: a killed bench leaves no run behind holding its directory). SIGTERM or Ctrl-C here
+    is passed on, so the run records itself as interrupted before the bench stops."""
+    import signal
+    import subprocess
+    import sys
+
+    result = out / f".run-{i}.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "peftlab.study", str(path), str(out), str(i), json.dumps(list(overrides)),
+           "1" if progress else "0", str(result)]
+    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
+    try:
+        code = proc.wait()
+    except BaseException:  # interrupted: let the run record it, then stop
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise
+    try:
+        return json.loads(result.read_text())
+    except (OSError, ValueError):
+        return {"state": "failed", "error": f"the run's process exited with status {code} and no result"}
+    finally:
+        result.unlink(missing_ok=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
+    except (OSError, AttributeError):  # not Linux: the child outlives a killed parent
+        pass
+
+
+def _child(argv: list[str]) -> int:
+    """``python -m peftlab.study SPEC OUT I OVERRIDES PROGRESS RESULT``: one run of a bench."""
+    spec, out, i, overrides, progress, result = argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if progress == "0":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    bench = load_bench(Path(spec), tuple(json.loads(overrides)))
+    try:
+        with rundir.stop_on_signals():
+            outcome = _one(bench, bench.runs[int(i)], Path(out), progress == "1")
+    except KeyboardInterrupt as e:  # recorded in the run's status by the run itself
+        outcome = {"state": "interrupted", "error": str(e) or "interrupted"}
+    rundir.write_json(Path(result), outcome)
+    return 130 if outcome["state"] == "interrupted" else 0
+
+
+def _reusable(bench: Bench, planned: PlannedRun, out: Path) -> Optional[dict]:
+    """The index fields of a run already complete with its config (batch size as fitted), else None."""
+    from peftlab.bench import _same_config
+
+    run_dir, cfg = out / planned.rel, planned.config
+    if rundir.read_status(run_dir).get("state") != "complete":
+        return None
+    if bench.spec.batch_size.fit:
+        record = run_dir.parent / BATCH_FIT
+        if not record.is_file():
+            return None
+        cfg = _with_batch(cfg, int(json.loads(record.read_text())["batch_size"]))
+    if not _same_config(run_dir, cfg):
+        return None
+    return {"state": "complete", "how": "reused", "batch_size": cfg.train.batch_size, "error": None}
 
 
 def _with_batch(cfg, batch_size: int):
@@ -472,3 +556,9 @@ def _empty_cuda_cache() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child(sys.argv[1:]))

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def _models_alive() -> int:
 
 
 def test_two_methods_two_tasks_two_seeds_finish_under_a_minute_with_a_full_report(tmp_path, capsys):
-    spec = write_spec(tmp_path, extra="batch_size: {fit: true, max: 8}\n")
+    spec = write_spec(tmp_path, extra="batch_size: {fit: true, max: 8}\nisolate: false\n")
     alive = _models_alive()
     start = time.perf_counter()
     assert main(["bench", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
@@ -64,8 +65,8 @@ def test_two_methods_two_tasks_two_seeds_finish_under_a_minute_with_a_full_repor
 
 
 def test_a_killed_bench_resumes_without_redoing_finished_runs(tmp_path):
-    spec = write_spec(tmp_path, tasks=None, budget="{steps: 12}",
-                      extra="", seeds="[0, 1]")
+    """Killed with SIGKILL while each run has its own process (isolate, the default)."""
+    spec = write_spec(tmp_path, methods="  - {label: LoRA, methods: [{name: lora, r: 4}]}\n", budget="{steps: 12}")
     text = spec.read_text().replace("  - {task: {name: classify", "  # - {task: {name: classify")
     text = text.replace("  train.log_every: 1\n", "  train.log_every: 1\n  train.checkpoint_every: 3\n")
     spec.write_text(text)
@@ -80,21 +81,36 @@ def test_a_killed_bench_resumes_without_redoing_finished_runs(tmp_path):
 
     deadline = time.time() + 240
     try:
-        while time.time() < deadline and proc.poll() is None and len(complete()) < 2:
+        while time.time() < deadline and proc.poll() is None and not complete():
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the bench finished before it could be killed"
     done = complete()
-    assert 2 <= len(done) < 4
+    assert len(done) == 1
     before = {d: (d / "metrics.json").read_bytes() for d in done}
-    index = run_bench(spec, out, progress=False, report=False)
+    for lock in out.glob("*/*/*/.peftlab.lock"):  # the run the bench was in died with it
+        pid = json.loads(lock.read_text() or "{}").get("pid")
+        for _ in range(100):
+            if pid is None or not _alive(pid):
+                break
+            time.sleep(0.05)
+        assert pid is None or not _alive(pid)
+    index = run_bench(spec, out, progress=False, report=False)  # each run not done: in its own process
     assert all(r["state"] == "complete" for r in index["runs"])
     how = {str(out / r["dir"]): r["how"] for r in index["runs"]}
     for d, metrics in before.items():
         assert how[str(d)] == "reused" and (d / "metrics.json").read_bytes() == metrics  # not redone
     assert {h for d, h in how.items() if d not in map(str, before)} <= {"resumed", "trained"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").is_file() or Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def test_spec_errors_name_file_line_and_field(tmp_path):
@@ -141,6 +157,12 @@ def test_budget_seeds_and_directories(tmp_path):
     assert [r.seed for r in bench.runs] == [3] * 4 + [4] * 4  # seeds outermost: every pair once first
     assert first.config.label == "LoRA" and bench.runs[1].config.display_name() == "IA3"
     assert slug("LoRA r=32 + hyper alignment") == "lora-r32-hyper-alignment"
+    # --set on the spec addresses entries in their full form, shorthands included
+    bench = load_bench(spec, ("tasks.0.task.template='code: {code}'", "tasks.1.label=sst", "methods.1.methods.0.name=lora"))
+    assert bench.runs[0].config.data.task.template == "code: {code}" and bench.task_labels == ["code2doc", "sst"]
+    assert bench.method_labels == ["LoRA", "LoRA r=8"] and bench.runs[-1].rel == "sst/lora-r8/seed3"
+    with pytest.raises(ConfigError, match=r"override 'budget.steps=0': budget.steps: must be >= 1"):
+        load_bench(spec, ("budget={}", "budget.steps=0"))
 
 
 def test_largest_fitting_doubles_then_bisects():
