@@ -208,10 +208,12 @@ def _normalise(data: dict, lines: dict) -> tuple[dict, dict]:
                 lines[(section, i, key)] = lines.get((section, i))
         data[section] = items
 
-    wrap("tasks", "task", lambda x: isinstance(x, str) or (isinstance(x, dict) and "task" not in x)
-         or isinstance(x, list))
-    wrap("methods", "methods", lambda x: isinstance(x, str) or isinstance(x, list)
-         or (isinstance(x, dict) and "methods" not in x))
+    # a mapping is a shorthand only when it is a task or method config (it has a name); another one
+    # stays an entry, whose unknown keys are then named ({label: x, method: ...}: did you mean methods?)
+    wrap("tasks", "task", lambda x: isinstance(x, (str, list)) or (isinstance(x, dict) and "task" not in x
+                                                                      and "name" in x))
+    wrap("methods", "methods", lambda x: isinstance(x, (str, list)) or (isinstance(x, dict) and "methods" not in x
+                                                                          and "name" in x))
     if isinstance(data.get("methods"), list):  # {methods: lora} -> {methods: [lora]}
         for i, item in enumerate(data["methods"]):
             if isinstance(item, dict) and isinstance(item.get("methods"), (str, dict)):
@@ -453,7 +455,9 @@ def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path,
     try:
         return json.loads(result.read_text())
     except (OSError, ValueError):
-        return {"state": "failed", "error": f"the run's process exited with status {code} and no result"}
+        how = (f"was killed by signal {-code}" + (" (SIGKILL: out of memory?)" if -code == signal.SIGKILL else "")
+               if code < 0 else f"exited with status {code}")
+        return {"state": "failed", "error": f"the run's process {how} before it finished"}
     finally:
         result.unlink(missing_ok=True)
 

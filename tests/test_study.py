@@ -121,6 +121,10 @@ def test_spec_errors_name_file_line_and_field(tmp_path):
     with pytest.raises(ConfigError,
                        match=r"bench.yaml:\d+: methods.0.methods.0.rank: unknown key 'rank' \(did you mean 'r'\?\)"):
         load_bench(spec)
+    spec = write_spec(tmp_path, methods="  - {label: LoRA, method: [lora]}\n")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.0.method: unknown key 'method' \(did you mean "
+                                          r"'methods'\?\)"):
+        load_bench(spec)
     spec = write_spec(tmp_path, methods="  - {label: A, methods: [lora]}\n  - {label: a, methods: [ia3]}\n")
     with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.1: 'a' has the same name"):
         load_bench(spec)
