@@ -11,6 +11,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from peftlab.methods import apply_methods
 from peftlab.methods.houlsby import HoulsbyConfig
+from peftlab.methods.hyperformer import HyperFormerConfig
 from peftlab.methods.ia3 import IA3Config
 from peftlab.methods.parallel import ParallelAdapterConfig
 from peftlab.methods.pfeiffer import PfeifferConfig
@@ -30,8 +31,12 @@ M384 = 2 * 768 * 384 + 384 + 768  # 590,976: reduction factor 2
         (ParallelAdapterConfig(), 24 * M384, 5.42),  # 24 blocks x FFN = 14,183,424
         # keys and values of 12 + 12 self- and 12 cross-attentions, FFN activations of 24 blocks
         (IA3Config(), 36 * 2 * 768 + 24 * 2048, 0.04),  # 104,448
+        # HyperFormer++, 2 tasks, t = p = 64, h = 128, m = 768/32 = 24, generated LN after: per stack
+        # (12 layer + 2 position embeddings)·64 + task projector 24,704 + 8,256 + LN 128 + generator
+        # 65 x G, G = 2·768·24 + 24 + 768 + 2·768 = 39,192; + 2 task embeddings + 62 base norms of 768
+        (HyperFormerConfig(tasks=2), 2 * (14 * 64 + 24_704 + 8_256 + 128 + 65 * 39_192) + 2 * 64 + 62 * 768, 2.06),
     ],
-    ids=["houlsby", "houlsby-adapterdrop6", "pfeiffer", "parallel", "ia3"],
+    ids=["houlsby", "houlsby-adapterdrop6", "pfeiffer", "parallel", "ia3", "hyperformer"],
 )
 def test_counts_on_flan_t5_base(cfg, expected, pct):
     with torch.device("meta"):
