@@ -5,7 +5,9 @@ interrupted there (same config) is resumed, so an interrupted comparison picks u
 One comparison owns ``OUT`` at a time (``peftlab.rundir.acquire``): a second one into the same
 ``--out`` is refused, where it would retrain, set aside and overwrite the same runs. The table
 goes to the terminal and to ``OUT/results.md`` / ``results.json``, and a figure to
-``OUT/results.png``.
+``OUT/results.png``. The task metrics shown are those the runs have; the floors the runs recorded
+(best constant or majority class, BM25 retrieval: ``peftlab.evaluate.floors``) are rows of the same
+table, and a method that does not beat every floor of its task is marked.
 """
 
 from __future__ import annotations
@@ -17,19 +19,72 @@ from typing import Sequence
 from peftlab import rundir
 from peftlab.errors import ConfigError
 
-COLUMNS = [
+HEAD = [
     ("method", "Method", "{}"),
     ("trainable_params", "Trainable params", "{:,}"),
     ("trainable_pct", "Trainable %", "{:.2f}"),
+]
+# task metrics: a table shows those its rows have, in this order
+METRICS = [
     ("bleu", "BLEU", "{:.2f}"),
     ("codexglue_bleu", "CodeXGLUE BLEU", "{:.2f}"),
+    ("rouge_1", "ROUGE-1", "{:.2f}"),
+    ("rouge_2", "ROUGE-2", "{:.2f}"),
     ("rouge_l", "ROUGE-L", "{:.2f}"),
+    ("chrf", "chrF", "{:.2f}"),
+    ("exact_match", "Exact match", "{:.2f}"),
+    ("f1", "F1", "{:.2f}"),
+    ("edit_sim", "Edit sim", "{:.2f}"),
+    ("accuracy", "Accuracy", "{:.2f}"),
+    ("macro_f1", "Macro-F1", "{:.2f}"),
     ("distinct_predictions", "Distinct outputs", "{:.0%}"),
+]
+TAIL = [
     ("steps", "Steps", "{}"),
     ("train_seconds", "Train s", "{:.1f}"),
     ("tokens_per_second", "Tokens/s", "{:,.0f}"),
     ("final_loss", "Final loss", "{:.3f}"),
+    ("eval_loss", "Val loss", "{:.3f}"),
+    ("ppl", "Perplexity", "{:.2f}"),  # causal runs with eval.perplexity
+    ("peak_memory_mib", "Peak memory MiB", "{:,.0f}"),
 ]
+COLUMNS = HEAD + METRICS + TAIL
+BELOW_FLOOR = " †"  # marks a method that does not beat every floor of its task ("Above floors: no †")
+_FLOOR_NAMES = {"constant": "best constant", "majority": "majority class", "retrieval": "BM25 retrieval"}
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The table's columns: the fixed ones, the task metrics some row has, and whether a method
+    beats its task's floors when the runs recorded them."""
+    floors = [("above_floors", "Above floors", "{}")] if any("beats_floors" in r for r in rows) else []
+    tail = [c for c in TAIL if c[0] not in OPTIONAL or any(r.get(c[0]) is not None for r in rows)]
+    return HEAD + [c for c in METRICS if any(c[0] in r for r in rows)] + floors + tail
+
+
+def _above(r: dict):
+    if "beats_floors" not in r:
+        return None
+    return "yes" if all(r["beats_floors"].values()) else "no" + BELOW_FLOOR
+
+
+def floor_rows(rows: list[dict]) -> list[dict]:
+    """Table rows for the floors the runs recorded (``metrics.json["floors"]``), each distinct one once."""
+    out, seen = [], set()
+    for r in rows:
+        for task, floors in (r.get("floors") or {}).items():
+            for name, f in floors.items():
+                if not isinstance(f, dict):
+                    continue
+                key = (task, name, json.dumps(f, sort_keys=True))
+                if key in seen:
+                    continue
+                seen.add(key)
+                label = f"floor: {_FLOOR_NAMES.get(name, name)}"
+                if "prediction" in f:
+                    label += f' "{f["prediction"]}"'
+                out.append({**f, "method": label, "floor": name, "task": task})
+    return out
+OPTIONAL = {"eval_loss", "ppl", "peak_memory_mib"}  # shown only when some row has them
 
 
 def expand(paths: Sequence[Path]) -> list[Path]:
@@ -55,20 +110,25 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
     loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
     rundir.make_dir(out, "--out")
     with rundir.owned(out), rundir.stop_on_signals():  # one comparison per --out; SIGTERM lets go of it
-        rows = [dict(_run(cfg, out / path.stem, progress), config=str(path), run_dir=str(out / path.stem))
-                for path, cfg in loaded]
-        table = markdown_table(rows)
+        rows = [_row(_run(cfg, out / path.stem, progress), path, out / path.stem) for path, cfg in loaded]
+        floors = floor_rows(rows)
+        table = markdown_table(rows + floors)
         print(table)
         meta = _meta(overrides)
         used = ", ".join(sorted({_PRECISION_NAMES[r["precision"]] for r in rows if r.get("precision")})) or "unrecorded"
         where = f"{meta['device']} ({meta['cpu_capability']}), {used}, {meta['date']}"
         rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{where}\n")
-        rundir.write_json(out / "results.json", {"meta": meta, "rows": rows})
-        plot(rows, out / "results.png")
+        rundir.write_json(out / "results.json", {"meta": meta, "rows": rows, "floors": floors})
+        plot(rows + floors, out / "results.png")
     return rows
 
 
 _PRECISION_NAMES = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
+
+
+def _row(metrics: dict, path: Path, run_dir: Path) -> dict:
+    peak = metrics.get("peak_memory_bytes")
+    return dict(metrics, config=str(path), run_dir=str(run_dir), peak_memory_mib=peak / 2**20 if peak else None)
 
 
 def _run(cfg, run_dir: Path, progress: bool) -> dict:
@@ -121,37 +181,46 @@ def _backfill(metrics: dict, run_dir: Path) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in COLUMNS) + "|"
+    cols = columns(rows)
+    head = "| " + " | ".join(title for _, title, _ in cols) + " |"
+    rule = "|" + "|".join("---" if key == "method" else "---:" for key, _, _ in cols) + "|"
     lines = [head, rule]
     for r in rows:
-        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in COLUMNS]
+        r = dict(r, above_floors=_above(r))
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "–" for key, _, fmt in cols]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.get("beats_floors") and not all(r["beats_floors"].values()) for r in rows):
+        metrics = sorted({f["metric"] for r in rows for f in (r.get("floors") or {}).values()})
+        lines.append(f"\n†: does not beat every floor on {', '.join(metrics)} (model-free baselines on the same rows)")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """BLEU, CodeXGLUE BLEU and ROUGE-L per method, with trainable parameters (log scale) beside."""
+    """Each task metric per method (floors included), with trainable parameters (log scale) beside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["method"] for r in rows]
+    metrics = [(key, title) for key, title, _ in METRICS if key != "distinct_predictions" and any(key in r for r in rows)]
+    names = [r["method"] if len(r["method"]) < 40 else r["method"][:37] + "..." for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     x = list(range(len(rows)))
-    w = 0.27
-    for i, (key, label) in enumerate([("bleu", "BLEU"), ("codexglue_bleu", "CodeXGLUE BLEU"), ("rouge_l", "ROUGE-L")]):
-        ax1.bar([j + (i - 1) * w for j in x], [r[key] for r in rows], w, label=label)
+    w = 0.8 / max(len(metrics), 1)
+    for i, (key, label) in enumerate(metrics):
+        offset = (i - (len(metrics) - 1) / 2) * w
+        ax1.bar([j + offset for j in x], [r.get(key) or 0 for r in rows], w, label=label)
     ax1.set_xticks(x, names, rotation=20, ha="right")
     ax1.set_ylabel("score")
-    ax1.legend()
-    counts = [r["trainable_params"] for r in rows]
-    ax2.bar(x, [max(c, 1) for c in counts], color="gray")
+    if metrics:
+        ax1.legend()
+    methods = [r for r in rows if "trainable_params" in r]
+    counts = [r["trainable_params"] for r in methods]
+    ax2.bar(range(len(methods)), [max(c, 1) for c in counts], color="gray")
     for j, c in enumerate(counts):
         ax2.annotate(f"{c:,}", (j, max(c, 1)), ha="center", va="bottom", fontsize=8)
     ax2.set_yscale("log")
-    ax2.set_xticks(x, names, rotation=20, ha="right")
+    ax2.set_xticks(range(len(methods)), [r["method"] for r in methods], rotation=20, ha="right")
     ax2.set_ylabel("trainable parameters")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--split", default=None)
     e.add_argument("--max-examples", type=int, default=None)
+    e.add_argument("--perplexity", metavar="PATH", default=None,
+                   help="causal runs: perplexity on a file, a directory of .py/.txt, or stdlib (held-out files) "
+                        "instead of re-scoring a split")
+    e.add_argument("--window", type=int, default=None, help="perplexity: tokens per window")
+    e.add_argument("--stride", type=int, default=None, help="perplexity: tokens between window starts")
 
     g = sub.add_parser("generate", help="document a function (--code) or continue a prompt (--prompt) with a finished run")
     g.add_argument("run_dir", type=Path)
@@ -34,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--code", type=Path,
                      help="a Python file: its one function, or each of its functions, is documented (code->doc runs)")
     src.add_argument("--prompt", help="input text, given to the model as is")
+    src.add_argument("--instruction", help="an instruction, put into an instruction run's prompt template")
+    g.add_argument("--input", default="", help="with --instruction: its input / context")
     g.add_argument("--func-name", default=None, help="document only this function of the file")
     g.add_argument("--max-new-tokens", type=int, default=None)
     g.add_argument("--num-beams", type=int, default=None, help="beam search width (1 = greedy)")
@@ -74,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("sources", nargs="+", type=Path)
     cd.add_argument("--out", type=Path, required=True)
     cd.add_argument("--include-tests", action="store_true", help="also mine test directories")
+    from peftlab.tasks.source import source_task_classes
+
+    for task in source_task_classes():
+        sp = dsub.add_parser(task.name, help=f"build the {task.name} task's splits from Python sources")
+        sp.add_argument("sources", nargs="+", type=Path)
+        sp.add_argument("--out", type=Path, required=True)
+        sp.add_argument("--include-tests", action="store_true", help="also mine test directories")
+
+    ins = dsub.add_parser("instruct", help="build a dolly-format instruction set (document / implement / name "
+                                            "functions) from Python sources")
+    ins.add_argument("sources", nargs="+", type=Path)
+    ins.add_argument("--out", type=Path, required=True)
+    ins.add_argument("--include-tests", action="store_true", help="also mine test directories")
     return p
 
 
@@ -133,11 +153,19 @@ def _train(args) -> int:
 def _print_metrics(m: dict, out: Path) -> None:
     if not m:  # a non-main data-parallel process: the main one reports
         return
+    from peftlab.bench import METRICS
+
+    scores = "  ".join(f"{title} {m[key]:.2f}" for key, title, _ in METRICS if isinstance(m.get(key), float)
+                       and key != "distinct_predictions")
     print(
         f"{m['method']}: trainable {m['trainable_params']:,} / {m['total_params']:,} ({m['trainable_pct']:.2f}%)  "
-        f"BLEU {m['bleu']:.2f}  CodeXGLUE-BLEU {m['codexglue_bleu']:.2f}  ROUGE-L {m['rouge_l']:.2f}  "
-        f"steps {m['steps']}  {m['train_seconds']:.1f}s  -> {out}"
+        f"{scores}  steps {m['steps']}  {m['train_seconds']:.1f}s  -> {out}"
     )
+    for task, floors in (m.get("floors") or {}).items():
+        key = floors["metric"]
+        shown = ", ".join(f"{name} {f[key]:.2f}" for name, f in floors.items() if isinstance(f, dict))
+        verdict = "beats them" if m["beats_floors"][task] else "does NOT beat them"
+        print(f"  floors of {task} on {key}: {shown}; the method scores {m['task_metrics'][task][key]:.2f}: {verdict}")
 
 
 def _eval(args) -> int:
@@ -147,6 +175,11 @@ def _eval(args) -> int:
         from peftlab.errors import ConfigError
 
         raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
+    if args.perplexity or args.window is not None or args.stride is not None:
+        from peftlab.run import perplexity_run
+
+        print(json.dumps(perplexity_run(args.run_dir, args.perplexity, args.window, args.stride), indent=2))
+        return 0
     print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples), indent=2))
     return 0
 
@@ -161,8 +194,9 @@ def _generate(args) -> int:
     if args.sample:
         decoding["do_sample"] = True
     _check_decoding(decoding)
-    if args.prompt is not None:
-        print(generate_one(args.run_dir, prompt=args.prompt, decoding=decoding))
+    if args.prompt is not None or args.instruction is not None:
+        print(generate_one(args.run_dir, prompt=args.prompt, decoding=decoding, instruction=args.instruction,
+                           input=args.input))
         return 0
     try:
         code = args.code.read_text(encoding="utf-8")
@@ -228,9 +262,19 @@ def _env(args) -> int:
 
 
 def _data(args) -> int:
-    from peftlab.data.code2doc import build_code2doc
+    if args.data_command == "instruct":
+        from peftlab.data.instruct import build_instruct
 
-    manifest = build_code2doc(args.sources, args.out, exclude_tests=not args.include_tests)
+        manifest = build_instruct(args.sources, args.out, exclude_tests=not args.include_tests)
+    elif args.data_command == "code2doc":
+        from peftlab.data.code2doc import build_code2doc
+
+        manifest = build_code2doc(args.sources, args.out, exclude_tests=not args.include_tests)
+    else:
+        from peftlab.data.pysource import build_task_dir
+        from peftlab.tasks import get_task
+
+        manifest = build_task_dir(args.sources, get_task(args.data_command), args.out, exclude_tests=not args.include_tests)
     print(json.dumps({"out": str(args.out), **manifest["counts"]}))
     return 0
 

@@ -38,7 +38,11 @@ def resolve_paths(cfg, base_dir: Optional[Path] = None):
     data = dataclasses.replace(cfg.data, task=tasks if isinstance(cfg.data.task, tuple) else tasks[0])
     model = dataclasses.replace(cfg.model, name=_absolute_model(cfg.model.name),
                                 tokenizer=_absolute_model(cfg.model.tokenizer))
-    return dataclasses.replace(cfg, data=data, model=model)
+    cfg = dataclasses.replace(cfg, data=data, model=model)
+    ppl = cfg.eval.perplexity
+    if ppl and ppl != "stdlib" and not Path(ppl).is_absolute():
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=str((base / ppl).resolve())))
+    return cfg
 
 
 def _digest(path: Path) -> dict:

@@ -113,14 +113,16 @@ def run_methods(cfg: RunConfig) -> list:
     return out
 
 
-def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
+def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=()) -> tuple[dict, list[dict]]:
     """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
 
     One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
-    ``task_metrics``."""
+    ``task_metrics``. With ``eval.select``, a generation task's decoding is chosen on its
+    ``valid_rows`` first (``peftlab.evaluate.select``)."""
     from peftlab.data.seq2seq import tail_tokens
     from peftlab.evaluate.generate import Decoding
-    from peftlab.evaluate.score import score_task
+    from peftlab.evaluate.select import score_selected
+    from peftlab.tasks.base import sample_rows
 
     multi = len(cfg.data.tasks) > 1
     per_task, out_rows = {}, []
@@ -128,8 +130,9 @@ def score(model, tokenizer, cfg: RunConfig, rows) -> tuple[dict, list[dict]]:
         examples = [e for i, e in rows if i == t]
         if not examples:
             continue
-        metrics, preds = score_task(
-            model, tokenizer, task, examples, max_source_length=cfg.data.max_source_length,
+        valid = sample_rows([e for i, e in valid_rows if i == t], cfg.eval.select_examples) if cfg.eval.select else []
+        metrics, preds = score_selected(
+            model, tokenizer, task, examples, valid, space=cfg.eval.select, max_source_length=cfg.data.max_source_length,
             decoding=Decoding.of(cfg.eval), batch_size=cfg.eval.batch_size,
             mixed_precision=cfg.train.mixed_precision, keep_tail=tail_tokens(tokenizer, task.prompt_tail),
             task_id=t if multi and wants_task_ids(cfg) else None,
@@ -242,6 +245,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"
     check_lengths(cfg, model)
+    ppl_texts = perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
     log.info("%s", state.summary(model))
     if causal:
         train_rows, eval_rows, test = (for_decoder(d, r) for r in (train_rows, eval_rows, test))
@@ -290,7 +294,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "versions": versions(),
     }
     rundir.write_json(run_dir / rundir.TRAINED, trained)  # from here a failure in scoring loses nothing
-    return _scored(cfg, run_dir, model, tok, test, trained)
+    return _scored(cfg, run_dir, model, tok, (train_rows, eval_rows, test), trained)
 
 
 def _per_task(state, model, data: DataSpec) -> dict:
@@ -303,23 +307,91 @@ def _per_task(state, model, data: DataSpec) -> dict:
     return {"trainable_params_per_task": {"shared": split["shared"], "by_task": by_task}}
 
 
-def _scored(cfg: RunConfig, run_dir: Path, model, tok, test, trained: dict) -> dict:
-    """Score the test split and write predictions; the metrics are ``trained`` plus the scores."""
-    scores, rows = score(model, tok, cfg, test)
+def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:
+    """Score the test split (decoding chosen on validation when ``eval.select`` asks) and write
+    predictions; the metrics are ``trained``, the scores, the perplexity (``eval.perplexity``) and
+    the task floors."""
+    train_rows, eval_rows, test = splits
+    scores, rows = score(model, tok, cfg, test, eval_rows)
+    ppl_texts = perplexity_texts(cfg, not model.config.is_encoder_decoder)
+    if ppl_texts:
+        scores.update(_perplexity(model, tok, cfg, ppl_texts))
     _write_predictions(run_dir, rows)
     return {
         **trained,
         **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
         "test_split": cfg.data.test_split,
         "test_examples": scores["eval_examples"],
+        **_floors(cfg, train_rows, eval_rows, test, scores),
     }
 
 
 def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
     """Resume a run whose training was over (its adapter saved) but whose scoring was not."""
     _, loaded = load_trained(run_dir)
-    test = load_examples(cfg.data, cfg.data.test_split, cfg.eval.max_examples, loaded.family.kind == "causal")
-    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, test, rundir.read_trained(run_dir))
+    d, causal = cfg.data, loaded.family.kind == "causal"
+    splits = (load_examples(d, d.train_split, d.max_train_examples, causal),
+              load_examples(d, d.eval_split, d.max_eval_examples, causal),
+              load_examples(d, d.test_split, cfg.eval.max_examples, causal))
+    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, splits, rundir.read_trained(run_dir))
+
+
+def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict) -> dict:
+    """``floors`` (model-free baselines per task, on the same rows) and ``beats_floors`` for metrics.json."""
+    if not cfg.eval.floors:
+        return {}
+    from peftlab.evaluate.floors import beats, task_floors
+
+    floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows)
+    return {"floors": floors, "beats_floors": {t: beats(scores["task_metrics"][t], f) for t, f in floors.items()}}
+
+
+def perplexity_texts(cfg: RunConfig, causal: bool) -> Optional[list[str]]:
+    """The texts of ``eval.perplexity`` (None when unset); a seq2seq model is refused by name."""
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.perplexity import read_texts
+
+    if not cfg.eval.perplexity:
+        return None
+    if not causal:
+        raise ConfigError(f"eval.perplexity: perplexity needs a causal LM; {cfg.model.name} is an encoder-decoder")
+    return [text for _, text in read_texts(cfg.eval.perplexity)]
+
+
+def _perplexity(model, tok, cfg: RunConfig, texts: list[str], window: Optional[int] = None,
+                stride: Optional[int] = None) -> dict:
+    """``{"ppl", "ppl_tokens", ...}`` of ``model`` on ``texts`` with the run's window settings."""
+    from peftlab.errors import ConfigError
+    from peftlab.evaluate.perplexity import default_window, perplexity
+
+    if window is None:
+        window = cfg.eval.perplexity_window or default_window(model, cfg.data.max_source_length
+                                                              + cfg.data.max_target_length)
+    if stride is None:
+        stride = cfg.eval.perplexity_stride or max(window // 2, 1)
+    if window < 2 or not 1 <= stride <= window:
+        raise ConfigError(f"eval.perplexity: window must be >= 2 and stride in [1, window]; got window {window}, "
+                          f"stride {stride}")
+    out = perplexity(model, tok, texts, window=window, stride=stride, batch_size=cfg.eval.batch_size,
+                     mixed_precision=cfg.train.mixed_precision)
+    return {"ppl": out["ppl"], "ppl_tokens": out["tokens"], "ppl_window": out["window"], "ppl_stride": out["stride"]}
+
+
+def perplexity_run(run_dir: Path, path: Optional[str] = None, window: Optional[int] = None,
+                   stride: Optional[int] = None) -> dict:
+    """Perplexity of a finished causal run (its adapter on a fresh base) on ``path`` (default: the
+    run's ``eval.perplexity``): ``peftlab eval RUN --perplexity PATH``."""
+    import dataclasses
+
+    from peftlab.errors import ConfigError
+
+    cfg, loaded = load_trained(Path(run_dir))
+    path = path or cfg.eval.perplexity
+    if not path:
+        raise ConfigError("eval --perplexity: give a PATH (file, directory or stdlib); this run sets no eval.perplexity")
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=path))
+    texts = perplexity_texts(cfg, loaded.family.kind == "causal")
+    return {"perplexity_path": path, **_perplexity(loaded.model, loaded.tokenizer, cfg, texts, window, stride)}
 
 
 def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
@@ -355,30 +427,41 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
     cfg, loaded = load_trained(run_dir)
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
-    examples = load_examples(cfg.data, split, n, causal=loaded.family.kind == "causal")
+    causal = loaded.family.kind == "causal"
+    examples = load_examples(cfg.data, split, n, causal=causal)
+    valid = load_examples(cfg.data, cfg.data.eval_split, cfg.data.max_eval_examples, causal) if cfg.eval.select else []
     change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
     if change:
         log.warning("%s", change["message"])
-    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples)
+    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples, valid)
     tag = f".{change['tag']}" if change else ""  # never overwrite the predictions of the data it saw
     _write_predictions(run_dir, rows, f"predictions.{split}.eval{tag}.jsonl")
     return {"split": split, **scores, **({"data_changed": change["message"]} if change else {})}
 
 
 def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[str] = None, *,
-                 prompt: Optional[str] = None, decoding: Optional[dict] = None) -> str:
+                 prompt: Optional[str] = None, decoding: Optional[dict] = None,
+                 instruction: Optional[str] = None, input: str = "") -> str:
     """One output of a trained run: document the one function in ``code`` (or the one named
-    ``func_name``; a code→doc run), or continue ``prompt`` (text given as is). ``decoding``
-    overrides the run's eval settings (beams, sampling...)."""
+    ``func_name``; a code→doc run), continue ``prompt`` (text given as is) or answer
+    ``instruction`` (+ ``input``) in an instruction run's template. ``decoding`` overrides the
+    run's eval settings (beams, sampling...)."""
     from peftlab.errors import ConfigError
 
-    if (code is None) == (prompt is None):
-        raise ConfigError("generate: give exactly one of --code FILE or --prompt TEXT")
+    if sum(x is not None for x in (code, prompt, instruction)) != 1:
+        raise ConfigError("generate: give exactly one of --code FILE, --prompt TEXT or --instruction TEXT")
     if code is not None:
         ((_, doc),) = generate_docs(run_dir, code, func_name, only_one=True, decoding=decoding)
         return doc
     cfg, loaded = load_trained(Path(run_dir))
-    (out,) = _generate(cfg, loaded, [prompt], "", decoding)
+    task = cfg.data.tasks[0]
+    if instruction is not None:
+        if not hasattr(task, "render"):
+            raise ConfigError(f"generate --instruction: this run's task is {task.describe()}, not an instruction "
+                              f"task; use --prompt")
+        (out,) = _generate(cfg, loaded, [task.render(instruction, input)], task.prompt_tail, decoding)
+    else:
+        (out,) = _generate(cfg, loaded, [prompt], "", decoding)
     return out
 
 

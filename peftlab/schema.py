@@ -101,6 +101,10 @@ class TrainSpec:
             positive(self, "lr")
 
 
+_SELECTABLE = {"num_beams": int, "no_repeat_ngram_size": int, "length_penalty": float, "repetition_penalty": float,
+               "max_new_tokens": int}
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     num_beams: int = 1
@@ -114,17 +118,45 @@ class EvalSpec:
     seed: int = 0  # sampling seed
     batch_size: int = 16
     max_examples: Optional[int] = 200  # test examples scored; None = the whole split
+    # decoding settings chosen on the validation split (never the test), per generation task:
+    # a grid such as {num_beams: [1, 4], no_repeat_ngram_size: [0, 3]}; the choice is in metrics.json
+    select: dict[str, list[Any]] = field(default_factory=dict)
+    select_examples: Optional[int] = 64  # validation rows the selection decodes (a fixed-seed sample); None = all
+    floors: bool = True  # score model-free floors beside the method (best constant / majority, BM25 retrieval)
+    # causal LMs: also the perplexity on a text/source file, a directory of .py/.txt, or "stdlib"
+    # (its held-out test-split files) -> metrics.json "ppl" (peftlab.evaluate.perplexity)
+    perplexity: Optional[str] = None
+    perplexity_window: Optional[int] = None  # tokens per window; None = max_source_length + max_target_length
+    perplexity_stride: Optional[int] = None  # tokens between window starts; None = window // 2
 
     def __post_init__(self):
+        from peftlab.config import FieldError
+
+        for key, values in self.select.items():
+            kind = _SELECTABLE.get(key)
+            if kind is None:
+                raise FieldError("select", f"cannot select {key!r}; selectable: {', '.join(sorted(_SELECTABLE))}")
+            if not isinstance(values, list) or not values:
+                raise FieldError("select", f"{key}: give a non-empty list of values, got {values!r}")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+                    raise FieldError("select", f"{key}: {v!r} is not {'an integer' if kind is int else 'a number'}")
+                if v < (1 if key in ("num_beams", "max_new_tokens") else 0):
+                    raise FieldError("select", f"{key}: {v!r} is out of range")
         from peftlab.config import at_least, positive
 
-        at_least(self, 1, "num_beams", "max_new_tokens", "batch_size", "max_examples")
+        at_least(self, 1, "num_beams", "max_new_tokens", "batch_size", "max_examples", "select_examples")
         at_least(self, 0, "no_repeat_ngram_size", "seed")
         positive(self, "repetition_penalty", "length_penalty", "temperature", "top_p")
         if self.top_p > 1:
             from peftlab.config import FieldError
 
             raise FieldError("top_p", f"top_p must be in (0, 1], got {self.top_p}")
+        if self.perplexity_window is not None and self.perplexity_window < 2:
+            raise FieldError("perplexity_window", f"perplexity_window must be >= 2, got {self.perplexity_window}")
+        if self.perplexity_stride is not None and not 1 <= self.perplexity_stride <= (self.perplexity_window or 2**31):
+            raise FieldError("perplexity_stride", f"perplexity_stride must be in [1, perplexity_window], "
+                                                  f"got {self.perplexity_stride}")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,39 @@ def build_llama(seed: int = 0, **overrides):
     return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, pad_token_id=PAD, **cfg)).eval()
 
 
+def build_gpt2(seed: int = 0, **overrides):
+    """Tiny ``GPT2LMHeadModel`` (its linears are ``Conv1D``: weights stored in x out)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from peftlab.models.gpt2 import GPT2
+
+    cfg = {"vocab_size": VOCAB, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 1, **GPT2.tiny_config,
+           **overrides}
+    torch.manual_seed(seed)
+    config = GPT2Config(**cfg)
+    return GPT2LMHeadModel(config).eval()
+
+
+# LLaMA-layout decoders peftlab's llama table covers besides LLaMA itself (tiny, head_dim explicit:
+# Gemma and Qwen3 default to 256 and 128)
+DECODER_TYPES = ("mistral", "qwen2", "qwen3", "gemma")
+
+
+def build_decoder(model_type: str, seed: int = 0, **overrides):
+    """Tiny causal LM of a LLaMA-layout ``model_type`` (``llama`` or ``DECODER_TYPES``), or ``"gpt2"``."""
+    if model_type == "gpt2":
+        return build_gpt2(seed, **overrides)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from peftlab.models.llama import LLAMA
+
+    cfg = {"vocab_size": VOCAB, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 1, **LLAMA.tiny_config,
+           "head_dim": 8, **overrides}
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **cfg)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
 def logits(model, batch) -> torch.Tensor:
     """Model logits under ``no_grad`` (see the numerics note above)."""
     with torch.no_grad():
@@ -59,6 +92,12 @@ def tiny_t5():
 def tiny_llama():
     """Factory: ``tiny_llama(seed=0, **config_overrides)`` -> fresh tiny ``LlamaForCausalLM``."""
     return build_llama
+
+
+@pytest.fixture
+def tiny_gpt2():
+    """Factory: ``tiny_gpt2(seed=0, **config_overrides)`` -> fresh tiny ``GPT2LMHeadModel``."""
+    return build_gpt2
 
 
 @pytest.fixture

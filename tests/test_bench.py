@@ -47,3 +47,10 @@ def test_markdown_table_formats_missing_values():
 def test_missing_config_path(tmp_path):
     with pytest.raises(ConfigError, match="no such config"):
         compare([tmp_path / "nope.yaml"], tmp_path / "o")
+
+
+def test_optional_columns_show_only_when_a_row_has_them():
+    row = {"method": "x", "trainable_params": 1, "bleu": 1.0}
+    assert "Perplexity" not in markdown_table([row]) and "Val loss" not in markdown_table([row])
+    t = markdown_table([row, dict(row, ppl=12.345, eval_loss=2.5, peak_memory_mib=1536.2)])
+    assert "| Val loss | Perplexity | Peak memory MiB |" in t and "| 2.500 | 12.35 | 1,536 |" in t

@@ -35,7 +35,7 @@ from peftlab.methods.prefix import PrefixConfig
 from peftlab.methods.s2_attn import S2AttnConfig
 from peftlab.methods.strided import StridedConfig
 
-from conftest import INIT_TEXT, build_llama, build_t5, logits, tiny_tokenizer_dir
+from conftest import DECODER_TYPES, INIT_TEXT, build_decoder, build_gpt2, build_llama, build_t5, logits, tiny_tokenizer_dir
 
 BASE = {"name": "tiny", "init": "random", "config": {"seed": 0}}
 
@@ -231,11 +231,26 @@ def p_tuning_lstm(n, k, layers):
     return count
 
 
+def lora_gpt2(r, layers=("c_attn",)):
+    """GPT-2's Conv1D layers (d -> out): c_attn 3d, attn.c_proj d, c_fc 4d, mlp.c_proj (4d -> d)."""
+    def count(c):
+        d = c.n_embd
+        dims = {"c_attn": (d, 3 * d), "attn.c_proj": (d, d), "c_fc": (d, 4 * d), "mlp.c_proj": (4 * d, d)}
+        return c.n_layer * sum(r * (i + o) for i, o in (dims[n] for n in layers))
+
+    return count
+
+
+def ia3_gpt2(c):
+    return c.n_layer * (3 * c.n_embd + 4 * c.n_embd)  # c_attn output (q, k, v); mlp.c_proj input
+
+
 def base_total(c):
     return sum(p.numel() for p in _BUILDERS[c.model_type]().parameters())
 
 
-_BUILDERS = {"t5": build_t5, "llama": build_llama}
+_BUILDERS = {"t5": build_t5, "llama": build_llama, "gpt2": build_gpt2,
+             **{t: (lambda seed=0, t=t: build_decoder(t, seed)) for t in DECODER_TYPES}}
 
 
 @dataclass
@@ -431,6 +446,23 @@ CASES = [
          {"lora": lambda c: c.num_hidden_layers * 4 * 2 * c.hidden_size, "parallel": bottleneck(2, ("ffn",)),
           "ia3": ia3_llama}),
 ]
+# GPT-2 (Conv1D linears, fused q/k/v) and the other LLaMA-layout decoders
+CASES += [
+    Case("lora-c_attn-gpt2", "gpt2", lambda: [LoraConfig(r=4, alpha=8, targets=("c_attn",))], {"lora": lora_gpt2(4)}),
+    Case("lora-all-linear-gpt2", "gpt2", lambda: [LoraConfig(r=2, targets=("all-linear",))],
+         {"lora": lora_gpt2(2, ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"))}),
+    Case("lora-o+ffn_out-gpt2", "gpt2", lambda: [LoraConfig(r=2, targets=("o", "ffn_out"))],
+         {"lora": lora_gpt2(2, ("attn.c_proj", "mlp.c_proj"))}),
+    Case("ia3-gpt2", "gpt2", lambda: [IA3Config(targets=("qkv", "ffn_out"), feedforward=("ffn_out",))],
+         {"ia3": ia3_gpt2}),
+    Case("houlsby-gpt2", "gpt2", lambda: [HoulsbyConfig()], {"houlsby": bottleneck(16, ("self", "ffn"))}),
+    Case("lora-qkv+ia3+parallel-gpt2", "gpt2",
+         lambda: [LoraConfig(r=4, targets=("qkv",)), IA3Config(targets=("ffn_out",), feedforward=("ffn_out",)),
+                  ParallelAdapterConfig()],
+         {"lora": lora_gpt2(4), "ia3": lambda c: c.n_layer * 4 * c.n_embd, "parallel": bottleneck(2, ("ffn",))}),
+    Case("full-gpt2", "gpt2", lambda: [FullFineTuneConfig()], {"full": base_total}),
+    *[Case(f"lora-qv-{t}", t, lambda: [LoraConfig(r=4, alpha=8)], {"lora": lora_llama_qv(4)}) for t in DECODER_TYPES],
+]
 TRAINED = [c for c in CASES if "untrained" not in c.tags]
 LORA = [c for c in CASES if c.has_lora]
 
@@ -441,7 +473,7 @@ def cases(which):
 
 @pytest.fixture
 def batches(t5_batch, llama_batch):
-    return {"t5": t5_batch, "llama": llama_batch}
+    return {"t5": t5_batch, "llama": llama_batch, "gpt2": llama_batch, **{t: llama_batch for t in DECODER_TYPES}}
 
 
 def train_steps(model, batch, steps=3, lr=1e-2):

@@ -59,10 +59,10 @@ def test_hub_id_without_network_is_a_clear_error(monkeypatch):
 def test_unknown_config_override_and_family(tmp_path):
     with pytest.raises(ModelError, match="model.config.d_modle"):
         load_model(ModelSpec(name="mini-t5", init="random", config={"d_modle": 8}))
-    from transformers import GPT2Config
+    from transformers import GPTNeoXConfig  # GPT-2 has a table now; GPT-NeoX (fused query_key_value) not
 
-    with pytest.raises(ModelError, match="'gpt2' has no peftlab architecture table"):
-        family_of(GPT2Config())
+    with pytest.raises(ModelError, match="'gpt_neox' has no peftlab architecture table"):
+        family_of(GPTNeoXConfig())
     with pytest.raises(ModelError, match="unknown model family"):
         get_family("bert")
 

@@ -443,7 +443,8 @@ def _write_atomically(out_dir: Path, payload: dict[str, str]) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        for name, text in payload.items():
+        for name, text in payload.items():  # a name may hold a subdirectory ("task/train.jsonl")
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text, encoding="utf-8", newline="\n")
         tmp.chmod(0o755)  # mkdtemp makes it private
         if out_dir.exists():

@@ -175,3 +175,56 @@ def _smoothed_sentence_bleu(hypothesis: list[str], reference: list[str]) -> floa
         log_precision += math.log(matches + smooth + _TINY) - math.log(guesses + smooth + _TINY)
     log_brevity = min(0.0, 1 - (len(reference) + 1) / (len(hypothesis) + 1))
     return math.exp(log_precision / _MAX_ORDER + log_brevity)
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance: the fewest single-character insertions, deletions and substitutions."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean of ``1 - levenshtein(p, r) / max(len(p), len(r))`` on 0-100 (two empty strings: 1),
+    after collapsing whitespace runs to one space (indentation is not scored)."""
+    predictions, references = _checked(predictions, references)
+    total = 0.0
+    for p, r in zip(predictions, references):
+        p, r = " ".join(p.split()), " ".join(r.split())
+        total += 1.0 - levenshtein(p, r) / max(len(p), len(r), 1)
+    return 100.0 * total / len(predictions)
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Percent of predictions equal to their reference after collapsing whitespace runs."""
+    predictions, references = _checked(predictions, references)
+    return 100.0 * sum(p.split() == r.split() for p, r in zip(predictions, references)) / len(predictions)
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures on 0-100 (``rouge_score``, stemmed, as ``rouge_l``)."""
+    predictions, references = _checked(predictions, references)
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for prediction, reference in zip(predictions, references):
+        for key, score in scorer.score(reference, prediction).items():
+            totals[key] += score.fmeasure
+    n = len(predictions)
+    return {"rouge_1": 100.0 * totals["rouge1"] / n, "rouge_2": 100.0 * totals["rouge2"] / n,
+            "rouge_l": 100.0 * totals["rougeL"] / n}
+
+
+def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF on 0-100 (Popović 2015, sacrebleu's defaults: character 6-grams, beta 2)."""
+    predictions, references = _checked(predictions, references)
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(predictions, [references]).score)

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.methods.ia3 import IA3Config, IA3Linear, ia3_peft_form
+from peftlab.methods.ia3 import IA3Config, IA3Linear, _peft_targets, ia3_peft_form
 from peftlab.methods.lora import LoraConfig, LoraLinear
 
 
@@ -74,9 +74,9 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
         "use_rslora": cfg.rslora,
-        "target_modules": sorted({n.rsplit(".", 1)[-1] for n in wrapped}),
+        "target_modules": _peft_targets(model, set(wrapped)),  # exactly the wrapped layers
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": any(m.fan_in_fan_out for m in wrapped.values()),  # GPT-2's Conv1D
         "init_lora_weights": True,
     }
     return _write(out_dir, model, base_model_name_or_path, config, tensors, **where)
@@ -130,7 +130,10 @@ def adapter_card(base: str, spec, encoder_decoder: bool, revision: str | None = 
 
 
 def merged_model(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update and IA3 vector into its base weight; put plain ``nn.Linear`` layers back."""
+    """Fold every LoRA update and IA3 vector into its base weight; put the plain layers back
+    (``nn.Linear``, or GPT-2's ``Conv1D``)."""
+    from transformers.pytorch_utils import Conv1D
+
     from peftlab.methods.state import _ATTR
     from peftlab.methods.targets import replace_module
 
@@ -138,8 +141,11 @@ def merged_model(model: nn.Module) -> nn.Module:
     for name, m in list(model.named_modules()):
         if isinstance(m, (LoraLinear, IA3Linear)):
             m.merge()
-            linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
-                               device=m.weight.device, dtype=m.weight.dtype)
+            if m.fan_in_fan_out:
+                linear = Conv1D(m.out_features, m.in_features)
+            else:
+                linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
+                                   device=m.weight.device, dtype=m.weight.dtype)
             linear.weight, linear.bias = m.weight, m.bias
             replace_module(model, name, linear)
     if hasattr(model, _ATTR):

@@ -12,7 +12,9 @@ Each targeted linear is wrapped in place (DESIGN.md hook point 1): an output-sca
 no copy of ``W``. ``weight``/``bias`` keep their names, so base checkpoints load strictly. The
 targets are HF peft's defaults (T5: k, v, wo; LLaMA: k_proj, v_proj, down_proj — self- and
 cross-attention); ``merge`` folds l into W (rows for output scaling, columns for input scaling), as
-``peft``'s ``merge_and_unload`` does, and ``export.py`` writes peft's IA3 format.
+``peft``'s ``merge_and_unload`` does, and ``export.py`` writes peft's IA3 format. A GPT-2 ``Conv1D``
+(weight stored in × out) works the same way: its base map is computed as ``Conv1D`` computes it,
+and merging scales its columns for outputs, its rows for inputs.
 """
 
 from __future__ import annotations
@@ -22,20 +24,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
 from peftlab.methods.lora import is_quantized
-from peftlab.methods.targets import find_linears, replace_module
+from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, replace_module
 
 
 class IA3Linear(AdapterModule):
-    def __init__(self, base: nn.Linear, feedforward: bool):
+    def __init__(self, base: nn.Module, feedforward: bool):
         super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = linear_dims(base)
+        self.fan_in_fan_out = is_fan_in_fan_out(base)  # a Conv1D: W is stored (in, out)
         self.weight, self.bias = base.weight, base.bias  # frozen, original names
         self.feedforward = feedforward  # scale the input (FFN activations), else the output
         n = self.in_features if feedforward else self.out_features
@@ -47,18 +49,19 @@ class IA3Linear(AdapterModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
-            return F.linear(x, self.weight, self.bias)
+            return linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         l = self.ia3_l if self.ia3_l.dtype == x.dtype else self.ia3_l.to(x.dtype)
         if self.feedforward:
-            return F.linear(x * l, self.weight, self.bias)
-        y = F.linear(x, self.weight, self.bias)
+            return linear_forward(x * l, self.weight, self.bias, self.fan_in_fan_out)
+        y = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         return y * (l if l.dtype == y.dtype else self.ia3_l.to(y.dtype))  # autocast: y is bf16
 
     def _scale(self, l: torch.Tensor) -> None:
-        if self.feedforward:
-            self.weight.mul_(l.to(self.weight.dtype)[None, :])  # columns
-        else:
-            self.weight.mul_(l.to(self.weight.dtype)[:, None])  # rows
+        l = l.to(self.weight.dtype)
+        if self.feedforward:  # the input axis: columns of (out, in), rows of a Conv1D's (in, out)
+            self.weight.mul_(l[:, None] if self.fan_in_fan_out else l[None, :])
+        else:  # the output axis
+            self.weight.mul_(l[None, :] if self.fan_in_fan_out else l[:, None])
             if self.bias is not None:
                 self.bias.mul_(l.to(self.bias.dtype))
 
@@ -113,7 +116,7 @@ class IA3Config(MethodConfig):
             if is_quantized(linear):
                 raise ModelError(f"ia3: {name} is a 4-bit/8-bit layer; ia3 needs a full-precision base "
                                  f"(model.quantize: none)")
-            if type(linear) is not nn.Linear:
+            if type(linear) is not nn.Linear and not is_fan_in_fan_out(linear):
                 raise ModelError(f"ia3: {name} is already wrapped by another method ({type(linear).__name__})")
             module = IA3Linear(linear, feedforward=name in ff)
             replace_module(model, name, module)
@@ -136,7 +139,7 @@ def ia3_peft_form(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
         "peft_type": "IA3",
         "target_modules": _peft_targets(model, set(wrapped)),
         "feedforward_modules": _peft_targets(model, {n for n, m in wrapped.items() if m.feedforward}),
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": any(m.fan_in_fan_out for m in wrapped.values()),
         "init_ia3_weights": True,
         "modules_to_save": None,
     }
@@ -147,7 +150,7 @@ def _peft_targets(model: nn.Module, names: set[str]) -> list[str] | str:
     """Leaf names where they pick exactly ``names`` (peft matches by suffix), else an exact regex."""
     leaves = {n.rsplit(".", 1)[-1] for n in names}
     same_leaf = {n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in leaves
-                 and (isinstance(m, (nn.Linear, IA3Linear)))}
+                 and (isinstance(m, (nn.Linear, AdapterModule)) or is_fan_in_fan_out(m))}
     if same_leaf == names:
         return sorted(leaves)
     return "(" + "|".join(re.escape(n) for n in sorted(names)) + ")" if names else []

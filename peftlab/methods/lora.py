@@ -7,7 +7,9 @@ A frozen linear map ``W`` (out × in) gets a trainable low-rank update::
 ``A`` starts Kaiming-uniform (or Gaussian), ``B`` starts at zero, so ``h = W x + b`` at init.
 ``merge`` folds ``(α/r) B A`` into ``W`` for zero inference latency; ``unmerge`` takes it out.
 With ``rslora`` the scale is ``α / √r`` (Kalajdzievski, 2023). The wrapper keeps ``weight`` and
-``bias`` under their original names, so base checkpoints still load strictly.
+``bias`` under their original names, so base checkpoints still load strictly. A GPT-2 ``Conv1D``
+stores ``W`` transposed (in × out): the base is computed as ``Conv1D`` computes it and the merged
+update is ``(α/r) (B A)ᵀ`` (peft's ``fan_in_fan_out``); ``A`` and ``B`` have the same shapes either way.
 
 QLoRA (Dettmers et al., 2023, arXiv:2305.14314): when ``W`` is a bitsandbytes 4-bit (NF4/FP4)
 or 8-bit layer, the wrapper calls it as ``base_layer`` (it dequantizes on the fly) and only ``A``,
@@ -27,7 +29,7 @@ from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
-from peftlab.methods.targets import find_linears, replace_module
+from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, replace_module
 
 
 def is_quantized(linear: nn.Module) -> bool:
@@ -36,9 +38,10 @@ def is_quantized(linear: nn.Module) -> bool:
 
 
 class LoraLinear(AdapterModule):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, init: str, rslora: bool):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, init: str, rslora: bool):
         super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self.in_features, self.out_features = linear_dims(base)
+        self.fan_in_fan_out = is_fan_in_fan_out(base)  # a Conv1D: W is stored (in, out)
         if is_quantized(base):
             self.base_layer = base  # quantized weights stay inside their own module
         else:
@@ -59,10 +62,15 @@ class LoraLinear(AdapterModule):
         return iter((self.lora_a, self.lora_b))
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_b @ self.lora_a) * self.scaling  # (out, in)
+        """The update in the base weight's own layout: (out, in), or (in, out) for a Conv1D."""
+        delta = (self.lora_b @ self.lora_a) * self.scaling  # (out, in)
+        return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias) if self.base_layer is None else self.base_layer(x)
+        if self.base_layer is None:
+            y = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
+        else:
+            y = self.base_layer(x)
         if self.merged:
             return y
         a, b = self.lora_a, self.lora_b
@@ -123,7 +131,8 @@ class LoraConfig(MethodConfig):
         found = find_linears(model, family, self.targets, stacks=self.stacks, method="lora")
         wrapped = []
         for name, linear in found:
-            if isinstance(linear, LoraLinear) or (type(linear) is not nn.Linear and not is_quantized(linear)):
+            plain = type(linear) is nn.Linear or is_fan_in_fan_out(linear) or is_quantized(linear)
+            if isinstance(linear, LoraLinear) or not plain:
                 raise ModelError(f"lora: {name} is already wrapped ({type(linear).__name__})")
             module = LoraLinear(linear, self.r, self.alpha, self.dropout, self.init, self.rslora)
             replace_module(model, name, module)

@@ -1,14 +1,51 @@
-"""Finding the linear layers a method targets, by role (``q``), leaf name (``wi_0``) or regex."""
+"""Finding the linear layers a method targets, by role (``q``), leaf name (``wi_0``) or regex.
+
+A "linear layer" is an ``nn.Linear`` (weight: out × in) or Hugging Face's ``Conv1D`` (GPT-2, GPT:
+the same map ``y = x W + b`` with the weight stored transposed, in × out). Methods that wrap
+linears use ``linear_dims`` and ``linear_forward`` so both kinds work, and keep the weight as it is
+stored (base checkpoints still load strictly); ``is_fan_in_fan_out`` says which orientation it has
+(peft's ``fan_in_fan_out``). A role that a family computes inside a fused layer (GPT-2's q, k, v in
+``c_attn``) is refused with the fused layer named.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule
+
+
+def is_fan_in_fan_out(module: nn.Module) -> bool:
+    """A Hugging Face ``Conv1D``: a linear map whose weight is stored (in × out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """A plain (unwrapped) linear layer: ``nn.Linear`` or ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_fan_in_fan_out(module)
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """``(in_features, out_features)`` of an ``nn.Linear``, a ``Conv1D`` or a method's wrapper."""
+    if is_fan_in_fan_out(module):
+        return module.nx, module.nf
+    return module.in_features, module.out_features
+
+
+def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias, fan_in_fan_out: bool) -> torch.Tensor:
+    """``x W^T + b`` for an (out × in) weight, ``x W + b`` for a Conv1D's (in × out) one, computed
+    exactly as ``nn.Linear`` / ``Conv1D`` compute it (so a wrapper is bit-identical at init)."""
+    if not fan_in_fan_out:
+        return torch.nn.functional.linear(x, weight, bias)
+    out = torch.addmm(bias, x.view(-1, x.size(-1)), weight) if bias is not None else x.view(-1, x.size(-1)) @ weight
+    return out.view(x.size()[:-1] + (weight.shape[1],))
 
 
 def _stack_of(name: str, family) -> str | None:
@@ -25,18 +62,25 @@ def find_linears(
     *,
     stacks: Sequence[str] | None = None,
     method: str = "method",
-) -> list[tuple[str, nn.Linear]]:
-    """``(qualified name, module)`` of every ``nn.Linear`` inside a block that ``targets`` selects.
+) -> list[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of every linear layer inside a block that ``targets`` selects.
 
     A target is a role of the family table (``q``, ``k``, ``v``, ``o``, ``ffn_in``, ``ffn_gate``,
     ``ffn_out``), ``all-linear``, a literal leaf name (``SelfAttention.q`` or ``q``), or
-    ``re:<regex>`` matched against the full module name.
+    ``re:<regex>`` matched against the full module name. ``nn.Linear`` and ``Conv1D`` both count.
     """
     for s in stacks or ():
         if s not in family.stacks:
             raise ModelError(f"{method}: unknown stack {s!r} for {family.name} (has: {', '.join(family.stacks)})")
     leaves, patterns, all_linear = set(), [], False
     for t in targets:
+        if t in family.fused_roles:
+            fused = family.fused_roles[t]
+            raise ModelError(
+                f"{method}: {family.name} has no separate {t!r} layer: it computes "
+                f"{', '.join(r for r, f in family.fused_roles.items() if f == fused)} in one fused layer "
+                f"{fused!r}; target it whole with targets: [{fused}] (or pick other roles: "
+                f"{', '.join(family.linear_roles)})")
         if t == "all-linear":
             all_linear = True
         elif t.startswith("re:"):
@@ -54,7 +98,7 @@ def find_linears(
             inside.append(name + ".")
         stack = _stack_of(name, family)
         # a linear that a method already wrapped (LoRA, IA3) stays a target: a second wrapper is refused
-        if stack is None or not (isinstance(module, nn.Linear) or wrapped and hasattr(module, "in_features")):
+        if stack is None or not (is_linear(module) or wrapped and hasattr(module, "in_features")):
             continue
         block_linears.append(name)
         if stacks is not None and stack not in stacks:

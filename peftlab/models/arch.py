@@ -17,7 +17,8 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # HF ``config.model_type`` values this table covers
     kind: Literal["seq2seq", "causal"]
-    # Role -> leaf module name of the nn.Linear inside a block (q/k/v/o, ffn_in/ffn_gate/ffn_out).
+    # Role -> leaf module name of the linear layer (nn.Linear or Conv1D) inside a block
+    # (q/k/v/o, ffn_in/ffn_gate/ffn_out); a leaf may be dotted ("mlp.c_proj") where names repeat.
     linear_roles: dict[str, tuple[str, ...]]
     # Dotted paths of the block lists, per stack.
     stacks: dict[str, str]
@@ -48,6 +49,9 @@ class Family:
     head_dim: str = ""
     rotary: str = ""
     decoder: str | None = None  # dotted path of the decoder stack (seq2seq only)
+    # Roles computed inside one fused layer (GPT-2: q, k, v -> "c_attn"): targeting such a role
+    # alone is refused with the fused layer named.
+    fused_roles: dict[str, str] = field(default_factory=dict)
     # Config keys that make a tiny random model of this family for tests.
     tiny_config: dict = field(default_factory=dict)
 
@@ -95,10 +99,11 @@ class Family:
 
 
 def _families() -> dict[str, Family]:
+    from peftlab.models.gpt2 import GPT2
     from peftlab.models.llama import LLAMA
     from peftlab.models.t5 import T5
 
-    return {f.name: f for f in (T5, LLAMA)}
+    return {f.name: f for f in (T5, LLAMA, GPT2)}
 
 
 def family_of(model_or_config) -> Family:

@@ -2,13 +2,19 @@
 
 Blocks are ``model.layers.N``; attention linears ``q_proj,k_proj,v_proj,o_proj`` in ``self_attn``;
 the SwiGLU FFN is ``gate_proj``, ``up_proj``, ``down_proj`` in ``mlp``.
+
+The same layout (module names, pre-norms ``input_layernorm`` / ``post_attention_layernorm``, final
+``model.norm``) is Mistral, Qwen2 (biases on q/k/v), Qwen3 (plus per-head RMSNorms ``q_norm`` /
+``k_norm`` inside ``self_attn``, which no method here touches) and Gemma (embeddings scaled by √d,
+norms ``1 + w``); ``tests/test_decoder_families.py`` checks each. Gemma 2/3 are *not* covered: their
+extra ``pre_feedforward_layernorm`` / ``post_feedforward_layernorm`` move the FFN's residual branch.
 """
 
 from peftlab.models.arch import Family
 
 LLAMA = Family(
     name="llama",
-    model_types=("llama", "mistral", "qwen2"),
+    model_types=("llama", "mistral", "qwen2", "qwen3", "gemma"),
     kind="causal",
     linear_roles={
         "q": ("q_proj",),

@@ -15,6 +15,13 @@ from peftlab.tasks.base import Example, TaskConfig
 _REGISTRY = {
     "code2doc": "peftlab.tasks.code2doc:Code2DocTask",
     "classify": "peftlab.tasks.classify:ClassifyTask",
+    "method_name": "peftlab.tasks.method_name:MethodNameTask",
+    "doc_match": "peftlab.tasks.doc_match:DocMatchTask",
+    "exception_type": "peftlab.tasks.exception_type:ExceptionTypeTask",
+    "line_completion": "peftlab.tasks.line_completion:LineCompletionTask",
+    "glue": "peftlab.tasks.glue:GlueTask",
+    "seq2seq": "peftlab.tasks.seq2seq:Seq2SeqTask",
+    "instruction": "peftlab.tasks.instruction:InstructionTask",
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Sequence
 from peftlab.errors import DataError
 from peftlab.tasks.base import Example, TaskConfig, sample_rows
 
-_SPLIT_FILES = {"train": ("train",), "valid": ("valid", "validation", "dev"), "test": ("test",)}
+_SPLIT_FILES = {"train": ("train",), "valid": ("valid", "validation", "dev", "val"), "test": ("test",)}
 _ENDINGS = (".jsonl", ".csv", ".tsv")
 
 
@@ -37,10 +37,11 @@ def find_split_file(root: Path, split: str) -> Path:
     raise DataError(f"{root}: no {split} split (looked for {', '.join(s + '.{jsonl,csv,tsv}' for s in names)})")
 
 
-def read_records(path: Path) -> list[tuple[int, dict]]:
-    """``(line number, record)`` rows of a JSONL, CSV or TSV file; errors name ``file:line``."""
+def read_records(path: Path, fieldnames: Optional[Sequence[str]] = None) -> list[tuple[int, dict]]:
+    """``(line number, record)`` rows of a JSONL, CSV or TSV file; errors name ``file:line``.
+    ``fieldnames``: the columns of a CSV/TSV file without a header row (GLUE's CoLA)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first column's name
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
     except OSError as e:
@@ -58,7 +59,8 @@ def read_records(path: Path) -> list[tuple[int, dict]]:
                 raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
             rows.append((n, rec))
     else:
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",",
+        reader = csv.DictReader(text.splitlines(), fieldnames=list(fieldnames) if fieldnames else None,
+                                delimiter="\t" if path.suffix == ".tsv" else ",",
                                 quoting=csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL)
         for rec in reader:
             rows.append((reader.line_num, rec))
@@ -139,11 +141,15 @@ class ClassifyTask(TaskConfig):
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         path = self._file(split)
+        return sample_rows(self.to_examples(path, read_records(path)), limit)
+
+    def to_examples(self, path: Path, records: Sequence[tuple[int, dict]]) -> list[Example]:
+        """``(line, record)`` rows of ``path`` as examples; errors name the file, line and column."""
         values = self.label_values()
         index = {v: i for i, v in enumerate(values)}
         words = self.choices()
         out = []
-        for line, rec in read_records(path):
+        for line, rec in records:
             missing = [c for c in (*self.text_columns, self.label_column) if c not in rec]
             if missing:
                 raise DataError(f"{path}:{line}: missing column {missing[0]!r} (has: {', '.join(sorted(rec))})")
@@ -153,7 +159,7 @@ class ClassifyTask(TaskConfig):
             fields = {c: " ".join(str(rec[c]).split()) for c in self.text_columns}
             label = index[value]
             out.append(Example(self.template_text.format(**fields), words[label], {"line": line}, label))
-        return sample_rows(out, limit)
+        return out
 
     def split_files(self, split: str) -> list[str]:
         return [str(self._file(split))]
