@@ -380,3 +380,18 @@ def test_multi_task_run_trains_scores_and_reloads(tmp_path):
     again = evaluate_run(tmp_path / "run")
     for task, scores in m["task_metrics"].items():
         assert again["task_metrics"][task]["accuracy"] == scores["accuracy"]
+
+
+def test_shipped_config_applies_to_mini_t5():
+    """configs/methods/hyperformer.yaml on the shipped mini-t5: one embedding per task of data.task."""
+    from peftlab.config import load_config
+    from peftlab.run import build
+    from peftlab.schema import RunConfig
+    from tiny_runs import ROOT
+
+    cfg = load_config(RunConfig, ROOT / "configs" / "methods" / "hyperformer.yaml")
+    loaded, state = build(cfg)
+    c = loaded.model.config
+    assert state.configs[0].tasks == len(cfg.data.tasks) == 2
+    shared, by_task = hyperformer_count(c, 2, 64, 128, 64, 32)
+    assert state.per_task(loaded.model) == {"shared": shared, "by_task": by_task}

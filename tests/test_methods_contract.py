@@ -21,6 +21,7 @@ from peftlab.methods.alignment import ATTR, AlignmentConfig, HyperAlignmentAdapt
 from peftlab.methods.bottleneck import BottleneckAdapter
 from peftlab.methods.houlsby import HoulsbyConfig
 from peftlab.methods.hyperformer import HyperFormerConfig
+from peftlab.methods.unipelt import UniPELTConfig
 from peftlab.methods.ia3 import IA3Config, IA3Linear, ia3_modules
 from peftlab.methods.parallel import ParallelAdapterConfig
 from peftlab.methods.pfeiffer import PfeifferConfig
@@ -196,6 +197,27 @@ def hyperformer(tasks, t, h, p, rf=32.0, kinds=("self", "ffn"), ln_before=False,
         big_g = 2 * d * m + m + d + 2 * d * (ln_before + ln_after)
         per_net = [(n + len(kinds)) * t + (3 * t * h + h) + (h * p + p) + 2 * p + (p + 1) * big_g for n in stacks]
         return tasks * t + sum(per_net) + (base_norms(c) if norms else 0)
+
+    return count
+
+
+def unipelt(r=8, p=10, h=512, rf=16.0, modules=("lora", "prefix", "adapter")):
+    """LoRA on q, v of every attention, prefix rows (through the MLP while training) in every
+    attention, a Pfeiffer adapter after every FFN; each wrapped linear, attention and adapter also
+    has its gate W_G: d -> 1 (d + 1 parameters)."""
+
+    def count(c):
+        d, t5 = _width(c), c.model_type == "t5"
+        attentions = c.num_layers + 2 * c.num_decoder_layers if t5 else c.num_hidden_layers
+        blocks = c.num_layers + c.num_decoder_layers if t5 else c.num_hidden_layers
+        n = 0
+        if "lora" in modules:
+            n += (lora_t5_qv(r) if t5 else lora_llama_qv(r))(c) + 2 * attentions * (d + 1)
+        if "prefix" in modules:
+            n += (prefix_t5(p, h) if t5 else prefix_llama(p, h))(c) + attentions * (d + 1)
+        if "adapter" in modules:
+            n += bottleneck(rf, ("ffn",))(c) + blocks * (d + 1)
+        return n
 
     return count
 
@@ -430,6 +452,16 @@ CASES = [
          {"lora": lora_t5_qv(4), "hyperformer": hyperformer(2, 8, 16, 8, ln_after=False), "alignment": alignment()},
          injected=lambda c: lora_t5_qv(4)(c) + hyperformer(2, 8, 16, 8, ln_after=False)(c) - base_norms(c)
          + alignment()(c)),
+    # UniPELT (prefix P = 3, MLP h = 16; m = d/16 = 2): prefix rows change outputs from the start;
+    # LoRA (B = 0) and a zero_up adapter alone start at the base model
+    *[Case(f"unipelt-{fam}", fam, lambda: [UniPELTConfig(prefix_length=3, prefix_projection=16)],
+           {"unipelt": unipelt(p=3, h=16)}, identity=False) for fam in ("t5", "llama")],
+    Case("unipelt-rows-llama", "llama", lambda: [UniPELTConfig(r=4, prefix_length=2, prefix_projection=0)],
+         {"unipelt": unipelt(r=4, p=2, h=0)}, identity=False),
+    Case("unipelt-lora-adapter-t5", "t5", lambda: [UniPELTConfig(modules=("lora", "adapter"), adapter_init="zero_up")],
+         {"unipelt": unipelt(modules=("lora", "adapter"))}),
+    Case("unipelt+alignment-t5", "t5", lambda: [UniPELTConfig(prefix_length=3, prefix_projection=16), AlignmentConfig()],
+         {"unipelt": unipelt(p=3, h=16), "alignment": alignment()}, identity=False),
     # composition: LoRA + bottleneck + alignment, LoRA + IA3 on other layers, two bottlenecks on one FFN
     Case(
         "lora+houlsby+alignment-t5", "t5", lambda: [LoraConfig(r=4, alpha=8), HoulsbyConfig(), AlignmentConfig()],
@@ -736,7 +768,7 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 @cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'houlsby-t5',
                                      'parallel-llama', 'ia3-t5', 'prefix-mlp-t5', 'llama-adapter-llama',
                                      'llama-adapter-v2-llama', 's2-attn-llama', 'prompt-tuning-random-t5',
-                                     'p-tuning-lstm-llama', 'hyperformer-llama')])
+                                     'p-tuning-lstm-llama', 'hyperformer-llama', 'unipelt-t5')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)
@@ -806,6 +838,7 @@ def test_config_dispatch_by_name():
                                  PfeifferConfig(bottleneck=4), ParallelAdapterConfig(scaling=2.0),
                                  IA3Config(stacks=("decoder",)),
                                  HyperFormerConfig(tasks=3, sublayers=("ffn",), layers=(1,), init="normal"),
+                                 UniPELTConfig(modules=("prefix", "adapter"), cross=False, adapter_init="zero_up"),
                                  PromptTuningConfig(num_virtual_tokens=5, init="text", init_text="x"),
                                  PTuningConfig(encoder="lstm", hidden=16, lstm_layers=1)])
 def test_config_round_trips_through_to_dict(cfg):

@@ -29,6 +29,7 @@ _REGISTRY = {
     "s2_attn": "peftlab.methods.s2_attn:S2AttnConfig",
     "strided": "peftlab.methods.strided:StridedConfig",
     "hyperformer": "peftlab.methods.hyperformer:HyperFormerConfig",
+    "unipelt": "peftlab.methods.unipelt:UniPELTConfig",
 }
 
 
