@@ -251,7 +251,7 @@ def test_deep_copy_runs_its_own_hypernetwork():
     with torch.no_grad():
         hypernetwork(twin).nets['encoder'].generator.weight.mul_(3)
     assert (logits(twin, batch) - logits(model, batch)).abs().max() > 1e-3
-    assert hypernetwork(twin)._task_ids is not None and hypernetwork(model)._task_ids is not None
+    assert hypernetwork(twin)._groups is not None and hypernetwork(model)._groups is not None
 
 
 @pytest.mark.parametrize("family", ["t5", "llama"])

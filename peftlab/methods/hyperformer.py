@@ -27,7 +27,8 @@ generator rows of the last affine map (γ, β; U, b_U without ``ln_after``) at z
 starts exactly as the base model; ``init: normal`` is the reference's N(0, 10⁻⁴) everywhere.
 
 Task ids: training batches carry ``task_ids`` (B,) (``batch_keys``); a pre-hook on the model takes
-them out of the call before the HF model sees them. Without ids (``generate``, whose steps cannot
+them out of the call before the HF model sees them, and the rows of each task run through that
+task's adapter (one adapter call per task of the batch). Without ids (``generate``, whose steps cannot
 carry a per-row tensor), the adapters use the task set by ``set_task``. In evaluation (no grad) the
 generated weights are cached per task and site until a parameter changes.
 """
@@ -82,7 +83,7 @@ class Generator(nn.Module):
 
 
 class HyperNetwork(AdapterModule):
-    """The task embeddings z_τ and the hypernetwork(s); makes every site's adapter for each row's task."""
+    """The task embeddings z_τ and the hypernetwork(s); runs every site's adapter with each row's task."""
 
     def __init__(self, cfg: "HyperFormerConfig", d: int, m: int, layers: dict[str, int], norms: list, device=None):
         super().__init__()
@@ -96,7 +97,7 @@ class HyperNetwork(AdapterModule):
         self.nets = nn.ModuleDict({k: Generator(cfg, sizes, n, device) for k, n in layers.items()})
         self._norms = norms  # base norms the method trains (a list: not registered, base names kept)
         self.default_task = 0  # the task of a call without task_ids (set_task)
-        self._task_ids = None  # (B,) of the current call, taken from its kwargs by the model's pre-hook
+        self._groups = None  # [(task, its rows)] of the current call, from its task_ids (model's pre-hook)
         self._outer = False  # inside a call of the whole model
         self._cache: dict = {}
 
@@ -115,55 +116,61 @@ class HyperNetwork(AdapterModule):
             raise ModelError(f"hyperformer: task {task_id} does not exist (this model has {self.tasks} tasks)")
         self.default_task = int(task_id)
 
-    def generated(self, net: str, layer: int, position: int, all_tasks: bool) -> list[torch.Tensor]:
-        """The site's generated tensors, each (K, n): K = every task, or the default task alone."""
-        z = torch.stack(list(self.task_embeddings)) if all_tasks else self.task_embeddings[self.default_task][None]
-        return self.nets[net](z, layer, position)
+    def generated(self, net: str, layer: int, position: int, task: int) -> list[torch.Tensor]:
+        """The site's generated tensors for ``task`` (see ``Generator.sizes``), each 1-D."""
+        return [p[0] for p in self.nets[net](self.task_embeddings[task][None], layer, position)]
 
-    def _weights(self, net: str, layer: int, position: int, all_tasks: bool) -> list[torch.Tensor]:
+    def _weights(self, net: str, layer: int, position: int, task: int) -> list[torch.Tensor]:
         if torch.is_grad_enabled():
             self._cache.clear()
-            return self.generated(net, layer, position, all_tasks)
+            return self.generated(net, layer, position, task)
         # evaluation: the same tensors until a parameter changes in place or moves (generate's steps)
         version = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        key = (net, layer, position, -1 if all_tasks else self.default_task)
         if self._cache.get("version") != version:
             self._cache = {"version": version}
+        key = (net, layer, position, task)
         if key not in self._cache:
-            self._cache[key] = self.generated(net, layer, position, all_tasks)
+            self._cache[key] = self.generated(net, layer, position, task)
         return self._cache[key]
 
     def adapt(self, net: str, layer: int, position: int, y: torch.Tensor) -> torch.Tensor:
         """A(y) at one site, for each row's task: y (B, T, d) -> (B, T, d)."""
-        ids = self._task_ids
-        if ids is not None and ids.shape[0] != y.shape[0]:
-            raise ModelError(f"hyperformer: task_ids has {ids.shape[0]} rows, the batch {y.shape[0]}")
-        parts = self._weights(net, layer, position, ids is not None)
-        if ids is not None:
-            parts = [p[ids][:, None] for p in parts]  # (B, 1, n): each row's task
+        groups = self._groups
+        if groups is not None and self._rows != y.shape[0]:
+            raise ModelError(f"hyperformer: task_ids has {self._rows} rows, the batch {y.shape[0]}")
+        if groups is None or len(groups) == 1:  # one task for the whole batch: the default, or the ids'
+            task = self.default_task if groups is None else groups[0][0]
+            return self._bottleneck(y, self._weights(net, layer, position, task))
+        out = None
+        for task, rows in groups:  # rows of each task, with that task's adapter (a few tasks per batch)
+            part = self._bottleneck(y[rows], self._weights(net, layer, position, task))
+            out = part.new_empty(y.shape[:-1] + part.shape[-1:]) if out is None else out
+            out[rows] = part
+        return out
+
+    def _bottleneck(self, y: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
         if y.dtype != parts[0].dtype and not torch.is_autocast_enabled(y.device.type):
             y = y.to(parts[0].dtype)  # e.g. a bf16 base with fp32 hypernetwork
         down, b_down, up, b_up, *lns = parts
         if self.ln_before:
             y = _affine_norm(y, lns.pop(0), lns.pop(0))
-        if ids is None:
-            z = F.linear(self.act(F.linear(y, down.view(self.m, self.d), b_down[0])), up.view(self.d, self.m), b_up[0])
-        else:
-            b = y.shape[0]
-            z = self.act(torch.baddbmm(b_down, y, down.view(b, self.m, self.d).transpose(1, 2)))  # (B, T, m)
-            z = torch.baddbmm(b_up, z, up.view(b, self.d, self.m).transpose(1, 2))  # (B, T, d)
+        z = F.linear(self.act(F.linear(y, down.view(self.m, self.d), b_down)), up.view(self.d, self.m), b_up)
         return _affine_norm(z, lns[0], lns[1]) if self.ln_after else z
 
     # hooks (bound methods, so a deep copy of the model runs its own hypernetwork)
     def take_task_ids(self, model, args, kwargs):
         """Pre-hook on the model: ``task_ids`` leave the call before the HF model sees them."""
-        ids = kwargs.pop("task_ids", None)
+        ids, groups = kwargs.pop("task_ids", None), None
         if ids is not None:
-            ids = torch.as_tensor(ids, dtype=torch.long, device=self.task_embeddings[0].device).reshape(-1)
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.tasks):
-                raise ModelError(f"hyperformer: task_ids {sorted(set(ids.tolist()))} out of range: "
+            ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1).tolist()  # one sync per call
+            if any(not 0 <= t < self.tasks for t in ids):
+                raise ModelError(f"hyperformer: task_ids {sorted(set(ids))} out of range: "
                                  f"this model has {self.tasks} tasks")
-        self._task_ids, self._outer = ids, True
+            device = self.task_embeddings[0].device
+            groups = [(t, torch.tensor([i for i, u in enumerate(ids) if u == t], device=device))
+                      for t in sorted(set(ids))] or None
+        self._groups, self._outer = groups, True  # (task, its rows) for each task of the batch
+        self._rows = len(ids) if ids is not None else 0
         return args, kwargs
 
     def leave(self, model, args, kwargs, output):
@@ -173,7 +180,7 @@ class HyperNetwork(AdapterModule):
         """Pre-hook on a stack (T5's encoder, a decoder's body): called from outside the model (T5's
         ``generate`` runs its encoder alone), it uses the default task, not ids of an earlier call."""
         if not self._outer:
-            self._task_ids = None
+            self._groups = None
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}, d={self.d}, m={self.m}, trains_base_norms={bool(self._norms)}"
