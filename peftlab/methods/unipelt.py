@@ -17,15 +17,15 @@ rows (MLP while training, folded when the run saves) through the attention hook 
 match AdapterHub's outputs on the same weights (``tests/test_unipelt.py``).
 
 The gates pool over the call's positions, as both references do. On an encoder (the paper's setting:
-BERT/T5 encoders on GLUE) that is harmless. On a decoder (LLaMA, T5's decoder) a gate of position t
+BERT on GLUE) that only makes a row's gates depend on the padding of its batch. On a decoder (LLaMA, T5's decoder) a gate of position t
 also reads later positions while training, and in cached generation the first step's gates read the
 prompt and each later step's gates read the new token alone: generation then follows the training
 function only approximately (tests show exactly where). ``modules`` switches sub-modules off (the
 paper's UniPELT (AP) is ``[adapter, prefix]``).
 
 Trainable parameters: LoRA r·(in + out) + (in + 1) per wrapped linear; adapter 2·d·m + m + d + (d + 1)
-per block; prefix S·2·P·W + S·(d + 1) for S attention sites of key/value width W, plus the MLP
-P·W + (W·h + h) + (h·S·2W + S·2W) while training (``prefix_projection: h``; 0 = rows directly).
+per block; prefix S·(d + 1) for the gates of S attention sites of key/value width W, plus the rows
+S·2·P·W, or while training the MLP P·W + (W·h + h) + (h·S·2W + S·2W) (``prefix_projection: h``).
 """
 
 from __future__ import annotations
