@@ -383,7 +383,7 @@ def test_multi_task_run_trains_scores_and_reloads(tmp_path):
 
 
 def test_shipped_config_applies_to_mini_t5():
-    """configs/methods/hyperformer.yaml on the shipped mini-t5: one embedding per task of data.task."""
+    """configs/methods-multitask/hyperformer.yaml on the shipped mini-t5: one embedding per task of data.task."""
     from peftlab.config import load_config
     from peftlab.run import build
     from peftlab.schema import RunConfig
