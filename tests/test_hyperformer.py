@@ -389,7 +389,7 @@ def test_shipped_config_applies_to_mini_t5():
     from peftlab.schema import RunConfig
     from tiny_runs import ROOT
 
-    cfg = load_config(RunConfig, ROOT / "configs" / "methods" / "hyperformer.yaml")
+    cfg = load_config(RunConfig, ROOT / "configs" / "methods-multitask" / "hyperformer.yaml")
     loaded, state = build(cfg)
     c = loaded.model.config
     assert state.configs[0].tasks == len(cfg.data.tasks) == 2
