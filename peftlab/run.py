@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from peftlab import fingerprint, rundir
 from peftlab.config import from_dict, read_yaml, to_dict
 from peftlab.env import hardware, versions
 from peftlab.errors import DataError
 from peftlab.schema import DataSpec, RunConfig
+
+if TYPE_CHECKING:
+    from peftlab.tasks import Example
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"
     check_lengths(cfg, model)
-    ppl_texts = perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
+    perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
     log.info("%s", state.summary(model))
     if causal:
         train_rows, eval_rows, test = (for_decoder(d, r) for r in (train_rows, eval_rows, test))
