@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from peftlab import fingerprint, rundir
 from peftlab.config import from_dict, read_yaml, to_dict
 from peftlab.env import hardware, versions
 from peftlab.errors import DataError
 from peftlab.schema import DataSpec, RunConfig
+
+if TYPE_CHECKING:
+    from peftlab.tasks import Example
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,23 @@ def build(cfg: RunConfig):
     loaded = load_model(cfg.model, seed=cfg.train.seed)
     with torch.random.fork_rng(devices=[]):  # method init (LoRA's A, ...) is a function of the seed alone
         torch.manual_seed(cfg.train.seed + 1)
-        state = apply_methods(loaded.model, cfg.methods, loaded.family)
+        state = apply_methods(loaded.model, run_methods(cfg), loaded.family)
     return loaded, state
+
+
+def run_methods(cfg: RunConfig) -> list:
+    """The config's methods as a run applies them: a multi-task method (HyperFormer) sized to the
+    run's tasks (``sized_for``: ``tasks: null`` becomes the number of ``data.task`` entries)."""
+    from peftlab.config import FieldError
+    from peftlab.errors import ConfigError
+
+    out = []
+    for i, m in enumerate(cfg.methods):
+        try:
+            out.append(m.sized_for(len(cfg.data.tasks)) if hasattr(m, "sized_for") else m)
+        except FieldError as e:
+            raise ConfigError(f"methods.{i}.{e.field}: {e}") from None
+    return out
 
 
 def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=()) -> tuple[dict, list[dict]]:
@@ -230,7 +248,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"
     check_lengths(cfg, model)
-    ppl_texts = perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
+    perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
     log.info("%s", state.summary(model))
     if causal:
         train_rows, eval_rows, test = (for_decoder(d, r) for r in (train_rows, eval_rows, test))
@@ -267,6 +285,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "task": " + ".join(t.describe() for t in d.tasks),
         "trainable_params": trainable,
         "trainable_params_by_method": state.counts(model),
+        **_per_task(state, model, d),
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
         "mixed_precision": cfg.train.mixed_precision,  # requested; "precision" (from the loop) is what ran
@@ -279,6 +298,16 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     }
     rundir.write_json(run_dir / rundir.TRAINED, trained)  # from here a failure in scoring loses nothing
     return _scored(cfg, run_dir, model, tok, (train_rows, eval_rows, test), trained)
+
+
+def _per_task(state, model, data: DataSpec) -> dict:
+    """Multi-task methods: trainable parameters shared by all tasks and owned by each, by task name."""
+    split = state.per_task(model)
+    if split is None:
+        return {}
+    names = [t.describe() for t in data.tasks]
+    by_task = {names[i] if i < len(names) else f"task {i}": n for i, n in enumerate(split["by_task"])}
+    return {"trainable_params_per_task": {"shared": split["shared"], "by_task": by_task}}
 
 
 def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:

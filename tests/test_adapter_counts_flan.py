@@ -11,6 +11,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from peftlab.methods import apply_methods
 from peftlab.methods.houlsby import HoulsbyConfig
+from peftlab.methods.hyperformer import HyperFormerConfig
+from peftlab.methods.unipelt import UniPELTConfig
 from peftlab.methods.ia3 import IA3Config
 from peftlab.methods.parallel import ParallelAdapterConfig
 from peftlab.methods.pfeiffer import PfeifferConfig
@@ -30,8 +32,19 @@ M384 = 2 * 768 * 384 + 384 + 768  # 590,976: reduction factor 2
         (ParallelAdapterConfig(), 24 * M384, 5.42),  # 24 blocks x FFN = 14,183,424
         # keys and values of 12 + 12 self- and 12 cross-attentions, FFN activations of 24 blocks
         (IA3Config(), 36 * 2 * 768 + 24 * 2048, 0.04),  # 104,448
+        # HyperFormer++, 2 tasks, t = p = 64, h = 128, m = 768/32 = 24, generated LN after: per stack
+        # (12 layer + 2 position embeddings)·64 + task projector 24,704 + 8,256 + LN 128 + generator
+        # 65 x G, G = 2·768·24 + 24 + 768 + 2·768 = 39,192; + 2 task embeddings + 62 base norms of 768
+        (HyperFormerConfig(tasks=2), 2 * (14 * 64 + 24_704 + 8_256 + 128 + 65 * 39_192) + 2 * 64 + 62 * 768, 2.06),
+        # UniPELT: gated LoRA r=8 on q, v of 36 attentions (72 x (8·1536 + 769)) + gated prefix rows,
+        # P=10, in the 36 attentions (36 x (2·10·768 + 769)) + gated Pfeiffer adapters m=48 after 24 FFNs
+        # (24 x (M48 + 769)): 3,328,260 as saved; while training the prefix MLP (h=512) replaces the
+        # rows: 10·768 + (768·512 + 512) + (512·55,296 + 55,296) = 28,768,256 -> 31,543,556
+        (UniPELTConfig(prefix_projection=0), 72 * (8 * 1536 + 769) + 36 * (2 * 10 * 768 + 769) + 24 * (M48 + 769), 1.33),
+        (UniPELTConfig(), 72 * (8 * 1536 + 769) + 28_768_256 + 36 * 769 + 24 * (M48 + 769), 11.30),
     ],
-    ids=["houlsby", "houlsby-adapterdrop6", "pfeiffer", "parallel", "ia3"],
+    ids=["houlsby", "houlsby-adapterdrop6", "pfeiffer", "parallel", "ia3", "hyperformer", "unipelt-saved",
+         "unipelt-training"],
 )
 def test_counts_on_flan_t5_base(cfg, expected, pct):
     with torch.device("meta"):

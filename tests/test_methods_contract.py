@@ -20,6 +20,8 @@ from peftlab.methods import MethodConfig, apply_methods, peft_state
 from peftlab.methods.alignment import ATTR, AlignmentConfig, HyperAlignmentAdapter
 from peftlab.methods.bottleneck import BottleneckAdapter
 from peftlab.methods.houlsby import HoulsbyConfig
+from peftlab.methods.hyperformer import HyperFormerConfig
+from peftlab.methods.unipelt import UniPELTConfig
 from peftlab.methods.ia3 import IA3Config, IA3Linear, ia3_modules
 from peftlab.methods.parallel import ParallelAdapterConfig
 from peftlab.methods.pfeiffer import PfeifferConfig
@@ -177,6 +179,49 @@ def llama_embeddings_norms(c):
     return c.vocab_size * c.hidden_size + llama_norms(c)  # LongLoRA's "+embed, +norm" (untied LM head)
 
 
+def base_norms(c):
+    """Every norm of the base model (HyperFormer trains them, as the paper does)."""
+    if c.model_type == "t5":  # 2 per encoder block, 3 per decoder block, 2 final (d each)
+        return (2 * c.num_layers + 3 * c.num_decoder_layers + 2) * c.d_model
+    return llama_norms(c)
+
+
+def hyperformer(tasks, t, h, p, rf=32.0, kinds=("self", "ffn"), ln_before=False, ln_after=True, norms=True):
+    """z_τ per task; per stack (one hypernetwork each): e_l per block, e_p per position, task
+    projector 3t -> h -> p and its LayerNorm, one generator p -> G, G = 2·d·m + m + d + 2d per norm."""
+
+    def count(c):
+        d = _width(c)
+        m = int(d // rf)
+        stacks = [c.num_layers, c.num_decoder_layers] if c.model_type == "t5" else [c.num_hidden_layers]
+        big_g = 2 * d * m + m + d + 2 * d * (ln_before + ln_after)
+        per_net = [(n + len(kinds)) * t + (3 * t * h + h) + (h * p + p) + 2 * p + (p + 1) * big_g for n in stacks]
+        return tasks * t + sum(per_net) + (base_norms(c) if norms else 0)
+
+    return count
+
+
+def unipelt(r=8, p=10, h=512, rf=16.0, modules=("lora", "prefix", "adapter")):
+    """LoRA on q, v of every attention, prefix rows (through the MLP while training) in every
+    attention, a Pfeiffer adapter after every FFN; each wrapped linear, attention and adapter also
+    has its gate W_G: d -> 1 (d + 1 parameters)."""
+
+    def count(c):
+        d, t5 = _width(c), c.model_type == "t5"
+        attentions = c.num_layers + 2 * c.num_decoder_layers if t5 else c.num_hidden_layers
+        blocks = c.num_layers + c.num_decoder_layers if t5 else c.num_hidden_layers
+        n = 0
+        if "lora" in modules:
+            n += (lora_t5_qv(r) if t5 else lora_llama_qv(r))(c) + 2 * attentions * (d + 1)
+        if "prefix" in modules:
+            n += (prefix_t5(p, h) if t5 else prefix_llama(p, h))(c) + attentions * (d + 1)
+        if "adapter" in modules:
+            n += bottleneck(rf, ("ffn",))(c) + blocks * (d + 1)
+        return n
+
+    return count
+
+
 def none(c):
     return 0  # sparse attention has no parameters of its own
 
@@ -247,6 +292,15 @@ class Case:
 
     def apply(self, model):
         return apply_methods(model, self.configs())
+
+    def batch(self, batches):
+        """The family's batch; for multi-task methods (``batch_keys``) with each row's task, as a run's
+        batches carry them (row i: task i mod T)."""
+        batch = batches[self.family]
+        tasks = [c.tasks for c in self.configs() if "task_ids" in getattr(c, "batch_keys", ())]
+        if tasks:
+            batch = {**batch, "task_ids": torch.arange(batch["input_ids"].shape[0]) % min(tasks)}
+        return batch
 
     @property
     def has_lora(self):
@@ -382,6 +436,32 @@ CASES = [
     ),
     Case("ia3-encoder-t5", "t5", lambda: [IA3Config(stacks=("encoder",))], {"ia3": ia3_t5(("encoder",))}),
     Case("ia3-llama", "llama", lambda: [IA3Config()], {"ia3": ia3_llama}),
+    # HyperFormer++ (t = 8, h = 16, p = 8; d = 32: rf 32 -> m = 1, rf 8 -> m = 4); batches without
+    # task_ids run task 0. init zero: identity; init normal (the reference's): not
+    *[Case(f"hyperformer-{fam}", fam, lambda: [HyperFormerConfig(tasks=2, task_dim=8, hidden=16, projected=8)],
+           {"hyperformer": hyperformer(2, 8, 16, 8)}, injected=lambda c: hyperformer(2, 8, 16, 8)(c) - base_norms(c))
+      for fam in ("t5", "llama")],
+    Case("hyperformer-cross-ln-before-normal-t5", "t5",
+         lambda: [HyperFormerConfig(tasks=2, task_dim=8, hidden=16, projected=8, reduction_factor=8, ln_before=True,
+                                    sublayers=("self", "cross", "ffn"), train_norms=False, init="normal")],
+         {"hyperformer": hyperformer(2, 8, 16, 8, 8, ("self", "cross", "ffn"), ln_before=True, norms=False)},
+         identity=False),
+    Case("lora+hyperformer+alignment-t5", "t5",
+         lambda: [LoraConfig(r=4, alpha=8), HyperFormerConfig(tasks=2, task_dim=8, hidden=16, projected=8,
+                                                             ln_after=False), AlignmentConfig()],
+         {"lora": lora_t5_qv(4), "hyperformer": hyperformer(2, 8, 16, 8, ln_after=False), "alignment": alignment()},
+         injected=lambda c: lora_t5_qv(4)(c) + hyperformer(2, 8, 16, 8, ln_after=False)(c) - base_norms(c)
+         + alignment()(c)),
+    # UniPELT (prefix P = 3, MLP h = 16; m = d/16 = 2): prefix rows change outputs from the start;
+    # LoRA (B = 0) and a zero_up adapter alone start at the base model
+    *[Case(f"unipelt-{fam}", fam, lambda: [UniPELTConfig(prefix_length=3, prefix_projection=16)],
+           {"unipelt": unipelt(p=3, h=16)}, identity=False) for fam in ("t5", "llama")],
+    Case("unipelt-rows-llama", "llama", lambda: [UniPELTConfig(r=4, prefix_length=2, prefix_projection=0)],
+         {"unipelt": unipelt(r=4, p=2, h=0)}, identity=False),
+    Case("unipelt-lora-adapter-t5", "t5", lambda: [UniPELTConfig(modules=("lora", "adapter"), adapter_init="zero_up")],
+         {"unipelt": unipelt(modules=("lora", "adapter"))}),
+    Case("unipelt+alignment-t5", "t5", lambda: [UniPELTConfig(prefix_length=3, prefix_projection=16), AlignmentConfig()],
+         {"unipelt": unipelt(p=3, h=16), "alignment": alignment()}, identity=False),
     # composition: LoRA + bottleneck + alignment, LoRA + IA3 on other layers, two bottlenecks on one FFN
     Case(
         "lora+houlsby+alignment-t5", "t5", lambda: [LoraConfig(r=4, alpha=8), HoulsbyConfig(), AlignmentConfig()],
@@ -472,7 +552,7 @@ def test_only_method_parameters_train(case, batches):
     state = case.apply(model)
     trainable = set(state.trainable_names())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
-    loss = model(**batches[case.family]).loss
+    loss = model(**case.batch(batches)).loss
     if not trainable:
         assert not loss.requires_grad
         return
@@ -514,7 +594,7 @@ def test_summary_format_exact(tiny_t5):
 
 @cases(TRAINED)
 def test_save_load_round_trip(case, batches, tmp_path):
-    batch = batches[case.family]
+    batch = case.batch(batches)
     model = case.build()
     state = case.apply(model)
     before = logits(model, batch)
@@ -688,7 +768,7 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 @cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'houlsby-t5',
                                      'parallel-llama', 'ia3-t5', 'prefix-mlp-t5', 'llama-adapter-llama',
                                      'llama-adapter-v2-llama', 's2-attn-llama', 'prompt-tuning-random-t5',
-                                     'p-tuning-lstm-llama')])
+                                     'p-tuning-lstm-llama', 'hyperformer-llama', 'unipelt-t5')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)
@@ -757,6 +837,8 @@ def test_config_dispatch_by_name():
                                  HoulsbyConfig(sublayers=("ffn",), layers=(0, 1), drop_lowest=1, train_norms=True),
                                  PfeifferConfig(bottleneck=4), ParallelAdapterConfig(scaling=2.0),
                                  IA3Config(stacks=("decoder",)),
+                                 HyperFormerConfig(tasks=3, sublayers=("ffn",), layers=(1,), init="normal"),
+                                 UniPELTConfig(modules=("prefix", "adapter"), cross=False, adapter_init="zero_up"),
                                  PromptTuningConfig(num_virtual_tokens=5, init="text", init_text="x"),
                                  PTuningConfig(encoder="lstm", hidden=16, lstm_layers=1)])
 def test_config_round_trips_through_to_dict(cfg):

@@ -382,14 +382,23 @@ def build_code2doc(
     exclude_tests: bool = True,
 ) -> dict:
     """Write ``train/valid/test.jsonl`` and ``manifest.json`` to ``out_dir`` (atomically); return the manifest."""
+    kept, manifest = mine_documented(sources, percent=percent, exclude_tests=exclude_tests)
+    manifest = {"builder_version": BUILDER_VERSION, **manifest}
+    write_splits(Path(out_dir), kept, manifest)
+    return manifest
+
+
+def mine_documented(sources: Sequence[str | Path], *, percent: dict[str, int] | None = None,
+                    exclude_tests: bool = True) -> tuple[dict[str, list[dict]], dict]:
+    """Every documented function of ``sources`` as a CodeXGLUE record, per split (split by file
+    content hash, duplicates kept only in the earliest split), and the manifest's common fields."""
     if isinstance(sources, (str, Path)):
         sources = [sources]
     split_of_digest("0" * 8, percent)  # reject bad percentages before any work
-    files = _python_files(sources, exclude_tests)
     per_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     manifest_files: dict[str, list[dict]] = {s: [] for s in SPLITS}
     skipped = []
-    for rel, file in files:
+    for rel, file in _python_files(sources, exclude_tests):
         data = file.read_bytes()
         digest = file_digest(data)
         try:
@@ -400,12 +409,10 @@ def build_code2doc(
         split = split_of_digest(digest, percent)
         manifest_files[split].append({"path": rel, "sha256": digest})
         per_split[split].extend(records)
-
     kept, duplicates = _dedupe(per_split)
     if not any(kept.values()):
         raise DataError(f"no documented functions found in {', '.join(map(str, sources))}")
-    manifest = {
-        "builder_version": BUILDER_VERSION,
+    return kept, {
         "python_version": platform.python_version(),
         "sources": [Path(s).as_posix() for s in sources],
         "files": manifest_files,
@@ -413,10 +420,13 @@ def build_code2doc(
         "skipped_files": skipped,
         "duplicates_removed": duplicates,
     }
+
+
+def write_splits(out_dir: Path, kept: dict[str, list[dict]], manifest: dict) -> None:
+    """``{split}.jsonl`` per split and ``manifest.json``, all or nothing."""
     payload = {f"{s}.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept[s]) for s in SPLITS}
     payload["manifest.json"] = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    _write_atomically(Path(out_dir), payload)
-    return manifest
+    _write_atomically(out_dir, payload)
 
 
 def _dedupe(per_split: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], int]:

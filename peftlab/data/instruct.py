@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from peftlab.data.code2doc import (_decode, _python_files, _write_atomically, clean_code, extract_functions,
-                                   stdlib_sources, summary_from_docstring)
-from peftlab.data.splits import SPLITS, file_digest, split_of_digest
+from peftlab.data.code2doc import clean_code, mine_documented, stdlib_sources, summary_from_docstring, write_splits
+from peftlab.data.splits import SPLITS
 from peftlab.errors import DataError
 
 BUILDER_VERSION = 1  # bump when the records a build writes change: the stdlib cache is keyed on it
@@ -140,45 +139,13 @@ def instruction_of(record: dict) -> dict:
 
 def build_instruct(sources: Sequence[str | Path], out_dir: str | Path, *, percent: dict[str, int] | None = None,
                    exclude_tests: bool = True) -> dict:
-    """Write ``train/valid/test.jsonl`` (dolly format) and ``manifest.json`` to ``out_dir``, atomically."""
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    split_of_digest("0" * 8, percent)  # reject bad percentages before any work
-    per_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    files: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    skipped = []
-    for rel, file in _python_files(sources, exclude_tests):
-        data = file.read_bytes()
-        digest = file_digest(data)
-        try:
-            records = extract_functions(_decode(data), rel, digest=digest, percent=percent)
-        except (SyntaxError, ValueError, UnicodeDecodeError, LookupError, RecursionError) as e:
-            skipped.append({"path": rel, "reason": f"{type(e).__name__}: {e}"})
-            continue
-        split = split_of_digest(digest, percent)
-        files[split].append({"path": rel, "sha256": digest})
-        per_split[split] += records
-    seen, kept, duplicates = set(), {s: [] for s in SPLITS}, 0
-    for split in SPLITS:  # train first: a function also in valid/test is dropped from those
-        for record in per_split[split]:
-            key = (" ".join(record["code_tokens"]), " ".join(record["docstring_tokens"]))
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            kept[split].append(instruction_of(record))
-    if not any(kept.values()):
-        raise DataError(f"no documented functions found in {', '.join(map(str, sources))}")
-    manifest = {
-        "builder_version": BUILDER_VERSION, "python_version": platform.python_version(),
-        "sources": [Path(s).as_posix() for s in sources], "files": files,
-        "counts": {s: len(kept[s]) for s in SPLITS},
-        "categories": {s: {k: sum(r["category"] == k for r in kept[s]) for k in KINDS} for s in SPLITS},
-        "skipped_files": skipped, "duplicates_removed": duplicates,
-    }
-    payload = {f"{s}.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept[s]) for s in SPLITS}
-    payload["manifest.json"] = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    _write_atomically(Path(out_dir), payload)
+    """Write ``train/valid/test.jsonl`` (dolly format) and ``manifest.json`` to ``out_dir``, atomically:
+    the documented functions code→doc mines (same splits, same de-duplication), one instruction each."""
+    functions, manifest = mine_documented(sources, percent=percent, exclude_tests=exclude_tests)
+    kept = {s: [instruction_of(r) for r in rows] for s, rows in functions.items()}
+    manifest = {"builder_version": BUILDER_VERSION, **manifest,
+                "categories": {s: {k: sum(r["category"] == k for r in kept[s]) for k in KINDS} for s in SPLITS}}
+    write_splits(Path(out_dir), kept, manifest)
     return manifest
 
 

@@ -28,6 +28,8 @@ _REGISTRY = {
     "llama_adapter_v2": "peftlab.methods.llama_adapter_v2:LlamaAdapterV2Config",
     "s2_attn": "peftlab.methods.s2_attn:S2AttnConfig",
     "strided": "peftlab.methods.strided:StridedConfig",
+    "hyperformer": "peftlab.methods.hyperformer:HyperFormerConfig",
+    "unipelt": "peftlab.methods.unipelt:UniPELTConfig",
 }
 
 

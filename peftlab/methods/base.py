@@ -61,6 +61,11 @@ class MethodConfig:
         this instance is not exactly representable."""
         return None
 
+    def task_params(self, model: nn.Module) -> list[int] | None:
+        """Multi-task methods (HyperFormer): how many of the method's trainable parameters belong to
+        each task (index = task id); the rest are shared by all tasks. ``None``: nothing per task."""
+        return None
+
     @classmethod
     def dispatch(cls, name: str) -> type["MethodConfig"]:
         from peftlab.methods import get_method

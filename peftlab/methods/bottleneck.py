@@ -67,7 +67,34 @@ SUBLAYERS = ("self", "cross", "ffn")
 INITS = ("zero_up", "houlsby", "bert")
 
 
-class BottleneckAdapter(AdapterModule):
+class BranchAdapter(AdapterModule):
+    """A module on one residual branch: ``forward(x)`` is ``A(x)``, ``reads`` says what x is (see the
+    module docstring), and the two hooks that ``place`` registers put ``A`` on the branch. Bottleneck
+    adapters subclass it, and so do the adapters of HyperFormer and UniPELT."""
+
+    reads: str = "branch"
+    _h = None  # the residual stream h, recorded by the norm's pre-hook for this forward
+
+    def record_residual(self, norm, args):
+        """Forward pre-hook on the sub-layer's norm: its input is the residual stream h."""
+        self._h = args[0]
+
+    def add_to_branch(self, module, args, output):
+        """Forward hook on the branch output y: returns y + A(input)."""
+        y = output[0] if isinstance(output, tuple) else output
+        if self.reads == "branch":
+            x = y
+        else:
+            h, self._h = self._h, None
+            if h is None:
+                raise RuntimeError(f"{type(module).__name__} ran without its norm: the adapter has no residual "
+                                   f"input h (call the whole block, not the sub-layer alone)")
+            x = h if self.reads == "residual" else h + y
+        y = y + self(x).to(y.dtype)
+        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
+
+
+class BottleneckAdapter(BranchAdapter):
     """``A(x)`` on one residual branch; ``reads`` says what it reads (see the module docstring)."""
 
     def __init__(self, d: int, m: int, cfg: "BottleneckConfig", norm: nn.Module, device=None):
@@ -80,7 +107,6 @@ class BottleneckAdapter(AdapterModule):
         self.ln_after = nn.LayerNorm(d, device=device) if cfg.ln_after else None
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
         self._norms = [norm] if cfg.train_norms else []  # a list: not registered, keeps base names
-        self._h = None  # the residual stream h, recorded by the norm's pre-hook for this forward
         with torch.no_grad():
             nn.init.zeros_(self.down.bias)
             nn.init.zeros_(self.up.bias)
@@ -111,24 +137,6 @@ class BottleneckAdapter(AdapterModule):
         if self.dropout is not None:
             z = self.dropout(z)
         return self.ln_after(z) if self.ln_after is not None else z
-
-    def record_residual(self, norm, args):
-        """Forward pre-hook on the sub-layer's norm: its input is the residual stream h."""
-        self._h = args[0]
-
-    def add_to_branch(self, module, args, output):
-        """Forward hook on the branch output y: returns y + A(input)."""
-        y = output[0] if isinstance(output, tuple) else output
-        if self.reads == "branch":
-            x = y
-        else:
-            h, self._h = self._h, None
-            if h is None:
-                raise RuntimeError(f"{type(module).__name__} ran without its norm: the adapter has no residual "
-                                   f"input h (call the whole block, not the sub-layer alone)")
-            x = h if self.reads == "residual" else h + y
-        y = y + self(x).to(y.dtype)
-        return (y,) + tuple(output[1:]) if isinstance(output, tuple) else y
 
     def extra_repr(self) -> str:
         return f"reads={self.reads}, scaling={self.scaling:g}, train_norms={bool(self._norms)}"
@@ -191,42 +199,56 @@ class BottleneckConfig(MethodConfig):
 
     def placements(self, model: nn.Module, family) -> list[tuple[str, int, object]]:
         """``(stack, index, block)`` of the blocks that get adapters; errors name the field."""
-        if not family.pre_norms:
-            raise ModelError(f"{self.name}: the {family.name} family table names no residual branches")
-        missing = [s for s in self.sublayers if s not in family.pre_norms]
-        if missing:
-            raise ModelError(f"{self.name}: sublayers {missing} do not exist in {family.name} blocks "
-                             f"(it has: {', '.join(family.pre_norms)})")
-        for s in self.stacks or ():
-            if s not in family.stacks:
-                raise ModelError(f"{self.name}: unknown stack {s!r} for {family.name} (has: {', '.join(family.stacks)})")
-        blocks = family.blocks(model, self.stacks)
-        for stack in {s for s, _, _ in blocks}:
-            n = sum(1 for s, _, _ in blocks if s == stack)
-            if self.layers is not None and max(self.layers) >= n:
-                raise ModelError(f"{self.name}: layers {list(self.layers)} out of range: the {stack} has {n} blocks")
-            if self.drop_lowest >= n:
-                raise ModelError(f"{self.name}: drop_lowest={self.drop_lowest} leaves no adapter in the "
-                                 f"{stack}'s {n} blocks")
-        return [(s, i, b) for s, i, b in blocks
-                if i >= self.drop_lowest and (self.layers is None or i in self.layers)]
+        return placements(model, family, self.name, self.sublayers, self.stacks, self.layers, self.drop_lowest)
 
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
         d = getattr(model.config, family.hidden_size)
         m = self.bottleneck_size(d)
         device = next(model.parameters()).device
-        injected = []
-        for stack, i, block in self.placements(model, family):
-            for kind in self.sublayers:
-                for parent_name, norm, branch in family.residual_branches(block, kind):
-                    parent = block.get_submodule(parent_name) if parent_name else block
-                    attr = f"{self.name}_{kind}"
-                    if hasattr(parent, attr):
-                        raise ModelError(f"{self.name}: {stack} block {i} already has a {self.name} adapter on {kind}")
-                    adapter = BottleneckAdapter(d, m, self, norm, device=device)
-                    parent.add_module(attr, adapter)
-                    if self.reads != "branch":
-                        norm.register_forward_pre_hook(adapter.record_residual)
-                    branch.register_forward_hook(adapter.add_to_branch)
-                    injected.append(adapter)
-        return injected
+        return place(model, family, self.name, self.sublayers,
+                     lambda stack, i, kind, norm: BottleneckAdapter(d, m, self, norm, device=device),
+                     self.stacks, self.layers, self.drop_lowest)
+
+
+def placements(model: nn.Module, family, method: str, sublayers, stacks=None, layers=None,
+               drop_lowest: int = 0) -> list[tuple[str, int, object]]:
+    """``(stack, index, block)`` of the blocks of ``stacks`` (None = all) whose ``sublayers`` get
+    an adapter: ``layers`` (None = all) minus AdapterDrop's ``drop_lowest``; errors name ``method``."""
+    if not family.pre_norms:
+        raise ModelError(f"{method}: the {family.name} family table names no residual branches")
+    missing = [s for s in sublayers if s not in family.pre_norms]
+    if missing:
+        raise ModelError(f"{method}: sublayers {missing} do not exist in {family.name} blocks "
+                         f"(it has: {', '.join(family.pre_norms)})")
+    for s in stacks or ():
+        if s not in family.stacks:
+            raise ModelError(f"{method}: unknown stack {s!r} for {family.name} (has: {', '.join(family.stacks)})")
+    blocks = family.blocks(model, stacks)
+    for stack in {s for s, _, _ in blocks}:
+        n = sum(1 for s, _, _ in blocks if s == stack)
+        if layers is not None and max(layers) >= n:
+            raise ModelError(f"{method}: layers {list(layers)} out of range: the {stack} has {n} blocks")
+        if drop_lowest >= n:
+            raise ModelError(f"{method}: drop_lowest={drop_lowest} leaves no adapter in the {stack}'s {n} blocks")
+    return [(s, i, b) for s, i, b in blocks if i >= drop_lowest and (layers is None or i in layers)]
+
+
+def place(model: nn.Module, family, method: str, sublayers, make, stacks=None, layers=None,
+          drop_lowest: int = 0) -> list[BranchAdapter]:
+    """Put ``make(stack, index, kind, norm)`` (a ``BranchAdapter``) on each selected residual branch
+    (see ``placements``), as ``<parent>.<method>_<kind>``, and register its hooks (hook point 2)."""
+    injected = []
+    for stack, i, block in placements(model, family, method, sublayers, stacks, layers, drop_lowest):
+        for kind in sublayers:
+            for parent_name, norm, branch in family.residual_branches(block, kind):
+                parent = block.get_submodule(parent_name) if parent_name else block
+                attr = f"{method}_{kind}"
+                if hasattr(parent, attr):
+                    raise ModelError(f"{method}: {stack} block {i} already has a {method} adapter on {kind}")
+                adapter = make(stack, i, kind, norm)
+                parent.add_module(attr, adapter)
+                if adapter.reads != "branch":
+                    norm.register_forward_pre_hook(adapter.record_residual)
+                branch.register_forward_hook(adapter.add_to_branch)
+                injected.append(adapter)
+    return injected

@@ -26,6 +26,8 @@ _NO_MERGE = {
     "prompt_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
     "p_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
     "prefix": "its prefixes are extra keys and values in attention, not a change to any weight",
+    "unipelt": "its LoRA, prefix and adapter are scaled by gates that depend on the input",
+    "hyperformer": "its adapters' weights are generated per task by a hypernetwork",
 }
 
 

@@ -48,6 +48,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
         "methods": [to_dict(c) for c in state.configs],
         "param_names": state.param_names,
         "trainable_params": state.counts(model),
+        **({"trainable_params_per_task": per_task} if (per_task := state.per_task(model)) else {}),
         "base_model": base_model,
         "shapes": {n: list(t.shape) for n, t in tensors.items()},  # checked on load, with the SHA-256
     }

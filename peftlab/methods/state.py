@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -36,6 +37,15 @@ class PeftState:
 
     def trainable_params(self, model: nn.Module) -> int:
         return sum(self.counts(model).values())
+
+    def per_task(self, model: nn.Module) -> dict | None:
+        """Trainable parameters shared by all tasks and owned by each (``MethodConfig.task_params``):
+        ``{"shared": n, "by_task": [n_0, n_1, ...]}``; ``None`` when no method keeps any per task."""
+        owned = [c.task_params(model) for c in self.configs]
+        if all(o is None for o in owned):
+            return None
+        by_task = [sum(col) for col in itertools.zip_longest(*[o for o in owned if o is not None], fillvalue=0)]
+        return {"shared": self.trainable_params(model) - sum(by_task), "by_task": by_task}
 
     def summary(self, model: nn.Module) -> str:
         n, total = self.trainable_params(model), sum(logical_numel(p) for p in model.parameters())

@@ -196,7 +196,7 @@ def _causal_post_hook(model, args, kwargs, output):
     return output[:i] + (logits[:, cut:],) + tuple(output[i + 1 :])
 
 
-def peft_prompt_form(model: nn.Module, family, peft_type: str, extra: dict) -> tuple[dict, dict]:
+def peft_prompt_form(model: torch.nn.Module, family, peft_type: str, extra: dict) -> tuple[dict, dict]:
     """HF peft's prompt-learning form of the model's virtual tokens (``MethodConfig.to_peft``):
     ``prompt_embeddings`` (n, d), P-tuning's encoder already applied (what peft itself saves), in
     front of the encoder (T5) or decoder (causal) input only (``num_transformer_submodules: 1``)."""
