@@ -231,3 +231,19 @@ def test_shipped_specs_load():
         assert load_bench(spec).runs
     for spec in sorted((root / "search").glob("*.yaml")):
         assert load_search(spec).metric
+
+
+def test_a_multi_task_entry_has_a_column_per_task(tmp_path):
+    from bench_helpers import make_sentiment
+    from tiny_runs import make_data
+
+    code, sentiment = make_data(tmp_path / "code"), make_sentiment(tmp_path / "sentiment")
+    tasks = (f"  - label: both\n    task: [{{name: code2doc, path: {code}}}, {{name: classify, path: {sentiment}}}]\n")
+    spec = write_spec(tmp_path, methods="  - {label: LoRA, methods: [{name: lora, r: 4}]}\n", tasks=tasks,
+                      seeds="[0]", extra="isolate: false\n")
+    run_bench(spec, tmp_path / "out", progress=False)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| Method | code2doc CodeXGLUE BLEU | sentiment Accuracy |" in report
+    assert "## Task: both: code2doc" in report and "## Task: both: sentiment" in report
+    row = next(ln for ln in report.splitlines() if ln.startswith("| LoRA |"))
+    assert "–" not in row
