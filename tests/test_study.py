@@ -162,7 +162,8 @@ def test_budget_seeds_and_directories(tmp_path):
     assert first.config.label == "LoRA" and bench.runs[1].config.display_name() == "IA3"
     assert slug("LoRA r=32 + hyper alignment") == "lora-r32-hyper-alignment"
     # --set on the spec addresses entries in their full form, shorthands included
-    bench = load_bench(spec, ("tasks.0.task.template='code: {code}'", "tasks.1.label=sst", "methods.1.methods.0.name=lora"))
+    bench = load_bench(spec, ("tasks.0.task.template='code: {code}'", "tasks.1.label=sst",
+                              "methods.1.methods.0.name=lora"))
     assert bench.runs[0].config.data.task.template == "code: {code}" and bench.task_labels == ["code2doc", "sst"]
     assert bench.method_labels == ["LoRA", "LoRA r=8"] and bench.runs[-1].rel == "sst/lora-r8/seed3"
     with pytest.raises(ConfigError, match=r"override 'budget.steps=0': budget.steps: must be >= 1"):
