@@ -94,5 +94,13 @@ def test_shipped_configs_all_load():
             from peftlab.pretrain.recipe import load_pretrain_config
 
             load_pretrain_config(p)
+        elif p.parent.name == "bench":  # bench specs (peftlab bench), every run config inside checked
+            from peftlab.study import load_bench
+
+            load_bench(p)
+        elif p.parent.name == "search":  # search specs (peftlab search)
+            from peftlab.search import load_search
+
+            load_search(p)
         else:
             load_config(RunConfig, p)
