@@ -137,11 +137,11 @@ def _run(cfg, run_dir: Path, progress: bool) -> dict:
     from peftlab.run import resume_run, train_run
 
     state = rundir.read_status(run_dir).get("state")
-    if state == "complete":
+    if state == "complete" and _same_config(run_dir, cfg):
         return _backfill(rundir.read_metrics(run_dir), run_dir)
     if state in ("interrupted", "running") and _same_config(run_dir, cfg):
         return resume_run(run_dir, progress=progress)  # refused if its process still runs
-    if run_dir.exists():  # a failed or different attempt: keep it aside, never delete it
+    if run_dir.exists():  # a failed or different attempt (an edited config): keep it aside, never delete it
         with rundir.owned(run_dir):  # refused while a live process writes it
             pass
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))

@@ -54,3 +54,14 @@ def test_optional_columns_show_only_when_a_row_has_them():
     assert "Perplexity" not in markdown_table([row]) and "Val loss" not in markdown_table([row])
     t = markdown_table([row, dict(row, ppl=12.345, eval_loss=2.5, peak_memory_mib=1536.2)])
     assert "| Val loss | Perplexity | Peak memory MiB |" in t and "| 2.500 | 12.35 | 1,536 |" in t
+
+
+def test_compare_retrains_a_run_whose_config_was_edited(tmp_path):
+    """A finished run is reused only for the same config; an edited one is set aside, never reused."""
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "b_lora.yaml").write_text(SMOKE)
+    first = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
+    again = compare([cfgs], tmp_path / "out", overrides=[*FAST[1:], "train.max_steps=3"], progress=False)
+    assert first[0]["steps"] == 2 and again[0]["steps"] == 3
+    assert [p.name.split(".")[0] for p in (tmp_path / "out").iterdir() if ".incomplete-" in p.name] == ["b_lora"]
