@@ -75,6 +75,15 @@ class TrainSpec:
     num_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     strategy: Literal["auto", "fsdp"] = "auto"  # auto: DDP when launched on several processes; fsdp: shard
+    # speed levers (peftlab.train.fast); each trains the same weights as the plain path
+    compile: bool = False  # torch.compile the model (inductor, CPU and GPU); the first steps compile
+    fused_kernels: bool = True  # methods' fused forward/backward (LoRA); false = composed torch ops
+    # under bf16/fp16 autocast, store frozen linear weights in that dtype (what autocast casts them to
+    # on every call anyway): less memory, no per-step casts; they stay so after training
+    cast_frozen: bool = False
+    # cross-entropy through the output layer this many label positions at a time, never the full
+    # (positions x vocabulary) logits; padding positions are skipped. None = the model's own loss
+    loss_chunk: Optional[int] = None
 
     def __post_init__(self):
         if self.max_steps is None and self.max_seconds is None:
@@ -83,6 +92,10 @@ class TrainSpec:
             raise ValueError("max_steps must be >= 0")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
+        if self.loss_chunk is not None and self.loss_chunk < 1:
+            from peftlab.config import FieldError
+
+            raise FieldError("loss_chunk", f"loss_chunk must be >= 1 or null, got {self.loss_chunk}")
 
 
 @dataclass(frozen=True)
