@@ -77,7 +77,8 @@ class TrainSpec:
     strategy: Literal["auto", "fsdp"] = "auto"  # auto: DDP when launched on several processes; fsdp: shard
     # speed levers (peftlab.train.fast); each trains the same weights as the plain path
     compile: bool = False  # torch.compile the model (inductor, CPU and GPU); the first steps compile
-    fused_kernels: bool = True  # methods' fused forward/backward (LoRA); false = composed torch ops
+    fused_kernels: bool = True  # one-kernel forms of composed ops: LoRA's update, T5's tanh-GELU
+    fast_dropout: bool = False  # dropout with a cheaper random mask (same rate, another random stream)
     # under bf16/fp16 autocast, store frozen linear weights in that dtype (what autocast casts them to
     # on every call anyway): less memory, no per-step casts; they stay so after training
     cast_frozen: bool = False

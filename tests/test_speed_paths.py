@@ -25,8 +25,9 @@ PLAIN = TrainSpec(fused_kernels=False, compile=False)
 # (a step of ~lr / sqrt(v)) amplifies where a gradient is near zero: atol is 1% of one step (lr 1e-2).
 FP32_TOL = dict(rtol=1e-4, atol=1e-4)
 # bf16 autocast rounds the plain path's pieces separately and the fused path's once, and Adam turns
-# any gradient difference into a step of ~lr: there the optimised path must stay as close to the fp32
-# result as the plain bf16 path is (within BF16_SLACK x), and its losses within BF16_LOSS_RTOL.
+# any gradient difference into a step of ~lr: there the optimised path's losses and weights must stay
+# as close to the fp32 plain path's as the plain bf16 path's are (within BF16_SLACK x; for the losses
+# at least BF16_LOSS_RTOL of them).
 BF16_SLACK, BF16_LOSS_RTOL = 2.0, 3e-3
 
 
@@ -101,7 +102,9 @@ def _compare(case, fast_spec: TrainSpec, precision: str):
             torch.testing.assert_close(fast_w[name], plain_w[name], **FP32_TOL, msg=lambda m: f"{name}: {m}")
         return
     plain16_losses, plain16_w = run(PLAIN, precision)
-    torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(plain16_losses), rtol=BF16_LOSS_RTOL, atol=0)
+    fast_l, plain16_l, plain_l = (torch.tensor(x) for x in (fast_losses, plain16_losses, plain_losses))
+    loss_noise = max(float((plain16_l - plain_l).norm()), BF16_LOSS_RTOL * float(plain_l.norm()))
+    assert float((fast_l - plain_l).norm()) <= BF16_SLACK * loss_noise, (fast_losses, plain16_losses, plain_losses)
     bf16_noise = _distance(plain16_w, plain_w)
     assert _distance(fast_w, plain_w) <= BF16_SLACK * bf16_noise, (_distance(fast_w, plain_w), bf16_noise)
 
@@ -144,13 +147,15 @@ def test_compiled_training_matches_eager(family, monkeypatch):
     the benchmark runs inductor."""
     import torch._dynamo
 
+    from torch._dynamo.utils import counters
+
     monkeypatch.setattr(fast, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
+    counters.clear()
     case = "lora-t5" if family == "t5" else "lora-all-linear-llama"
     _compare(case, TrainSpec(fused_kernels=True, compile=True), "no")
-    model = _model(CASES[case][0], CASES[case][1]())
-    explained = torch._dynamo.explain(model)(**_batch(family))
-    assert explained.graph_break_count == 0, explained.break_reasons
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= 1
 
 
 def test_fused_forward_matches_plain_in_eval_and_merged(tiny_t5, t5_batch):
@@ -199,3 +204,111 @@ def test_cast_frozen_does_nothing_in_fp32():
     model = _model("t5", [LoraConfig(r=4)])
     fast.training_loss(model, TrainSpec(cast_frozen=True))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_fast_dropout_has_the_rate_scale_and_backward_of_dropout():
+    from peftlab.train.kernels import FastDropout
+
+    drop = FastDropout(0.1).train()
+    assert isinstance(drop, nn.Dropout)  # LoRA's fused path checks for nn.Dropout
+    x = torch.ones(512, 256, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = y == 0
+    n, rate = y.numel(), round(0.1 * 65536) / 65536  # the rate, quantised to 1/65536
+    sigma = (rate * (1 - rate) / n) ** 0.5
+    assert abs(dropped.float().mean().item() - rate) < 5 * sigma
+    assert torch.all(y[~dropped] == 1 / (1 - rate))  # kept values scaled by the exact inverse: unbiased
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, torch.where(dropped, 0.0, g / (1 - rate)))  # forward's mask
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()), y.detach())  # seeded like torch's own dropout
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_fast_dropout_trains_a_t5_with_dropout():
+    """Another random stream, so not the same numbers but the same training in distribution: the
+    mean loss of 6 steps, averaged over 4 seeds, within 3% of torch's dropout (the seed-to-seed
+    spread of that average is ~1%); every nn.Dropout swapped, the attention's dropout routed."""
+    from peftlab.train import kernels
+
+    batch = _batch("t5")
+
+    def mean_loss(fast_dropout: bool, seed: int) -> float:
+        model = _model("t5", [LoraConfig(r=4, alpha=8)], dropout_rate=0.1)
+        n_dropout = sum(type(m) is nn.Dropout for m in model.modules())
+        loss_of = fast.training_loss(model, dataclasses.replace(PLAIN, fast_dropout=fast_dropout))
+        if fast_dropout:
+            assert sum(isinstance(m, kernels.FastDropout) for m in model.modules()) == n_dropout > 0
+            assert model.config._attn_implementation == kernels.ATTENTION
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        losses = []
+        for i in range(6):
+            torch.manual_seed(1000 * seed + i)
+            loss = loss_of(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(loss.detach()))
+        assert losses[-1] < losses[0]
+        return sum(losses) / len(losses)
+
+    plain = sum(mean_loss(False, s) for s in range(4)) / 4
+    fast_ = sum(mean_loss(True, s) for s in range(4)) / 4
+    assert abs(fast_ - plain) / plain < 0.03, (fast_, plain)
+
+
+def test_fused_activations_compute_the_same_gelu():
+    from transformers.activations import NewGELUActivation
+
+    from peftlab.train.kernels import TanhGELU, fuse_activations
+
+    model = _model("t5", [LoraConfig(r=4)])
+    before = sum(isinstance(m, NewGELUActivation) for m in model.modules())
+    batch = _batch("t5")
+    with torch.no_grad():
+        ref = model(**batch).logits
+        assert fuse_activations(model) == before == 4  # one per FFN: 2 encoder + 2 decoder blocks
+        assert sum(isinstance(m, TanhGELU) for m in model.modules()) == 4
+        torch.testing.assert_close(model(**batch).logits, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_fast_attention_dropout_path_is_sdpa_without_dropout(family):
+    """The attention function ``fast_dropout`` registers: stock SDPA outside training, and in
+    training its math path (what SDPA falls back to with dropout) equals SDPA at dropout 0."""
+    from peftlab.train import kernels
+
+    config = {"dropout_rate": 0.1} if family == "t5" else {"attention_dropout": 0.1}
+    model, batch = _model(family, [LoraConfig(r=4)], **config), _batch(family)
+    with torch.no_grad():
+        ref_eval = model.eval()(**batch).logits
+    assert kernels.use_fast_attention_dropout(model)
+    assert model.config._attn_implementation == kernels.ATTENTION
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, ref_eval, rtol=0, atol=0)
+    calls = []
+    real = kernels.math_attention
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args[:-1], 0.0)  # the math path itself, dropout off
+
+    kernels.math_attention = spy
+    try:
+        with torch.no_grad():
+            attention = type(model.get_submodule(_attention_path(family)))
+            for m in model.modules():  # training mode for attention only: no dropout elsewhere
+                m.training = isinstance(m, attention)
+            got = model(**batch).logits
+    finally:
+        kernels.math_attention = real
+    assert calls and set(calls) == {0.1}
+    torch.testing.assert_close(got, ref_eval, rtol=1e-5, atol=1e-5)
+
+
+def _attention_path(family: str) -> str:
+    return "encoder.block.0.layer.0.SelfAttention" if family == "t5" else "model.layers.0.self_attn"

@@ -85,6 +85,10 @@ def _run_case(spec, spec_path, overrides, case, precision, device, memory: bool,
     from peftlab.speed.train_case import time_case
 
     rows = time_case(spec, case, precision, device, log)
+    for row in rows:
+        if "tokens_per_s" in row:
+            log(f"  {row['impl']}: {row['step_s_median'] * 1e3:,.0f} ms/step (min {row['step_s_min'] * 1e3:,.0f}), "
+                f"{row['tokens_per_s']:,.0f} tokens/s")
     if memory:
         for row in rows:
             if row.get("error"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from peftlab.speed import machine
 
 
@@ -16,6 +18,10 @@ def add_ratios(rows: list[dict]) -> None:
                 other = by_key.get((r["case"], r["precision"], ref + suffix))
                 if other and other.get("tokens_per_s") and r.get("tokens_per_s"):
                     r[key] = r["tokens_per_s"] / other["tokens_per_s"]
+                    # the same ratio rep by rep (both timed back to back), then the median: a burst of
+                    # load from elsewhere moves both steps of a rep, so this is the steadier figure
+                    paired = [b / a for a, b in zip(r["step_s_all"], other["step_s_all"])]
+                    r[key + "_paired"] = statistics.median(paired)
                 if suffix == "" and other and other.get("memory_peak_bytes") and r.get("memory_peak_bytes"):
                     r["memory_vs_reference"] = r["memory_peak_bytes"] / other["memory_peak_bytes"]
 
@@ -29,9 +35,9 @@ def _row(r: dict) -> str:
         cells = [r["case"], r["precision"], r["impl"], r["batch"], "–", "–", "–", "–", "–",
                  f"{r['trainable_params']:,}", r.get("error") or "not timed"]
         return "| " + " | ".join(cells) + " |"
-    ratio = f"{r['vs_reference']:.2f}" if "vs_reference" in r else ""
+    ratio = f"{r['vs_reference']:.2f} / {r['vs_reference_paired']:.2f}" if "vs_reference" in r else ""
     if "vs_reference_compiled" in r:
-        ratio += f" ({r['vs_reference_compiled']:.2f})"
+        ratio += f" ({r['vs_reference_compiled']:.2f} / {r['vs_reference_compiled_paired']:.2f})"
     mem = _gib(r.get("memory_peak_bytes"))
     if "memory_vs_reference" in r:
         mem += f" ({r['memory_vs_reference']:.2f}×)"
@@ -49,14 +55,21 @@ def table(result: dict) -> str:
     gen = [r for r in result["rows"] if r.get("kind") == "generate"]
     mem_kind = next((r["memory_kind"] for r in rows if r.get("memory_kind")), None)
     lines = [f"Measured on {machine.short(result['machine'])}; {result['warmup']} warm-up + {result['reps']} timed "
-             f"steps per implementation, interleaved. `{result['command']}`", ""]
+             f"steps per implementation, interleaved. `{result['command']}`", "",
+             "× ref: peftlab's tokens/s over the reference's, from the two medians, and paired: the median over "
+             "repetitions of the two steps timed back to back.", ""]
     if rows:
         lines += [
-            "| case | precision | impl | batch | step ms (median) | q1–q3 (min–max) ms | tokens/s | × ref (× compiled ref) "
+            "| case | precision | impl | batch | step ms (median) | q1–q3 (min–max) ms | tokens/s "
+            "| × ref: medians / paired (× compiled ref) "
             f"| peak GiB{' (' + mem_kind + ')' if mem_kind else ''} | trainable | init loss |",
             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
             *[_row(r) for r in rows],
         ]
+        opts = [f"`{r['case']}` {r['impl']}: {', '.join(f'{k}={v}' for k, v in r['options'].items())}"
+                for r in rows if r["impl"].startswith("peftlab") and r.get("options") and r["precision"] == rows[0]["precision"]]
+        if opts:
+            lines += ["", "peftlab's `train` options (the rest at their defaults): " + "; ".join(opts) + "."]
     if gen:
         from peftlab.speed.generate import table as generate_table
 

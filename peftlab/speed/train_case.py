@@ -49,10 +49,7 @@ def build_impl(name: str, base: build.Base, case: CaseSpec, precision: str, lr: 
         from peftlab.train.fast import training_loss
         from peftlab.train.loop import make_optimizer
 
-        options = dict(case.train)
-        if name != "peftlab":
-            options.update(case.variants[name[len("peftlab["):-1]])
-        spec = peftlab_train_spec({**options, "mixed_precision": _mixed(precision), "lr": lr})
+        spec = peftlab_train_spec({**_options(case, name), "mixed_precision": _mixed(precision), "lr": lr})
         model = build.make_peftlab(base.model, case, base.family, copy=copy)
         params = [p for p in model.parameters() if p.requires_grad]
         return Impl(name, model, training_loss(model, spec), make_optimizer(params, spec, device), spec.compile)
@@ -129,7 +126,8 @@ def time_case(spec: SpeedSpec, case: CaseSpec, precision: str, device: torch.dev
     for impl in impls:
         row = {"case": case.name, "precision": precision, "impl": impl.name, "batch": spec.batch_of(case).label(),
                "tokens_per_step": tokens, "trainable_params": build.trainable(impl.model),
-               "init_loss": losses.get(impl.name), "adapters_copied": copied.get(impl.name), "error": impl.error}
+               "init_loss": losses.get(impl.name), "adapters_copied": copied.get(impl.name), "error": impl.error,
+               "options": _options(case, impl.name)}
         if impl.times:
             ts = sorted(impl.times)
             med = statistics.median(ts)
@@ -138,6 +136,13 @@ def time_case(spec: SpeedSpec, case: CaseSpec, precision: str, device: torch.dev
                        tokens_per_s=tokens / med)
         rows.append(row)
     return rows
+
+
+def _options(case: CaseSpec, name: str) -> dict:
+    """The TrainSpec fields peftlab ran with (beyond the defaults), or the reference's compile flag."""
+    if not name.startswith("peftlab"):
+        return {"compile": name.endswith("+compile")}
+    return {**case.train, **(case.variants[name[len("peftlab["):-1]] if name != "peftlab" else {})}
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:

@@ -4,7 +4,10 @@ weights as the plain path (``tests/test_speed_paths.py``).
 ``training_loss(model, spec)`` applies them and returns the function the loop calls per
 micro-batch; the speed benchmark (``peftlab speed``) times exactly this function against HF peft.
 
-* ``fused_kernels``: methods' fused forward/backward (LoRA: ``peftlab.methods.lora._FusedLora``).
+* ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
+  (``peftlab.methods.lora._FusedLora``) and T5's tanh-GELU (``peftlab.train.kernels``).
+* ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.train.kernels``):
+  the same distribution, another random stream, so it is off unless asked for.
 * ``cast_frozen``: under bf16/fp16 autocast every ``F.linear`` computes with its weight cast to the
   autocast dtype, and autocast casts frozen weights again on every call (it caches only tensors
   that require grad) and keeps the copies alive for backward. Storing the frozen linear weights in
@@ -30,9 +33,16 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
     """``loss_of(batch)`` for ``model`` trained under ``spec`` (call it inside autocast)."""
     from peftlab.methods.base import AdapterModule
 
+    from peftlab.train import kernels
+
     for module in model.modules():
         if isinstance(module, AdapterModule):
             module.fused = spec.fused_kernels
+    if spec.fused_kernels:
+        kernels.fuse_activations(model)
+    if spec.fast_dropout:
+        kernels.use_fast_dropout(model)
+        kernels.use_fast_attention_dropout(getattr(model, "module", model))
     if spec.cast_frozen and spec.mixed_precision in _AUTOCAST_DTYPES:
         cast_frozen_linears(model, _AUTOCAST_DTYPES[spec.mixed_precision])
     forward = torch.compile(model, backend=COMPILE_BACKEND) if spec.compile else model

@@ -6,7 +6,7 @@ gradient: four (N, V) tensors, the largest activations of a small model with a 3
 Here ``_ChunkedHeadLoss`` walks the rows ``chunk`` at a time and, while the chunk's logits exist,
 computes its loss and the gradient with respect to h (and W, when W trains):
 
-    p = softmax(h_c W^T)              (c, V)  float32, one chunk at a time
+    p = softmax(h_c W^T)               (c, V)  float32, one chunk at a time
     dL/dh_c = (p - onehot(y_c)) W / n  (c, d)
     dL/dW  += (p - onehot(y_c))^T h_c / n
 
@@ -37,15 +37,13 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start : start + chunk], labels[start : start + chunk]  # (c, d), (c,)
             r = rows[: h.shape[0]]
-            logits = (h @ w.t()).float()  # (c, V); autocast decides the matmul's dtype
-            lse = torch.logsumexp(logits, dim=-1)  # (c,)
-            total += (lse - logits[r, y]).sum()
-            p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            p[r, y] -= 1.0
-            p.div_(n)
-            grad_h[start : start + chunk] = p @ w  # (c, d)
+            logp = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (c, V); autocast picks the matmul's dtype
+            total -= logp[r, y].sum()
+            p = logp.exp_()  # softmax, in place
+            p[r, y] -= 1.0  # dL/dlogits * n
+            grad_h[start : start + chunk] = (p @ w).div_(n)  # (c, d): 1/n on the small side
             if grad_w is not None:
-                grad_w.add_(p.t() @ h.float())
+                grad_w.add_((p.t() @ h.float()).div_(n))
         ctx.save_for_backward(grad_h, grad_w)
         return total / n
 
