@@ -107,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
 
     en = sub.add_parser("env", help="versions, device, CPU capability, native bf16: what a bug report needs")
     en.add_argument("--json", action="store_true", help="one JSON object instead of aligned lines")
+    sp = sub.add_parser("speed", help="time peftlab beside HF peft (same model, weights, batch, precision)")
+    sp.add_argument("spec", type=Path, help="a speed spec, e.g. benchmarks/speed/cpu-t5-small.yaml")
+    sp.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. reps=3")
+    sp.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/speed/<spec>.json)")
+    sp.add_argument("--case", dest="cases", action="append", default=[], help="run only this case (repeatable)")
+    sp.add_argument("--dry-run", action="store_true", help="build every case on the meta device and check it")
+    sp.add_argument("--no-memory", dest="memory", action="store_false", default=None,
+                    help="skip the peak-memory subprocesses")
 
     d = sub.add_parser("data", help="build datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -333,6 +341,14 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _speed(args) -> int:
+    from peftlab.speed import run_speed
+
+    run_speed(args.spec, out=args.out, overrides=args.overrides, cases=args.cases, dry_run=args.dry_run,
+              memory=args.memory)
+    return 0
+
+
 def _env(args) -> int:
     from peftlab.env import format_report, report
 
@@ -361,7 +377,7 @@ def _data(args) -> int:
 
 _COMMANDS = {"train": _train, "eval": _eval, "generate": _generate, "compare": _compare, "pretrain": _pretrain,
              "merge": _merge, "export": _export, "bench": _bench, "report": _report, "analyze": _analyze,
-             "search": _search,
+             "search": _search, "speed": _speed,
              "data": _data, "env": _env}
 
 if __name__ == "__main__":

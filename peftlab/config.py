@@ -68,6 +68,9 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X] given a value: X's own error says more than the union's
+            return _coerce(value, options[0], path, where)
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:

@@ -86,6 +86,16 @@ class TrainSpec:
     num_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     strategy: Literal["auto", "fsdp"] = "auto"  # auto: DDP when launched on several processes; fsdp: shard
+    # speed levers (peftlab.train.fast); each trains the same weights as the plain path
+    compile: bool = False  # torch.compile the model (inductor, CPU and GPU); the first steps compile
+    fused_kernels: bool = True  # one-kernel forms of composed ops: LoRA's update, T5's tanh-GELU
+    fast_dropout: bool = False  # dropout with a cheaper random mask (same rate, another random stream)
+    # under bf16/fp16 autocast, store frozen linear weights in that dtype (what autocast casts them to
+    # on every call anyway): less memory, no per-step casts; they stay so after training
+    cast_frozen: bool = False
+    # cross-entropy through the output layer this many label positions at a time, never the full
+    # (positions x vocabulary) logits; padding positions are skipped. None = the model's own loss
+    loss_chunk: Optional[int] = None
 
     def __post_init__(self):
         from peftlab.config import at_least, positive
@@ -99,6 +109,7 @@ class TrainSpec:
         positive(self, "max_seconds", "max_grad_norm")
         if self.max_steps != 0:  # lr 0 only where nothing is trained (zero-shot configs say so)
             positive(self, "lr")
+        at_least(self, 1, "loss_chunk")
 
 
 _SELECTABLE = {"num_beams": int, "no_repeat_ngram_size": int, "length_penalty": float, "repetition_penalty": float,

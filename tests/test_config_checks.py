@@ -42,6 +42,7 @@ BAD = [
     (TrainSpec, "checkpoint_every", 0, "must be >= 1"),
     (TrainSpec, "keep_checkpoints", 0, "must be >= 1"),
     (TrainSpec, "num_threads", 0, "must be >= 1"),
+    (TrainSpec, "loss_chunk", 0, "must be >= 1"),
     (EvalSpec, "num_beams", 0, "must be >= 1"),
     (EvalSpec, "max_new_tokens", 0, "must be >= 1"),
     (EvalSpec, "no_repeat_ngram_size", -1, "must be >= 0"),

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 class AdapterModule(nn.Module):
     """Base for modules a method injects. Subclasses list their own trainable parameters."""
 
+    # A module with a fused forward/backward (LoRA) uses it while this is True; the plain path of
+    # composed torch ops is kept beside it, for ``train.fused_kernels: false`` and the tests.
+    fused: bool = True
+
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the method trains (default: all parameters of this module)."""
         return self.parameters()

@@ -23,6 +23,7 @@ from peftlab.data.seq2seq import BatchPlan, tokens_in
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.models.quantize import is_quantized_model
 from peftlab.train import sharding
+from peftlab.train.fast import training_loss
 from peftlab.train.checkpoint import (
     check_fits,
     list_checkpoints,
@@ -243,6 +244,7 @@ def train(
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     par = _Parallel(model, params, spec, accelerator)
     model, optimizer, params = par.model, par.optimizer, par.params
+    loss_of = training_loss(model, spec)  # the speed levers of spec (peftlab.train.fast)
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
@@ -277,7 +279,7 @@ def train(
             index += 1  # position of the *next* batch, what a resume must start from
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with accelerator.accumulate(model), accelerator.autocast():
-                loss = model(**batch).loss
+                loss = loss_of(batch)
                 if torch.isfinite(loss):
                     accelerator.backward(loss)
                     window_loss += float(loss.detach())

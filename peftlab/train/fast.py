@@ -1,0 +1,84 @@
+"""The training step's speed levers, each a ``TrainSpec`` field, each tested to train the same
+weights as the plain path (``tests/test_speed_paths.py``).
+
+``training_loss(model, spec)`` applies them and returns the function the loop calls per
+micro-batch; the speed benchmark (``peftlab speed``) times exactly this function against HF peft.
+
+* ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
+  (``peftlab.methods.lora._FusedLora``) and T5's tanh-GELU (``peftlab.train.kernels``).
+* ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.train.kernels``):
+  the same distribution, another random stream, so it is off unless asked for.
+* ``cast_frozen``: under bf16/fp16 autocast every ``F.linear`` computes with its weight cast to the
+  autocast dtype, and autocast casts frozen weights again on every call (it caches only tensors
+  that require grad) and keeps the copies alive for backward. Storing the frozen linear weights in
+  that dtype gives bit-identical results with half their memory and none of the casts. Weights
+  shared with a non-linear module (T5's tied embedding) are left alone: an embedding's output
+  is not autocast.
+* ``loss_chunk``: the output layer and cross-entropy by chunks of rows (``peftlab.train.head_loss``).
+* ``compile``: ``torch.compile`` of the model (inductor on CPU and GPU); the first steps compile.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+COMPILE_BACKEND = "inductor"  # the tests swap in "aot_eager" (same tracing, no C++ compile)
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
+    """``loss_of(batch)`` for ``model`` trained under ``spec`` (call it inside autocast)."""
+    from peftlab.methods.base import AdapterModule
+
+    from peftlab.train import kernels
+
+    for module in model.modules():
+        if isinstance(module, AdapterModule):
+            module.fused = spec.fused_kernels
+    if spec.fused_kernels:
+        kernels.fuse_activations(model)
+    if spec.fast_dropout:
+        kernels.use_fast_dropout(model)
+        kernels.use_fast_attention_dropout(getattr(model, "module", model))
+    if spec.cast_frozen and spec.mixed_precision in _AUTOCAST_DTYPES:
+        cast_frozen_linears(model, _AUTOCAST_DTYPES[spec.mixed_precision])
+    forward = torch.compile(model, backend=COMPILE_BACKEND) if spec.compile else model
+    if spec.loss_chunk:
+        from peftlab.train.head_loss import head_loss_fn
+
+        head_loss = head_loss_fn(getattr(model, "module", model), spec.loss_chunk)  # DDP wraps the model
+        return lambda batch: head_loss(forward, batch)
+
+    def loss_of(batch: dict) -> torch.Tensor:
+        return forward(**batch).loss
+
+    return loss_of
+
+
+def _linear_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules whose ``weight``/``bias`` only ever reach ``F.linear`` (plain and LoRA-wrapped)."""
+    from peftlab.methods.lora import LoraLinear
+
+    return [m for m in model.modules() if type(m) is nn.Linear or (isinstance(m, LoraLinear) and m.base_layer is None)]
+
+
+@torch.no_grad()
+def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen float32 weights and biases of linear layers in ``dtype``; returns how many
+    tensors were cast. Parameters that any other module also holds are kept as they are."""
+    linears = _linear_modules(model)
+    linear_ids = {id(m) for m in linears}
+    shared = {id(p) for m in model.modules() if id(m) not in linear_ids for p in m.parameters(recurse=False)}
+    cast = 0
+    for m in linears:
+        for p in (m.weight, m.bias):
+            if p is None or p.requires_grad or p.dtype != torch.float32 or id(p) in shared:
+                continue
+            if type(p.data) is not torch.Tensor:  # sharded (DTensor) or quantized storage: not ours to recast
+                continue
+            p.data = p.data.to(dtype)
+            cast += 1
+    return cast

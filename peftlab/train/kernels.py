@@ -1,0 +1,156 @@
+"""Cheaper kernels for what the base model computes during training (levers of ``peftlab.train.fast``).
+
+* ``fuse_activations``: T5's ``gelu_new`` (and ``gelu_fast``) are written in transformers as seven
+  composed elementwise ops, each a pass over the FFN's (B, T, d_ff) activations forward and more
+  backward; ``F.gelu(approximate="tanh")`` is the same function in one kernel (transformers' own
+  ``GELUTanh``: "equivalent to NewGELU and FastGELU but much faster", equal up to rounding).
+
+* ``FastDropout``: ``nn.Dropout`` on CPU draws a float per element with ``bernoulli_`` (serial,
+  ~6 ns an element here: 10-25% of a T5 LoRA step), then divides and multiplies, and keeps the
+  float noise for backward. Here one 64-bit draw gives four 16-bit uniforms; an element is dropped
+  where its uniform falls below ``round(p * 2^16)``, so the drop rate is ``p`` to within 2^-17, the
+  kept values are scaled by the exact inverse of the kept fraction (unbiased), and backward keeps a
+  bool mask (1 byte an element instead of 4). Same distribution, another random stream: switchable
+  (``train.fast_dropout``), never silently on. Attention-weight dropout happens inside SDPA, which
+  on CPU then falls back to its math path anyway: ``use_fast_attention_dropout`` registers that
+  path (float32, as SDPA's) with this mask as a transformers attention function.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_LEVELS = 1 << 16  # 16-bit uniforms
+
+
+def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A bool mask (True = dropped) with P(dropped) = round(p * 2^16) / 2^16, and the scale of kept values."""
+    n = 1
+    for s in shape:
+        n *= s
+    cut = round(p * _LEVELS)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # full 64 bits
+    uniforms = words.view(torch.int16)[:n].view(shape)  # in [-2^15, 2^15)
+    return uniforms < cut - (_LEVELS >> 1), _LEVELS / (_LEVELS - cut)
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p: float):
+        dropped, scale = drop_mask(x.shape, p, x.device)
+        ctx.save_for_backward(dropped)
+        ctx.scale = scale
+        return (x * scale).masked_fill_(dropped, 0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (dropped,) = ctx.saved_tensors
+        return (g * ctx.scale).masked_fill_(dropped, 0), None
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with the cheaper mask above (an ``nn.Dropout``, so code that checks keeps working)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        return _Dropout.apply(x, self.p)
+
+
+ATTENTION = "peftlab_sdpa"  # transformers' SDPA, with FastDropout on the attention weights in training
+
+
+def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+               position_bias=None, **kwargs):
+    """transformers' ``sdpa_attention_forward``, except in training with dropout: there SDPA itself
+    falls back to its math path on CPU (scores, softmax, ``bernoulli_`` dropout, matmul); this is that
+    path, in float32 as SDPA's own, with ``FastDropout``'s mask."""
+    from transformers.integrations.sdpa_attention import create_position_bias_mask, repeat_kv, sdpa_attention_forward
+
+    if not (module.training and dropout > 0) or kwargs.get("softcap") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, position_bias=position_bias, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = q_len > 1 and attention_mask is None and (
+        is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    mask = attention_mask
+    if causal and kv_len > q_len:  # as sdpa_attention_forward: is_causal aligns top-left
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+        position_bias = position_bias[..., :q_len] if position_bias is not None else None
+    if position_bias is not None:
+        mask, causal = create_position_bias_mask(position_bias, attention_mask, causal, query, key), False
+    out = math_attention(query, key, value, mask, causal, scaling, dropout)  # (B, H, T, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def math_attention(query, key, value, mask, causal: bool, scaling, dropout: float) -> torch.Tensor:
+    """softmax(q k^T s + mask) v in float32 (SDPA's math path upcasts bf16/fp16 too), dropout on the weights."""
+    dtype, device = query.dtype, query.device.type
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    with torch.autocast(device, enabled=False):
+        q, k, v = query.float(), key.float(), value.float()
+        scores = (q @ k.transpose(-2, -1)).mul_(scale)  # (B, H, Tq, Tk)
+        low = torch.finfo(torch.float32).min
+        if mask is not None:
+            scores = scores.masked_fill(~mask, low) if mask.dtype == torch.bool else scores + mask
+        if causal:  # top-left aligned, as SDPA's is_causal
+            tq, tk = scores.shape[-2:]
+            scores = scores.masked_fill(torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(1), low)
+        probs = torch.softmax(scores, dim=-1)
+        if dropout > 0:
+            probs = _Dropout.apply(probs, dropout)
+        return (probs @ v).to(dtype)
+
+
+def use_fast_attention_dropout(model: nn.Module) -> bool:
+    """Route the model's attention through ``_attention`` when it runs transformers' stock SDPA (a
+    method with its own attention function stays in charge); True when switched."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return False
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, _attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # masks exactly as for "sdpa"
+    model.set_attn_implementation(ATTENTION)
+    return model.config._attn_implementation == ATTENTION
+
+
+def _replace_children(model: nn.Module, make) -> int:
+    n = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = make(child)
+            if new is not None:
+                setattr(parent, name, new)
+                n += 1
+    return n
+
+
+def use_fast_dropout(model: nn.Module) -> int:
+    """Swap every ``nn.Dropout`` with p > 0 for a ``FastDropout``; returns how many were swapped."""
+    return _replace_children(
+        model, lambda m: FastDropout(m.p) if type(m) is nn.Dropout and m.p > 0 else None)
+
+
+class TanhGELU(nn.Module):
+    """GELU, tanh approximation, one kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(x, approximate="tanh")
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Swap transformers' composed tanh-GELUs for ``TanhGELU``; returns how many were swapped."""
+    try:
+        from transformers.activations import FastGELUActivation, NewGELUActivation
+    except ImportError:  # pragma: no cover - transformers always has them
+        return 0
+    composed = (NewGELUActivation, FastGELUActivation)
+    return _replace_children(model, lambda m: TanhGELU() if type(m) in composed else None)

@@ -1,0 +1,173 @@
+"""The speed benchmark (``peftlab speed``): specs check out, every shipped spec builds on ``meta``,
+a tiny spec runs end to end through the CLI and writes its results, bad specs fail in one line.
+Timings here are meaningless (tiny models, busy CPU); the benchmark's numbers come from the
+commands in the README."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftlab.cli import main
+from peftlab.errors import ConfigError, ModelError
+from peftlab.speed import run_speed
+from peftlab.speed.spec import load_spec
+
+pytest.importorskip("peft")
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "benchmarks" / "speed").glob("*.yaml"))
+
+TINY = """
+device: cpu
+threads: 1
+precisions: [fp32]
+warmup: 1
+reps: 2
+memory: false
+model:
+  family: t5
+  config: {vocab_size: 128, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
+           feed_forward_proj: gated-gelu, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1}
+batch: {size: 2, source: 8, target: 4}
+cases:
+  - name: lora
+    methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
+    peft: {peft_type: LORA, task_type: SEQ_2_SEQ_LM, r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: [q, v]}
+    compile_reference: false
+    train: {loss_chunk: 3}
+    variants:
+      plain: {fused_kernels: false}
+  - name: full
+    methods: [{name: full}]
+    reference: hf
+    compile_reference: false
+  - name: llama-lora
+    model:
+      family: llama
+      config: {vocab_size: 128, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+               num_key_value_heads: 2, max_position_embeddings: 64}
+    batch: {size: 2, source: 8}
+    methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
+    peft: {peft_type: LORA, task_type: CAUSAL_LM, r: 4, lora_alpha: 8, lora_dropout: 0.0,
+           target_modules: [q_proj, v_proj]}
+    compile_reference: false
+"""
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+# The H100 anchors' trainable counts (shared/anchors/peft_h100.jsonl), to be reproduced on meta.
+ANCHOR_COUNTS = {("gpu-t5-base", "lora-r32-qv"): 3_538_944, ("gpu-t5-base", "lora-r50-qv"): 5_529_600,
+                 ("gpu-t5-base", "full"): 222_903_552, ("gpu-llama-7b", "lora-r8-qv-512"): 4_194_304}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_builds_on_meta(spec):
+    """GPU specs included: peftlab and peft must train exactly the same parameter count (a mismatch
+    raises), and the anchors' counts come out."""
+    result = run_speed(spec, dry_run=True, log=lambda line: None)
+    assert result["rows"]
+    for row in result["rows"]:
+        expected = ANCHOR_COUNTS.get((spec.stem, row["case"]))
+        if expected is not None:
+            assert row["trainable_params"] == expected, row
+
+
+def test_tiny_spec_runs_end_to_end(tiny_spec, tmp_path):
+    out = tmp_path / "res.json"
+    assert main(["speed", str(tiny_spec), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert out.with_suffix(".md").exists()
+    m = result["machine"]
+    assert m["device"] == "cpu" and m["cpu"]["torch_capability"] and "peft" in m["versions"]
+    assert "speed" in result["command"]
+    rows = {(r["case"], r["impl"]): r for r in result["rows"]}
+    assert set(rows) == {("lora", "peftlab"), ("lora", "peftlab[plain]"), ("lora", "peft"),
+                         ("full", "peftlab"), ("full", "hf"), ("llama-lora", "peftlab"), ("llama-lora", "peft")}
+    for r in rows.values():
+        assert r["error"] is None and len(r["step_s_all"]) == 2 and r["tokens_per_s"] > 0
+    # the same weights on both sides: LoRA's B made nonzero and copied, so the losses agree
+    for case in ("lora", "llama-lora", "full"):
+        ref = rows[(case, "hf" if case == "full" else "peft")]
+        assert rows[(case, "peftlab")]["init_loss"] == pytest.approx(ref["init_loss"], rel=1e-5)
+    assert rows[("lora", "peft")]["adapters_copied"] == 24  # q, v in 6 attentions (2 enc, 2+2 dec) x (A, B)
+    assert rows[("lora", "peftlab")]["trainable_params"] == rows[("lora", "peft")]["trainable_params"] == 3072
+    assert rows[("lora", "peftlab")]["vs_reference"] > 0
+    assert rows[("lora", "peftlab")]["tokens_per_step"] == 2 * (8 + 4)
+    assert rows[("llama-lora", "peftlab")]["tokens_per_step"] == 2 * 8
+
+
+def test_peak_memory_comes_from_a_fresh_process(tiny_spec):
+    from peftlab.speed.memory import in_subprocess
+
+    mem = in_subprocess({"spec": str(tiny_spec), "case": "lora", "precision": "fp32", "impl": "peft", "threads": 1})
+    assert mem["kind"] == "cpu_peak_rss" and mem["peak_bytes"] >= mem["rss_built_bytes"] >= mem["rss_start_bytes"] > 0
+
+
+def test_generate_case_runs(tmp_path):
+    spec = tmp_path / "gen.yaml"
+    spec.write_text("""
+device: cpu
+threads: 1
+reps: 1
+model: {name: mini-t5}
+cases:
+  - name: gen
+    kind: generate
+    methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
+    generate: {examples: 4, batch_size: 2, max_new_tokens: 4, max_source_length: 64}
+""")
+    result = run_speed(spec, out=tmp_path / "gen.json", log=lambda line: None)
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert set(rows) == {"loop", "batched", "lora unmerged", "lora merged"}
+    assert rows["batched"]["vs_loop"] > 0 and rows["lora merged"]["vs_base_batched"] > 0
+    assert rows["batched"]["agreement"] is not None and rows["lora merged"]["agreement"] is not None
+    assert "| gen | fp32 | loop |" in (tmp_path / "gen.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("cases: [{name: a, methods: [{name: lora}], peft: {peft_type: LORA}}]\nrepz: 3\n", r"repz: unknown key"),
+        ("model: {family: t5}\ncases: [{name: a, methods: [{name: lora}]}]\n", r"cases.0.*peft.*equivalent peft config"),
+        ("cases: [{name: a, methods: [{name: lora}], reference: none}]\n", r"has no model"),
+        ("model: {family: t5}\ncases: [{name: a, methods: [{name: loar}], reference: none}]\n", r"did you mean 'lora'"),
+        ("model: {family: t5, name: mini-t5}\ncases: [{name: a, methods: [{name: lora}], reference: none}]\n",
+         r"exactly one of model.name"),
+        ("model: {family: t5}\ncases: [{name: a, methods: [{name: lora}], reference: none, train: {compile: maybe}}]\n",
+         r"compile: expected true or false"),
+    ],
+)
+def test_bad_specs_fail_with_the_field(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_spec(path)
+
+
+def test_mismatched_peft_config_is_caught_on_meta(tmp_path, capsys):
+    path = tmp_path / "mismatch.yaml"
+    path.write_text(TINY.replace("target_modules: [q, v]}", "target_modules: [q, k, v]}", 1))
+    with pytest.raises(ModelError, match="peftlab trains 3,072 parameters but peft trains 4,608"):
+        run_speed(path, dry_run=True, cases=["lora"], log=lambda line: None)
+    assert main(["speed", str(path), "--dry-run", "--case", "nope"]) == 2
+    assert "--case: nope not in" in capsys.readouterr().err
+
+
+def test_import_peftlab_is_fast():
+    """``import peftlab`` (and the CLI's module) under 1 s: heavy imports are lazy."""
+    code = ("import time; t = time.perf_counter(); import peftlab, peftlab.cli; "
+            "import sys; print(time.perf_counter() - t, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert float(out[0]) < 1.0 and out[1] == "False"

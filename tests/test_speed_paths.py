@@ -1,0 +1,314 @@
+"""The speed levers train the same weights as the plain path (peftlab.train.fast, LoRA's fused
+forward/backward): a few optimizer steps on tiny models along both, losses and adapter weights
+compared within stated tolerances. Speed itself is the benchmark's business, never a unit test's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from peftlab.methods import apply_methods
+from peftlab.methods.alignment import AlignmentConfig
+from peftlab.methods.full import FullFineTuneConfig
+from peftlab.methods.lora import LoraConfig, LoraLinear
+from peftlab.schema import TrainSpec
+from peftlab.train import fast
+
+from conftest import build_llama, build_t5
+
+PLAIN = TrainSpec(fused_kernels=False, compile=False)
+# fp32: the levers only reorder roundings, so losses and weights agree to float32 noise, which Adam
+# (a step of ~lr / sqrt(v)) amplifies where a gradient is near zero: atol is 1% of one step (lr 1e-2).
+FP32_TOL = dict(rtol=1e-4, atol=1e-4)
+# bf16 autocast rounds the plain path's pieces separately and the fused path's once, and Adam turns
+# any gradient difference into a step of ~lr: there the optimised path's losses and weights must stay
+# as close to the fp32 plain path's as the plain bf16 path's are (within BF16_SLACK x; for the losses
+# at least BF16_LOSS_RTOL of them).
+BF16_SLACK, BF16_LOSS_RTOL = 2.0, 3e-3
+
+
+def _batch(family: str) -> dict:
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(2, 128, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    if family == "t5":
+        labels = torch.randint(2, 128, (3, 5), generator=g)
+        labels[1, 3:] = -100
+    else:
+        labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _model(family: str, methods, **config):
+    model = (build_t5 if family == "t5" else build_llama)(seed=0, **config)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        apply_methods(model, methods)
+    for m in model.modules():  # B = 0 at init would hide the update's own path for a step
+        if isinstance(m, LoraLinear):
+            with torch.no_grad():
+                m.lora_b.normal_(0, 0.05, generator=torch.Generator().manual_seed(m.lora_a.shape[1]))
+    return model
+
+
+def _train(model, spec: TrainSpec, batch, steps=4):
+    loss_of = fast.training_loss(model, spec)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    model.train()
+    losses = []
+    for i in range(steps):
+        torch.manual_seed(100 + i)  # the same dropout masks along both paths
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.mixed_precision == "bf16"):
+            loss = loss_of(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+CASES = {  # id -> (family, methods, model config overrides)
+    "lora-t5": ("t5", lambda: [LoraConfig(r=4, alpha=12, targets=("q", "v", "wo"))], {}),
+    "lora-dropout+alignment-t5": ("t5", lambda: [LoraConfig(r=4, alpha=8, dropout=0.1), AlignmentConfig()], {}),
+    "lora-all-linear-llama": ("llama", lambda: [LoraConfig(r=4, alpha=6, targets=("all-linear",))], {}),
+    "full-untied-t5": ("t5", lambda: [FullFineTuneConfig()], {"tie_word_embeddings": False}),
+}
+
+
+def _distance(a: dict, b: dict) -> float:
+    return float(torch.cat([(a[n] - b[n]).flatten() for n in b]).norm())
+
+
+def _compare(case, fast_spec: TrainSpec, precision: str):
+    family, methods, config = CASES[case]
+    batch = _batch(family)
+
+    def run(spec, mixed):
+        return _train(_model(family, methods(), **config), dataclasses.replace(spec, mixed_precision=mixed), batch)
+
+    plain_losses, plain_w = run(PLAIN, "no")
+    assert plain_losses[-1] < plain_losses[0], "the plain path did not train"
+    fast_losses, fast_w = run(fast_spec, precision)
+    assert fast_w.keys() == plain_w.keys()
+    if precision == "no":
+        torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(plain_losses), **FP32_TOL)
+        for name in plain_w:
+            torch.testing.assert_close(fast_w[name], plain_w[name], **FP32_TOL, msg=lambda m: f"{name}: {m}")
+        return
+    plain16_losses, plain16_w = run(PLAIN, precision)
+    fast_l, plain16_l, plain_l = (torch.tensor(x) for x in (fast_losses, plain16_losses, plain_losses))
+    loss_noise = max(float((plain16_l - plain_l).norm()), BF16_LOSS_RTOL * float(plain_l.norm()))
+    assert float((fast_l - plain_l).norm()) <= BF16_SLACK * loss_noise, (fast_losses, plain16_losses, plain_losses)
+    bf16_noise = _distance(plain16_w, plain_w)
+    assert _distance(fast_w, plain_w) <= BF16_SLACK * bf16_noise, (_distance(fast_w, plain_w), bf16_noise)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("lora")])
+def test_fused_lora_trains_like_the_plain_path(case, precision):
+    _compare(case, TrainSpec(fused_kernels=True), precision)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("case", ["lora-t5", "lora-all-linear-llama", "full-untied-t5"])
+def test_chunked_head_loss_trains_like_the_model_loss(case, precision):
+    """Chunks of 4 rows over 15 (T5) / 22 (LLaMA, shifted) label positions, padding skipped; with
+    full fine-tuning the output layer's own gradient comes from the chunks too."""
+    _compare(case, TrainSpec(fused_kernels=False, loss_chunk=4), precision)
+
+
+def test_chunked_head_loss_equals_cross_entropy_exactly_in_value():
+    from peftlab.train.head_loss import chunked_head_loss
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 7, 16, generator=g, requires_grad=True)
+    w = torch.randn(50, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 50, (2, 7), generator=g)
+    y[1, 4:] = -100
+    ref = torch.nn.functional.cross_entropy((h @ w.t()).reshape(-1, 50), y.reshape(-1), ignore_index=-100)
+    ref_grads = torch.autograd.grad(ref, (h, w))
+    loss = chunked_head_loss(h, w, y, chunk=3)
+    grads = torch.autograd.grad(loss * 2.0, (h, w))  # an upstream factor reaches both gradients
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, 2.0 * want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_compiled_training_matches_eager(family, monkeypatch):
+    """torch.compile traces the adapted model without graph breaks and trains the same weights.
+    The backend here is aot_eager (dynamo + AOT autograd, no C++ codegen: seconds, not minutes);
+    the benchmark runs inductor."""
+    import torch._dynamo
+
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    case = "lora-t5" if family == "t5" else "lora-all-linear-llama"
+    _compare(case, TrainSpec(fused_kernels=True, compile=True), "no")
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= 1
+
+
+def test_fused_forward_matches_plain_in_eval_and_merged(tiny_t5, t5_batch):
+    model = _model("t5", [LoraConfig(r=4, alpha=12)])
+    model.eval()
+    with torch.no_grad():
+        fused = model(**t5_batch).logits
+        for m in model.modules():
+            if isinstance(m, LoraLinear):
+                m.fused = False
+        plain = model(**t5_batch).logits
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_path_is_not_used_when_the_base_weight_trains():
+    base = nn.Linear(8, 6)
+    m = LoraLinear(base, r=2, alpha=4, dropout=0.0, init="kaiming", rslora=False)
+    m.weight.requires_grad_(True)  # e.g. LoRA under full fine-tuning: W needs its gradient
+    m(torch.randn(3, 8)).sum().backward()
+    assert m.weight.grad is not None
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_cast_frozen_is_bit_identical_under_bf16(family):
+    """Frozen linear weights stored in bf16 are what bf16 autocast computes with anyway."""
+    methods = [LoraConfig(r=4, alpha=8, targets=("q", "v"))]
+    plain = dataclasses.replace(PLAIN, mixed_precision="bf16")
+    batch = _batch(family)
+    model = _model(family, methods)
+    losses, weights = _train(model, dataclasses.replace(plain, cast_frozen=True), batch, steps=3)
+    ref_losses, ref_weights = _train(_model(family, methods), plain, batch, steps=3)
+    assert losses == ref_losses
+    for name, w in ref_weights.items():
+        assert torch.equal(weights[name], w), name
+    linear = model.get_submodule("lm_head")
+    embedding = model.get_input_embeddings()
+    if linear.weight is embedding.weight:  # tied (tiny T5): the embedding's output is not autocast
+        assert linear.weight.dtype == torch.float32
+    else:
+        assert linear.weight.dtype == torch.bfloat16 and embedding.weight.dtype == torch.float32
+    lora = next(m for m in model.modules() if isinstance(m, LoraLinear))
+    assert lora.weight.dtype == torch.bfloat16 and lora.lora_a.dtype == torch.float32
+
+
+def test_cast_frozen_does_nothing_in_fp32():
+    model = _model("t5", [LoraConfig(r=4)])
+    fast.training_loss(model, TrainSpec(cast_frozen=True))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_fast_dropout_has_the_rate_scale_and_backward_of_dropout():
+    from peftlab.train.kernels import FastDropout
+
+    drop = FastDropout(0.1).train()
+    assert isinstance(drop, nn.Dropout)  # LoRA's fused path checks for nn.Dropout
+    x = torch.ones(512, 256, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    dropped = y == 0
+    n, rate = y.numel(), round(0.1 * 65536) / 65536  # the rate, quantised to 1/65536
+    sigma = (rate * (1 - rate) / n) ** 0.5
+    assert abs(dropped.float().mean().item() - rate) < 5 * sigma
+    assert torch.all(y[~dropped] == 1 / (1 - rate))  # kept values scaled by the exact inverse: unbiased
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, torch.where(dropped, 0.0, g / (1 - rate)))  # forward's mask
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()), y.detach())  # seeded like torch's own dropout
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_fast_dropout_trains_a_t5_with_dropout():
+    """Another random stream, so not the same numbers but the same training in distribution: the
+    mean loss of 6 steps, averaged over 4 seeds, within 3% of torch's dropout (the seed-to-seed
+    spread of that average is ~1%); every nn.Dropout swapped, the attention's dropout routed."""
+    from peftlab.train import kernels
+
+    batch = _batch("t5")
+
+    def mean_loss(fast_dropout: bool, seed: int) -> float:
+        model = _model("t5", [LoraConfig(r=4, alpha=8)], dropout_rate=0.1)
+        n_dropout = sum(type(m) is nn.Dropout for m in model.modules())
+        loss_of = fast.training_loss(model, dataclasses.replace(PLAIN, fast_dropout=fast_dropout))
+        if fast_dropout:
+            assert sum(isinstance(m, kernels.FastDropout) for m in model.modules()) == n_dropout > 0
+            assert model.config._attn_implementation == kernels.ATTENTION
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        model.train()
+        losses = []
+        for i in range(6):
+            torch.manual_seed(1000 * seed + i)
+            loss = loss_of(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(loss.detach()))
+        assert losses[-1] < losses[0]
+        return sum(losses) / len(losses)
+
+    plain = sum(mean_loss(False, s) for s in range(4)) / 4
+    fast_ = sum(mean_loss(True, s) for s in range(4)) / 4
+    assert abs(fast_ - plain) / plain < 0.03, (fast_, plain)
+
+
+def test_fused_activations_compute_the_same_gelu():
+    from transformers.activations import NewGELUActivation
+
+    from peftlab.train.kernels import TanhGELU, fuse_activations
+
+    model = _model("t5", [LoraConfig(r=4)])
+    before = sum(isinstance(m, NewGELUActivation) for m in model.modules())
+    batch = _batch("t5")
+    with torch.no_grad():
+        ref = model(**batch).logits
+        assert fuse_activations(model) == before == 4  # one per FFN: 2 encoder + 2 decoder blocks
+        assert sum(isinstance(m, TanhGELU) for m in model.modules()) == 4
+        torch.testing.assert_close(model(**batch).logits, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_fast_attention_dropout_path_is_sdpa_without_dropout(family):
+    """The attention function ``fast_dropout`` registers: stock SDPA outside training, and in
+    training its math path (what SDPA falls back to with dropout) equals SDPA at dropout 0."""
+    from peftlab.train import kernels
+
+    config = {"dropout_rate": 0.1} if family == "t5" else {"attention_dropout": 0.1}
+    model, batch = _model(family, [LoraConfig(r=4)], **config), _batch(family)
+    with torch.no_grad():
+        ref_eval = model.eval()(**batch).logits
+    assert kernels.use_fast_attention_dropout(model)
+    assert model.config._attn_implementation == kernels.ATTENTION
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, ref_eval, rtol=0, atol=0)
+    calls = []
+    real = kernels.math_attention
+
+    def spy(*args):
+        calls.append(args[-1])
+        return real(*args[:-1], 0.0)  # the math path itself, dropout off
+
+    kernels.math_attention = spy
+    try:
+        with torch.no_grad():
+            attention = type(model.get_submodule(_attention_path(family)))
+            for m in model.modules():  # training mode for attention only: no dropout elsewhere
+                m.training = isinstance(m, attention)
+            got = model(**batch).logits
+    finally:
+        kernels.math_attention = real
+    assert calls and set(calls) == {0.1}
+    torch.testing.assert_close(got, ref_eval, rtol=1e-5, atol=1e-5)
+
+
+def _attention_path(family: str) -> str:
+    return "encoder.block.0.layer.0.SelfAttention" if family == "t5" else "model.layers.0.self_attn"
