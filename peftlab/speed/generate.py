@@ -25,12 +25,9 @@ from peftlab.speed import build
 
 
 def _sources(model_shape, gen, tokenizer) -> list[str]:
-    from peftlab.run import load_examples, prompts
-    from peftlab.schema import DataSpec
+    from peftlab.tasks import default_task
 
-    data = DataSpec(max_source_length=gen.max_source_length)
-    sources, _ = prompts(data, load_examples(data, gen.split, gen.examples))
-    return sources
+    return [e.source for e in default_task().examples(gen.split, gen.examples)]
 
 
 def _loop(model, tokenizer, sources, gen, dtype) -> list[str]:
