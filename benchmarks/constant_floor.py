@@ -15,7 +15,7 @@ from pathlib import Path
 from peftlab.config import load_config
 from peftlab.evaluate.floors import task_floors
 from peftlab.evaluate.metrics import text_metrics
-from peftlab.run import load_examples
+from peftlab.rundata import load_examples
 from peftlab.schema import RunConfig
 
 args = [a for a in sys.argv[1:] if "=" not in a]

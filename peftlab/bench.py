@@ -160,14 +160,9 @@ def _same_config(run_dir: Path, cfg) -> bool:
 
 
 def _meta(overrides: Sequence[str]) -> dict:
-    import shlex
-    import sys
+    from peftlab.env import command_line, hardware, versions
 
-    from peftlab.env import hardware, versions
-
-    argv = sys.argv if sys.argv and sys.argv[0].endswith("peftlab") else []
-    command = "peftlab " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else "peftlab.bench.compare"
-    return {"command": command, "overrides": list(overrides), **hardware(), "versions": versions(),
+    return {"command": command_line("peftlab.bench.compare"), "overrides": list(overrides), **hardware(), "versions": versions(),
             "date": rundir.now()}
 
 

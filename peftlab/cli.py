@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from peftlab.errors import PeftlabError
 
+    from peftlab.env import set_invocation
+
+    set_invocation(sys.argv[1:] if argv is None else argv)  # results files record the command
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come before or after options
@@ -210,14 +213,14 @@ def _print_metrics(m: dict, out: Path) -> None:
 
 
 def _eval(args) -> int:
-    from peftlab.run import evaluate_run
+    from peftlab.finished import evaluate_run
 
     if args.max_examples is not None and args.max_examples < 1:
         from peftlab.errors import ConfigError
 
         raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
     if args.perplexity or args.window is not None or args.stride is not None:
-        from peftlab.run import perplexity_run
+        from peftlab.finished import perplexity_run
 
         print(json.dumps(perplexity_run(args.run_dir, args.perplexity, args.window, args.stride), indent=2))
         return 0
@@ -227,7 +230,7 @@ def _eval(args) -> int:
 
 def _generate(args) -> int:
     from peftlab.errors import DataError
-    from peftlab.run import generate_docs, generate_one
+    from peftlab.finished import generate_docs, generate_one
 
     decoding = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
                                   ("temperature", args.temperature), ("top_p", args.top_p), ("seed", args.seed))
@@ -261,14 +264,14 @@ def _check_decoding(d: dict) -> None:
 
 
 def _merge(args) -> int:
-    from peftlab.run import merge_run
+    from peftlab.finished import merge_run
 
     print(merge_run(args.run_dir, args.out))
     return 0
 
 
 def _export(args) -> int:
-    from peftlab.run import export_run
+    from peftlab.finished import export_run
 
     print(export_run(args.run_dir, args.out))
     return 0

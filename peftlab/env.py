@@ -236,3 +236,24 @@ def format_report(rep: dict) -> str:
     rows.append(("mixed_precision: auto", f"{rep['auto_precision']} ({why.get(rep['auto_precision'], '')})"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+_INVOCATION: list[str] | None = None
+
+
+def set_invocation(argv) -> None:
+    """Record the peftlab command line being run (``peftlab.cli.main`` calls this)."""
+    global _INVOCATION
+    _INVOCATION = list(argv)
+
+
+def command_line(default: str = "python") -> str:
+    """``peftlab <args>`` as the user typed it (for results files), whether the CLI was started
+    from a shell or called in-process (``main([...])``); ``default`` when it was not the CLI."""
+    import shlex
+    import sys
+
+    argv = _INVOCATION
+    if argv is None and sys.argv and Path(sys.argv[0]).name == "peftlab":
+        argv = sys.argv[1:]
+    return "peftlab " + " ".join(shlex.quote(a) for a in argv) if argv is not None else default

@@ -1,7 +1,9 @@
-"""One run end to end: config -> model + methods -> data -> train -> generate -> metrics, on disk.
+"""One run end to end: config -> model + methods -> data -> train -> score -> metrics, on disk.
 
-``train_run`` writes a run directory (see ``peftlab.rundir``); ``evaluate_run`` rebuilds the base
-model, loads the saved adapter and re-scores a split; ``generate_one`` documents one function.
+``train_run`` writes a run directory (see ``peftlab.rundir``), ``resume_run`` continues one;
+``load_trained`` rebuilds a finished run's model. The data side is ``peftlab.rundata``; what a
+finished run is used for afterwards (re-scoring, generating, perplexity, merge, export) is
+``peftlab.finished``.
 """
 
 from __future__ import annotations
@@ -9,16 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from peftlab import fingerprint, rundir
 from peftlab.config import from_dict, read_yaml, to_dict
 from peftlab.env import hardware, versions
-from peftlab.errors import DataError
+from peftlab.rundata import check_lengths, encode_rows, for_decoder, load_examples, wants_task_ids
 from peftlab.schema import DataSpec, RunConfig
-
-if TYPE_CHECKING:
-    from peftlab.tasks import Example
 
 log = logging.getLogger(__name__)
 
@@ -29,62 +28,6 @@ def base_model_record(cfg: RunConfig) -> dict:
     if cfg.model.init == "random":
         rec["seed"] = cfg.train.seed
     return rec
-
-
-def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causal: bool = False) -> list[tuple[int, "Example"]]:
-    """``(task index, example)`` rows of a split over the run's tasks; each task capped at
-    ``max_examples`` by a fixed-seed sample, so every method sees the same rows. ``causal``: as a
-    decoder reads them (see ``for_decoder``)."""
-    rows = []
-    for t, task in enumerate(data.tasks):
-        examples = task.examples(split, max_examples)
-        if not examples:
-            raise DataError(f"data.task {task.describe()}: split {split!r} is empty")
-        rows += [(t, e) for e in examples]
-    return for_decoder(data, rows) if causal else rows
-
-
-def for_decoder(data: DataSpec, rows) -> list:
-    """``rows`` rendered as a decoder reads them (a task may word its prompt differently)."""
-    return [(t, data.tasks[t].render_for_decoder(e)) for t, e in rows]
-
-
-def encode_rows(tok, data: DataSpec, rows, causal: bool):
-    """Token ids for ``rows`` (see ``load_examples``), each task's prompt tail kept when cut."""
-    from peftlab.data.seq2seq import Encoded, encode_pairs
-
-    out = Encoded([], [], task_ids=[])
-    for t, task in enumerate(data.tasks):
-        mine = [e for i, e in rows if i == t]
-        if not mine:
-            continue
-        enc = encode_pairs(tok, [e.source for e in mine], [e.target for e in mine], data.max_source_length,
-                           data.max_target_length, causal=causal, tail=task.prompt_tail, task_ids=[t] * len(mine))
-        out.input_ids += enc.input_ids
-        out.labels += enc.labels
-        out.task_ids += enc.task_ids
-        out.truncated_sources += enc.truncated_sources
-        out.truncated_targets += enc.truncated_targets
-        out.longest_source = max(out.longest_source, enc.longest_source)
-    return out
-
-
-def check_lengths(cfg: RunConfig, model) -> None:
-    """A decoder sees prompt + target as one sequence: it must fit its position table."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if model.config.is_encoder_decoder or not limit:
-        return
-    need = cfg.data.max_source_length + cfg.data.max_target_length
-    if need > limit:
-        from peftlab.errors import ConfigError
-
-        raise ConfigError(f"data.max_source_length + data.max_target_length = {need} exceeds the model's "
-                          f"max_position_embeddings ({limit}); lower data.max_source_length")
-
-
-def wants_task_ids(cfg: RunConfig) -> bool:
-    """Some method (HyperFormer) conditions on each row's task: batches then carry ``task_ids``."""
-    return any("task_ids" in getattr(m, "batch_keys", ()) for m in cfg.methods)
 
 
 def build(cfg: RunConfig):
@@ -380,27 +323,6 @@ def _perplexity(model, tok, cfg: RunConfig, texts: list[str], window: Optional[i
     return {"ppl": out["ppl"], "ppl_tokens": out["tokens"], "ppl_window": out["window"], "ppl_stride": out["stride"]}
 
 
-def perplexity_run(run_dir: Path, path: Optional[str] = None, window: Optional[int] = None,
-                   stride: Optional[int] = None) -> dict:
-    """Perplexity of a finished causal run (its adapter on a fresh base) on ``path`` (default: the
-    run's ``eval.perplexity``): ``peftlab eval RUN --perplexity PATH``."""
-    import dataclasses
-
-    from peftlab.errors import ConfigError
-
-    cfg, loaded = load_trained(Path(run_dir))
-    path = path or cfg.eval.perplexity
-    if not path:
-        raise ConfigError("eval --perplexity: give a PATH (file, directory or stdlib); this run sets no eval.perplexity")
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=path))
-    texts = perplexity_texts(cfg, loaded.family.kind == "causal")
-    return {"perplexity_path": path, **_perplexity(loaded.model, loaded.tokenizer, cfg, texts, window, stride)}
-
-
-def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
-    rundir.write_text(run_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def load_run_config(run_dir: Path) -> RunConfig:
     data, lines = read_yaml(run_dir / rundir.CONFIG)
     return from_dict(RunConfig, data, source=str(run_dir / rundir.CONFIG), lines=lines)
@@ -423,107 +345,7 @@ def load_trained(run_dir: Path, *, full_precision: bool = False):
     return cfg, loaded
 
 
-def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optional[int] = None) -> dict:
-    """Re-score a finished run on ``split`` from its saved adapter on a fresh base model."""
-    run_dir = Path(run_dir)
-    rundir.require_writable(run_dir, "peftlab eval writes its predictions there")
-    cfg, loaded = load_trained(run_dir)
-    split = split or cfg.data.test_split
-    n = max_examples if max_examples is not None else cfg.eval.max_examples
-    causal = loaded.family.kind == "causal"
-    examples = load_examples(cfg.data, split, n, causal=causal)
-    valid = load_examples(cfg.data, cfg.data.eval_split, cfg.data.max_eval_examples, causal) if cfg.eval.select else []
-    change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
-    if change:
-        log.warning("%s", change["message"])
-    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples, valid)
-    tag = f".{change['tag']}" if change else ""  # never overwrite the predictions of the data it saw
-    _write_predictions(run_dir, rows, f"predictions.{split}.eval{tag}.jsonl")
-    return {"split": split, **scores, **({"data_changed": change["message"]} if change else {})}
+def _write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
+    rundir.write_text(run_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[str] = None, *,
-                 prompt: Optional[str] = None, decoding: Optional[dict] = None,
-                 instruction: Optional[str] = None, input: str = "") -> str:
-    """One output of a trained run: document the one function in ``code`` (or the one named
-    ``func_name``; a code→doc run), continue ``prompt`` (text given as is) or answer
-    ``instruction`` (+ ``input``) in an instruction run's template. ``decoding`` overrides the
-    run's eval settings (beams, sampling...)."""
-    from peftlab.errors import ConfigError
-
-    if sum(x is not None for x in (code, prompt, instruction)) != 1:
-        raise ConfigError("generate: give exactly one of --code FILE, --prompt TEXT or --instruction TEXT")
-    if code is not None:
-        ((_, doc),) = generate_docs(run_dir, code, func_name, only_one=True, decoding=decoding)
-        return doc
-    cfg, loaded = load_trained(Path(run_dir))
-    task = cfg.data.tasks[0]
-    if instruction is not None:
-        if not hasattr(task, "render"):
-            raise ConfigError(f"generate --instruction: this run's task is {task.describe()}, not an instruction "
-                              f"task; use --prompt")
-        (out,) = _generate(cfg, loaded, [task.render(instruction, input)], task.prompt_tail, decoding)
-    else:
-        (out,) = _generate(cfg, loaded, [prompt], "", decoding)
-    return out
-
-
-def generate_docs(run_dir: Path, code: str, func_name: Optional[str] = None, *, where: str = "<code>",
-                  only_one: bool = False, decoding: Optional[dict] = None) -> list[tuple[str, str]]:
-    """``(name, documentation)`` for each function in ``code`` (one model load, one batch);
-    ``func_name`` picks one. Text that is not Python, or holds no function, is refused."""
-    from peftlab.data.code2doc import functions_in
-    from peftlab.errors import ConfigError
-
-    funcs = functions_in(code, where)
-    if func_name is not None:
-        funcs = [f for f in funcs if f[0] == func_name or f[0].rsplit(".", 1)[-1] == func_name][:1]
-        if not funcs:
-            names = ", ".join(n for n, _ in functions_in(code, where))
-            raise DataError(f"{where}: no function named {func_name!r} (it has: {names})")
-    if only_one and len(funcs) > 1:
-        raise DataError(f"{where}: holds {len(funcs)} functions ({', '.join(n for n, _ in funcs)}); "
-                        f"pick one with --func-name")
-    cfg, loaded = load_trained(Path(run_dir))
-    task = cfg.data.tasks[0]
-    if not hasattr(task, "example_from_code"):
-        raise ConfigError(f"generate --code: this run's task is {task.describe()}, not code2doc; use --prompt")
-    texts = [task.example_from_code(c, n.rsplit(".", 1)[-1]).source for n, c in funcs]
-    return list(zip((n for n, _ in funcs), _generate(cfg, loaded, texts, task.prompt_tail, decoding)))
-
-
-def _generate(cfg: RunConfig, loaded, texts: list[str], tail: str, decoding: Optional[dict]) -> list[str]:
-    import dataclasses
-
-    from peftlab.data.seq2seq import prompt_ids, tail_tokens
-    from peftlab.evaluate.generate import Decoding, generate_ids
-
-    model, tok = loaded.model, loaded.tokenizer
-    ids, _, _ = prompt_ids(tok, texts, cfg.data.max_source_length, causal=not model.config.is_encoder_decoder,
-                           keep_tail=tail_tokens(tok, tail))
-    dec = dataclasses.replace(Decoding.of(cfg.eval), **(decoding or {}))
-    return generate_ids(model, tok, ids, dec, batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision)
-
-
-def merge_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run as a plain HF model directory (LoRA or IA3 merged into the weights)."""
-    from peftlab.methods.export import merged_model
-
-    cfg, loaded = load_trained(Path(run_dir), full_precision=True)  # QLoRA: merge into the bf16/fp32 base
-    model = merged_model(loaded.model)
-    out = rundir.create_plain(Path(out))
-    model.save_pretrained(str(out))
-    loaded.tokenizer.save_pretrained(str(out))
-    return out
-
-
-def export_run(run_dir: Path, out: Path) -> Path:
-    """Write a finished run's adapter in HF peft's format, naming exactly the base it was
-    trained on (a random or config-overridden base is written beside it, in ``out/base``)."""
-    from peftlab.methods.export import export_peft, exported_base
-
-    cfg, loaded = load_trained(Path(run_dir), full_precision=True)
-    out = rundir.create_plain(Path(out))
-    base = exported_base(cfg.model, cfg.train.seed, loaded.source, out)
-    revision = cfg.model.revision if base == loaded.source else None  # a base written here has none
-    return export_peft(loaded.model, out, base, revision, spec=cfg.model)

@@ -39,7 +39,8 @@ def test_decoder_loss_is_on_the_target_only(tmp_path):
     """Changing the prompt's tokens changes the loss, but the loss is averaged over target tokens:
     its count of scored tokens equals the target's (+ EOS), never the prompt's."""
     from peftlab.config import load_config
-    from peftlab.run import build, encode_rows, load_examples
+    from peftlab.run import build
+    from peftlab.rundata import encode_rows, load_examples
     from peftlab.schema import RunConfig
 
     cfg = load_config(RunConfig, SMOKE, FAST)

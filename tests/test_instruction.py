@@ -181,7 +181,7 @@ def test_cli_builds_the_set(tmp_path, capsys):
 def test_loss_masks_the_prompt_and_scores_the_response(tmp_path):
     from transformers import AutoTokenizer
 
-    from peftlab.run import encode_rows, load_examples
+    from peftlab.rundata import encode_rows, load_examples
     from peftlab.schema import DataSpec
 
     tok = AutoTokenizer.from_pretrained(ROOT / "models" / "mini-llama")
@@ -214,7 +214,7 @@ def test_a_few_steps_on_tiny_llama(tmp_path):
     assert len(preds) == 4 and all(p["category"] == "math" for p in preds)
 
     from peftlab.cli import main
-    from peftlab.run import generate_one
+    from peftlab.finished import generate_one
 
     # --instruction renders the run's template: the same text as a --prompt written out in full
     args = dict(decoding={"max_new_tokens": 4})

@@ -66,7 +66,8 @@ def layer_importance(run_dir: Path, *, mode: Literal["reset", "zero"] = "reset",
     from peftlab.methods import peft_state
     from peftlab.methods.base import MethodConfig
     from peftlab.methods.io import read_manifest
-    from peftlab.run import load_examples, load_trained
+    from peftlab.run import load_trained
+    from peftlab.rundata import load_examples
     from peftlab import rundir
 
     if mode not in ("reset", "zero"):

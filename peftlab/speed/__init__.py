@@ -46,7 +46,9 @@ def run_speed(
                           f"(cases: {', '.join(c.name for c in spec.cases)})")
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    from peftlab.env import command_line
+
+    command = command_line("peftlab.speed.run_speed")
     if dry_run:
         rows = [r for c in chosen for r in dry_run_case(spec, c)]
         result = {"spec": str(spec_path), "dry_run": True, "command": command, "rows": rows}

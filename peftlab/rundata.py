@@ -1,0 +1,72 @@
+"""A run's data: its tasks' examples, rendered for the model kind and encoded as training reads them.
+
+``load_examples`` gives ``(task index, example)`` rows over every task of ``data.task`` (each task
+capped by a fixed-seed sample, the same for every method); ``encode_rows`` turns them into token
+ids (a decoder's prompt and target in one sequence, the loss on the target only).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from peftlab.errors import DataError
+from peftlab.schema import DataSpec, RunConfig
+
+if TYPE_CHECKING:
+    from peftlab.tasks import Example
+
+
+def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causal: bool = False) -> list[tuple[int, "Example"]]:
+    """``(task index, example)`` rows of a split over the run's tasks; each task capped at
+    ``max_examples`` by a fixed-seed sample, so every method sees the same rows. ``causal``: as a
+    decoder reads them (see ``for_decoder``)."""
+    rows = []
+    for t, task in enumerate(data.tasks):
+        examples = task.examples(split, max_examples)
+        if not examples:
+            raise DataError(f"data.task {task.describe()}: split {split!r} is empty")
+        rows += [(t, e) for e in examples]
+    return for_decoder(data, rows) if causal else rows
+
+
+def for_decoder(data: DataSpec, rows) -> list:
+    """``rows`` rendered as a decoder reads them (a task may word its prompt differently)."""
+    return [(t, data.tasks[t].render_for_decoder(e)) for t, e in rows]
+
+
+def encode_rows(tok, data: DataSpec, rows, causal: bool):
+    """Token ids for ``rows`` (see ``load_examples``), each task's prompt tail kept when cut."""
+    from peftlab.data.seq2seq import Encoded, encode_pairs
+
+    out = Encoded([], [], task_ids=[])
+    for t, task in enumerate(data.tasks):
+        mine = [e for i, e in rows if i == t]
+        if not mine:
+            continue
+        enc = encode_pairs(tok, [e.source for e in mine], [e.target for e in mine], data.max_source_length,
+                           data.max_target_length, causal=causal, tail=task.prompt_tail, task_ids=[t] * len(mine))
+        out.input_ids += enc.input_ids
+        out.labels += enc.labels
+        out.task_ids += enc.task_ids
+        out.truncated_sources += enc.truncated_sources
+        out.truncated_targets += enc.truncated_targets
+        out.longest_source = max(out.longest_source, enc.longest_source)
+    return out
+
+
+def check_lengths(cfg: RunConfig, model) -> None:
+    """A decoder sees prompt + target as one sequence: it must fit its position table."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if model.config.is_encoder_decoder or not limit:
+        return
+    need = cfg.data.max_source_length + cfg.data.max_target_length
+    if need > limit:
+        from peftlab.errors import ConfigError
+
+        raise ConfigError(f"data.max_source_length + data.max_target_length = {need} exceeds the model's "
+                          f"max_position_embeddings ({limit}); lower data.max_source_length")
+
+
+def wants_task_ids(cfg: RunConfig) -> bool:
+    """Some method (HyperFormer) conditions on each row's task: batches then carry ``task_ids``."""
+    return any("task_ids" in getattr(m, "batch_keys", ()) for m in cfg.methods)
