@@ -139,6 +139,21 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class NamedConfig:
+    """Base of configs written as ``{name: <registry name>, **fields}`` (methods, tasks); a subclass
+    adds ``dispatch(name)`` returning the class registered under ``name``."""
+
+    name: typing.ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
 def _shape_matches(value: Any, tp: Any) -> bool:
     if get_origin(tp) in (list, tuple):
         return isinstance(value, (list, tuple))

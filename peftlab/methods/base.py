@@ -7,11 +7,12 @@ parameters through ``adapter_parameters()``; nothing finds parameters by matchin
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Iterator
 
 from torch import nn
+
+from peftlab.config import NamedConfig
 
 if TYPE_CHECKING:
     from peftlab.models.arch import Family
@@ -29,11 +30,22 @@ class AdapterModule(nn.Module):
         return self.parameters()
 
 
+class BaseWeights(AdapterModule):
+    """Hands base weights (norms, embeddings) to ``apply_methods`` as a method's parameters. It is
+    not attached to the model, so the weights keep their base names (and load strictly)."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        super().__init__()
+        self.__dict__["params"] = params  # a plain list: not registered a second time
+
+    def adapter_parameters(self):
+        return iter(self.params)
+
+
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(NamedConfig):
     """Base of every method's config. Subclasses are frozen dataclasses with a ``name``."""
 
-    name: ClassVar[str] = ""
     # Families the method supports (``None`` = every family in ``peftlab.models``).
     families: ClassVar[tuple[str, ...] | None] = None
     # True when the method trains the base model's own weights (full fine-tuning).
@@ -76,9 +88,3 @@ class MethodConfig:
 
         return get_method(name)
 
-    def to_dict(self) -> dict:
-        out = {"name": self.name}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.methods.base import AdapterModule
+from peftlab.methods.base import AdapterModule, BaseWeights
 from peftlab.methods.llama_adapter import LlamaAdapterConfig
 from peftlab.methods.targets import replace_module
 
@@ -70,16 +70,6 @@ def _scale_output(module, args, output):
     return getattr(module, SLOT)(output)
 
 
-class _Unfrozen(AdapterModule):
-    """Hands the norm layers' own weights to apply_methods as this method's parameters; it is not
-    attached to the model, so the weights keep their base names (and load strictly)."""
-
-    def __init__(self, params: list[nn.Parameter]):
-        super().__init__()
-        self.__dict__["params"] = params  # a plain list: not registered a second time
-
-    def adapter_parameters(self):
-        return iter(self.params)
 
 
 @dataclass(frozen=True)
@@ -100,7 +90,7 @@ class LlamaAdapterV2Config(LlamaAdapterConfig):
             added.append(self._bias_scale(model, name, linear))
         norms = [m for _, _, block in family.blocks(model) for _, m in family.block_norms(block)]
         norms += [model.get_submodule(path) for path in family.final_norms]
-        added.append(_Unfrozen([p for norm in norms for p in norm.parameters()]))
+        added.append(BaseWeights([p for norm in norms for p in norm.parameters()]))
         return added
 
     def to_peft(self, model, family):

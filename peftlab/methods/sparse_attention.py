@@ -35,7 +35,7 @@ from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods.attention import AttentionCore, attach
-from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.base import BaseWeights, MethodConfig
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,16 +179,6 @@ class SparseCore(AttentionCore):
         return out, None
 
 
-class _Unfrozen(AdapterModule):
-    """Hands base weights (embeddings, norms) to apply_methods as this method's parameters; not
-    attached to the model, so they keep their base names (and load strictly)."""
-
-    def __init__(self, params: list[nn.Parameter]):
-        super().__init__()
-        self.__dict__["params"] = params  # a plain list: not registered a second time
-
-    def adapter_parameters(self):
-        return iter(self.params)
 
 
 @dataclass(frozen=True)
@@ -239,4 +229,4 @@ class SparseAttentionConfig(MethodConfig):
             norms = [m for _, _, block in blocks_ for _, m in family.block_norms(block)]
             norms += [model.get_submodule(path) for path in family.final_norms]
             params += [p for norm in norms for p in norm.parameters()]
-        return added + ([_Unfrozen(params)] if params else [])
+        return added + ([BaseWeights(params)] if params else [])

@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+from peftlab.config import NamedConfig
+
 
 @dataclass(frozen=True)
 class Example:
@@ -41,10 +43,9 @@ def sample_rows(rows: list, limit: int | None) -> list:
 
 
 @dataclass(frozen=True)
-class TaskConfig:
+class TaskConfig(NamedConfig):
     """Base of every task's config: a frozen dataclass with a registry ``name``."""
 
-    name: ClassVar[str] = ""
     kind: ClassVar[str] = "generation"  # "generation" or "classification"
     primary_metric: ClassVar[str] = ""  # the column a report ranks by (higher is better)
     metric_names: ClassVar[tuple[str, ...]] = ()  # every metric ``metrics`` returns
@@ -55,12 +56,6 @@ class TaskConfig:
 
         return get_task(name)
 
-    def to_dict(self) -> dict:
-        out = {"name": self.name}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
 
     def describe(self) -> str:
         """Short label for tables (the task's name unless a subclass says more)."""
@@ -85,8 +80,19 @@ class TaskConfig:
         return []
 
     def resolved(self, base_dir) -> "TaskConfig":
-        """A copy with relative paths made absolute against ``base_dir`` (run creation time)."""
-        return self
+        """A copy with relative paths made absolute against ``base_dir`` (run creation time): the
+        ``path`` field (unless ``stdlib``), and ``test_source`` where it names an existing directory
+        (it may also name an installed package)."""
+        from pathlib import Path
+
+        changes, base = {}, Path(base_dir)
+        for name in ("path", "test_source"):
+            value = getattr(self, name, None)
+            if not value or value == "stdlib" or Path(value).is_absolute():
+                continue
+            if name == "path" or (base / value).is_dir():
+                changes[name] = str((base / value).resolve())
+        return dataclasses.replace(self, **changes) if changes else self
 
     # --- evaluation ---------------------------------------------------------------------------
     def choices(self) -> list[str] | None:

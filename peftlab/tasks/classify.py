@@ -12,7 +12,6 @@ Scores: accuracy, macro-F1, and F1 of the positive class (label index 1) for bin
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,10 +163,6 @@ class ClassifyTask(TaskConfig):
     def split_files(self, split: str) -> list[str]:
         return [str(self._file(split))]
 
-    def resolved(self, base_dir) -> "ClassifyTask":
-        if Path(self.path).is_absolute():
-            return self
-        return dataclasses.replace(self, path=str((Path(base_dir) / self.path).resolve()))
 
     def predict_label(self, text: str) -> int:
         """The label a decoded text names (-1 when it names none): exact match after normalising."""

@@ -11,7 +11,6 @@ package or a directory: a cross-project test that pretraining never read (see ``
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -116,13 +115,6 @@ class Code2DocTask(TaskConfig):
 
         return [str(split_file(self.split_path(split), split))]
 
-    def resolved(self, base_dir) -> "Code2DocTask":
-        changes = {}
-        if self.path != "stdlib" and not Path(self.path).is_absolute():
-            changes["path"] = str((Path(base_dir) / self.path).resolve())
-        if self.test_source != "stdlib" and (Path(base_dir) / self.test_source).is_dir():
-            changes["test_source"] = str((Path(base_dir) / self.test_source).resolve())
-        return dataclasses.replace(self, **changes) if changes else self
 
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
         from peftlab.evaluate.metrics import text_metrics

@@ -165,9 +165,3 @@ class GlueTask(TaskConfig):
         # validation and test are carved from dev (or train) by size, so every split reads both
         return [str(Path(self.path) / f) for f in (self.layout.train, self.layout.dev)]
 
-    def resolved(self, base_dir) -> "GlueTask":
-        import dataclasses
-
-        if Path(self.path).is_absolute():
-            return self
-        return dataclasses.replace(self, path=str((Path(base_dir) / self.path).resolve()))

@@ -12,7 +12,6 @@ as they are.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -136,10 +135,6 @@ class InstructionTask(TaskConfig):
         d = self.data_path()
         return [str(p) for p in sorted(d.glob("*.json*"))] if d.is_dir() else [str(d)]
 
-    def resolved(self, base_dir) -> "InstructionTask":
-        if self.path == "stdlib" or Path(self.path).is_absolute():
-            return self
-        return dataclasses.replace(self, path=str((Path(base_dir) / self.path).resolve()))
 
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
         from peftlab.evaluate.metrics import text_metrics

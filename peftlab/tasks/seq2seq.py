@@ -9,7 +9,6 @@ translation), ROUGE-1/2/L F-measures (for summaries); ``primary`` says which one
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -76,7 +75,3 @@ class Seq2SeqTask(TaskConfig):
     def split_files(self, split: str) -> list[str]:
         return [str(self._file(split))]
 
-    def resolved(self, base_dir) -> "Seq2SeqTask":
-        if Path(self.path).is_absolute():
-            return self
-        return dataclasses.replace(self, path=str((Path(base_dir) / self.path).resolve()))

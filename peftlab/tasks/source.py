@@ -16,7 +16,6 @@ turns one parsed file into records, ``record_key(record)`` says when two records
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass
@@ -129,13 +128,6 @@ class SourceTask(TaskConfig):
     def split_files(self, split: str) -> list[str]:
         return [str(self.split_file(split))]
 
-    def resolved(self, base_dir) -> "SourceTask":
-        changes = {}
-        if self.path != "stdlib" and not Path(self.path).is_absolute():
-            changes["path"] = str((Path(base_dir) / self.path).resolve())
-        if self.test_source != "stdlib" and (Path(base_dir) / self.test_source).is_dir():
-            changes["test_source"] = str((Path(base_dir) / self.test_source).resolve())
-        return dataclasses.replace(self, **changes) if changes else self
 
 
 def check_template(template: str, allowed: Sequence[str]) -> None:
