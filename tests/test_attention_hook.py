@@ -269,3 +269,25 @@ def test_a_failed_apply_restores_the_attention_implementation(tiny_llama):
         apply_methods(model, [LoraConfig(r=2), AttachesThenFails()])
     assert model.config._attn_implementation == "sdpa" and peft_state(model) is None
     assert not any(EXTENSIONS in m.__dict__ for m in model.modules())
+
+
+@both
+def test_rows_still_apply_after_another_function_took_a_hook_name(family, batches):
+    """Regression (CI of stop 19): the fast-dropout attention was registered as "peftlab_sdpa" too,
+    so in a process that had used it first, the hook was never registered and every prefix row was
+    silently ignored. Now the two names differ, and a hook name held by any other function is
+    taken back when a method attaches."""
+    from transformers import AttentionInterface
+
+    from peftlab.train import kernels
+
+    batch = batches[family]
+    expected = logits(with_rows(family, "sdpa"), batch)
+    other = build(family, "sdpa")
+    assert kernels.use_fast_attention_dropout(other)
+    assert other.config._attn_implementation == kernels.ATTENTION != "peftlab_sdpa"
+    torch.testing.assert_close(logits(with_rows(family, "sdpa"), batch), expected, atol=0, rtol=0)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register("peftlab_sdpa", sdpa_attention_forward)  # someone else's function
+    torch.testing.assert_close(logits(with_rows(family, "sdpa"), batch), expected, atol=0, rtol=0)

@@ -221,13 +221,23 @@ def _extended(ext: Extensions, base, sdpa: bool, module, query, key, value, mask
 # ------------------------------------------------------------------------------------------------
 # Switching a model to the hook, attaching extensions
 # ------------------------------------------------------------------------------------------------
+_HOOKS: dict = {}  # base implementation -> its hook function (one per process)
+
+
 def _register(base_name: str) -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     name = PREFIX + base_name
-    if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionInterface.register(name, _make_hook(base_name))
+    hook = _HOOKS.get(base_name)
+    if hook is None:
+        hook = _HOOKS[base_name] = _make_hook(base_name)
+    # registered again whenever the name holds another function: a name taken by anything else
+    # would run attention without the methods' extensions, silently
+    if ALL_ATTENTION_FUNCTIONS._global_mapping.get(name) is not hook:
+        AttentionInterface.register(name, hook)
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[base_name])
     return name
 

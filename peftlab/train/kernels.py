@@ -60,7 +60,9 @@ class FastDropout(nn.Dropout):
         return _Dropout.apply(x, self.p)
 
 
-ATTENTION = "peftlab_sdpa"  # transformers' SDPA, with FastDropout on the attention weights in training
+# transformers' SDPA, with FastDropout on the attention weights in training. Not under the attention
+# hook's "peftlab_" prefix: that name would shadow (or be shadowed by) the hook that methods attach to.
+ATTENTION = "fastdrop_sdpa"
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
