@@ -171,3 +171,58 @@ def test_import_peftlab_is_fast():
             "import sys; print(time.perf_counter() - t, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert float(out[0]) < 1.0 and out[1] == "False"
+
+
+TINY_METHODS = """
+device: cpu
+threads: 1
+precisions: [fp32]
+warmup: 1
+reps: 1
+memory: false
+model:
+  family: t5
+  config: {vocab_size: 128, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
+           feed_forward_proj: gated-gelu, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
+           dropout_rate: 0.0}
+batch: {size: 2, source: 8, target: 4}
+cases:
+  - name: prompt
+    methods: [{name: prompt_tuning, num_virtual_tokens: 3}]
+    peft: {peft_type: PROMPT_TUNING, task_type: SEQ_2_SEQ_LM, num_virtual_tokens: 3, num_transformer_submodules: 1}
+    compile_reference: false
+  - name: ia3
+    methods: [{name: ia3}]
+    peft: {peft_type: IA3, task_type: SEQ_2_SEQ_LM, target_modules: [k, v, wo], feedforward_modules: [wo]}
+    compile_reference: false
+  - name: llama-adapter
+    model:
+      family: llama
+      config: {vocab_size: 128, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
+               num_key_value_heads: 4, max_position_embeddings: 64}
+    batch: {size: 2, source: 8}
+    methods: [{name: llama_adapter, layers: 2, length: 3}]
+    peft: {peft_type: ADAPTION_PROMPT, task_type: CAUSAL_LM, adapter_layers: 2, adapter_len: 3}
+    count_differs: "per-head vs per-layer gates"
+    compile_reference: false
+"""
+
+
+def test_every_method_case_starts_both_sides_from_the_same_weights(tmp_path):
+    """Prompt tuning, IA3 and LLaMA-Adapter cases: peftlab's adapter tensors are copied into peft's
+    (names and shapes through build.PEFT_NAMES; the per-head gates set equal for peft's one per
+    layer), so the two compute the same loss before the first step."""
+    spec = tmp_path / "methods.yaml"
+    spec.write_text(TINY_METHODS)
+    out = tmp_path / "res.json"
+    assert main(["speed", str(spec), "--out", str(out)]) == 0
+    rows = {(r["case"], r["impl"]): r for r in json.loads(out.read_text())["rows"]}
+    # prompt: the soft prompt; IA3: k and v in 6 attentions (2 encoder, 2 + 2 decoder) + wo in 4 FFNs;
+    # LLaMA-Adapter: a prompt and a gate in each of 2 layers
+    expect_copied = {"prompt": 1, "ia3": 16, "llama-adapter": 4}
+    for case, copied in expect_copied.items():
+        ours, peft_row = rows[(case, "peftlab")], rows[(case, "peft")]
+        assert ours["error"] is None and peft_row["error"] is None
+        assert peft_row["adapters_copied"] == copied, case
+        assert ours["init_loss"] == pytest.approx(peft_row["init_loss"], rel=1e-5), case
+    assert rows[("llama-adapter", "peftlab")]["trainable_params"] == rows[("llama-adapter", "peft")]["trainable_params"] + 6

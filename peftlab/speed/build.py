@@ -21,12 +21,17 @@ from torch import nn
 from peftlab.errors import ConfigError, ModelError
 from peftlab.speed.spec import BatchShape, CaseSpec, ModelShape
 
-# peftlab adapter attribute -> peft's parameter suffix, per method; add a row per method that
-# peft also has, and the benchmark starts both from the same weights.
+# the end of a peftlab adapter tensor's name -> the end of peft's name for it, per method; add a row
+# per method that peft also has, and the benchmark starts both from the same weights.
 PEFT_NAMES = {
-    "lora_a": "lora_A.default.weight",
-    "lora_b": "lora_B.default.weight",
+    ".lora_a": ".lora_A.default.weight",
+    ".lora_b": ".lora_B.default.weight",
+    ".ia3_l": ".ia3_l.default",  # peft stores (d, 1) or (1, d); same values
+    ".adaption_prompt.prompt": ".adaption_prompt",  # peft: (1, K, d)
+    ".adaption_prompt.gate": ".adaption_gate",  # peft: one gate per layer, peftlab one per head
 }
+# peftlab's soft prompt (prompt tuning; wherever the model keeps it) -> peft's prompt encoder
+_PEFT_WHOLE_NAMES = {"virtual_tokens.prompt": "prompt_encoder.default.embedding.weight"}
 _PEFT_PREFIX = "base_model.model."
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -151,20 +156,39 @@ def perturb_zero_adapters(model: nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g).mul_(0.01))
 
 
+def peft_name(name: str) -> Optional[str]:
+    """peft's name for the peftlab adapter tensor ``name``, or None where peft has no such tensor."""
+    for ours, theirs in _PEFT_WHOLE_NAMES.items():
+        if name == ours or name.endswith("." + ours):
+            return theirs
+    for ours, theirs in PEFT_NAMES.items():
+        if name.endswith(ours):
+            return f"{_PEFT_PREFIX}{name[: -len(ours)]}{theirs}"
+    return None
+
+
 @torch.no_grad()
 def align_adapters(ours: nn.Module, other: nn.Module) -> int:
     """Copy peftlab's adapter tensors into ``other``: another peftlab model (same names) or peft's
-    (names through ``PEFT_NAMES``); returns how many tensors were copied."""
+    (names through ``PEFT_NAMES``, reshaped where peft keeps the same values in another shape);
+    returns how many tensors were copied. A per-head tensor of ours whose peft twin has one value
+    (LLaMA-Adapter's gates: per head here, per layer in peft) first takes its first value in every
+    head, so both models compute the same function."""
     targets = dict(other.named_parameters())
     copied = 0
     for name, p in ours.named_parameters():
         if not p.requires_grad:
             continue
-        stem, _, attr = name.rpartition(".")
-        target = targets.get(name) if name in targets else targets.get(f"{_PEFT_PREFIX}{stem}.{PEFT_NAMES.get(attr, '-')}")
-        if target is None or target.shape != p.shape or target is p:
+        target = targets.get(name) if name in targets else targets.get(peft_name(name) or "-")
+        if target is None or target is p:
             continue
-        target.copy_(p)
+        if target.numel() == 1 and p.numel() > 1:
+            p.fill_(p.flatten()[0].item())
+            target.fill_(p.flatten()[0].item())
+        elif target.numel() == p.numel():
+            target.copy_(p.reshape(target.shape))
+        else:
+            continue
         copied += 1
     return copied
 

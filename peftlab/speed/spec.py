@@ -90,6 +90,9 @@ class CaseSpec:
     batch: Optional[BatchShape] = None  # overrides the spec's batch
     generate: GenerateShape = field(default_factory=GenerateShape)  # kind: generate
     note: str = ""  # printed with the case (e.g. why there is no reference)
+    # why peftlab and the reference train different numbers of parameters (e.g. per-head vs
+    # per-layer gates); empty = the counts must be equal, or the spec describes two methods
+    count_differs: str = ""
 
     def __post_init__(self):
         from peftlab.config import FieldError
