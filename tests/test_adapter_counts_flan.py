@@ -1,4 +1,4 @@
-"""Trainable parameters of the bottleneck adapters, AdapterDrop and IA3 on FLAN-T5-base shapes
+"""Trainable parameters of the bottleneck adapters, AdapterDrop, IA3, HyperFormer++, UniPELT and prefix tuning on FLAN-T5-base shapes
 (meta device), worked out by hand: the README's method table quotes these numbers.
 
 FLAN-T5-base: d = 768, d_ff = 2048, 12 heads x 64 = 768 inner, 12 encoder + 12 decoder blocks.
@@ -16,6 +16,7 @@ from peftlab.methods.unipelt import UniPELTConfig
 from peftlab.methods.ia3 import IA3Config
 from peftlab.methods.parallel import ParallelAdapterConfig
 from peftlab.methods.pfeiffer import PfeifferConfig
+from peftlab.methods.prefix import PrefixConfig
 
 from test_seed000_counts import FLAN_T5_BASE, UNTIED_HEAD
 
@@ -42,9 +43,14 @@ M384 = 2 * 768 * 384 + 384 + 768  # 590,976: reduction factor 2
         # rows: 10·768 + (768·512 + 512) + (512·55,296 + 55,296) = 28,768,256 -> 31,543,556
         (UniPELTConfig(prefix_projection=0), 72 * (8 * 1536 + 769) + 36 * (2 * 10 * 768 + 769) + 24 * (M48 + 769), 1.33),
         (UniPELTConfig(), 72 * (8 * 1536 + 769) + 28_768_256 + 36 * 769 + 24 * (M48 + 769), 11.30),
+        # prefix P=20: a key and a value row per position in 12 + 12 self- and 12 cross-attentions, as
+        # saved; while training the MLP (h=512) makes them from 20 embeddings: 20·768 + (768·512 + 512)
+        # + (512·55,296 + 55,296) with 55,296 = 36·2·768
+        (PrefixConfig(length=20, projection=0), 36 * 2 * 20 * 768, 0.44),
+        (PrefixConfig(length=20, projection=512), 20 * 768 + (768 * 512 + 512) + (512 * 55_296 + 55_296), 10.41),
     ],
     ids=["houlsby", "houlsby-adapterdrop6", "pfeiffer", "parallel", "ia3", "hyperformer", "unipelt-saved",
-         "unipelt-training"],
+         "unipelt-training", "prefix-saved", "prefix-training"],
 )
 def test_counts_on_flan_t5_base(cfg, expected, pct):
     with torch.device("meta"):
