@@ -23,7 +23,7 @@ Paddings:
 
 Measured per run:
   step_s             median wall time of ``--repeats`` steps after one warm-up (GPU: synchronised);
-  peak_rss_mib       the subprocess's peak resident set (ru_maxrss: imports + model + steps);
+  peak_rss_mib       the subprocess's peak resident set (VmHWM: imports + model + steps);
   rss_loaded_mib     its resident set once the model is loaded, before any step;
   alloc_peak_mib     bytes the allocator holds at the step's peak beyond what was live before
                      it: on GPU ``torch.cuda.max_memory_allocated`` minus the allocation before
@@ -53,7 +53,6 @@ CASES = ("dense", "s2_attn", "strided", "dense-eager")
 
 
 def worker(spec: dict) -> dict:
-    import resource
 
     import torch
 
@@ -98,7 +97,9 @@ def worker(spec: dict) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from peftlab.env import peak_rss_bytes
+
+    rss_loaded = peak_rss_bytes() / 2**20
     loss = step()  # warm-up (kernels, masks, caches)
     times = []
     for _ in range(spec["repeats"]):
@@ -107,7 +108,7 @@ def worker(spec: dict) -> dict:
         step()
         sync()
         times.append(time.perf_counter() - start)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss = peak_rss_bytes() / 2**20  # VmHWM (ru_maxrss would start at the parent's RSS)
     alloc_peak, kernels = allocator_peak(step, device)
     return {"step_s": statistics.median(times), "step_s_all": times, "peak_rss_mib": peak_rss,
             "rss_loaded_mib": rss_loaded, "alloc_peak_mib": alloc_peak / 2**20, "loss": loss,

@@ -101,6 +101,23 @@ def _proc_cpuinfo(field: str) -> str:
 
 # -- the one precision rule ------------------------------------------------------------------------
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it started (or since ``/proc/self/clear_refs`` was
+    reset): the kernel's ``VmHWM``. Not ``getrusage().ru_maxrss``: Linux carries the parent's
+    resident set at ``fork`` into the child's ``ru_maxrss`` across ``exec``, so every subprocess of
+    a process holding 3 GiB would report at least 3 GiB. Falls back to ``ru_maxrss`` off Linux."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def resolve_precision(requested: str, device, *, training: bool = True) -> str:
     """``"bf16"``, ``"fp16"`` or ``"no"``: what autocast runs for ``requested`` on ``device``
     (a ``torch.device`` or its type, ``"cpu"``/``"cuda"``). See the module docstring's table."""

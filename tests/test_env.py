@@ -147,3 +147,21 @@ def test_generation_follows_the_same_rule(monkeypatch, machine, tiny_t5):
     out = generate_texts(tiny_t5(), Tok(), ["a", "bb"], max_source_length=8, max_new_tokens=3, mixed_precision="fp16")
     assert len(out) == 2
     assert seen == [(("fp16", torch.device("cpu")), {"training": False})]
+
+
+def test_peak_rss_of_a_subprocess_is_its_own():
+    """Linux carries a parent's resident set at fork into the child's ru_maxrss across exec, so a
+    fresh worker of a 3 GiB process reported 3 GiB (every implementation of a speed case had the
+    same "peak"). peak_rss_bytes reads VmHWM: the child's own."""
+    import subprocess
+    import sys
+
+    from peftlab.env import peak_rss_bytes
+
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: 600 MiB resident here
+    assert peak_rss_bytes() >= 600 * 2**20
+    code = "from peftlab.env import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    del ballast
+    assert child < 300 * 2**20, child  # the interpreter and peftlab's light imports, not the parent's 600 MiB

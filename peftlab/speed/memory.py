@@ -3,7 +3,7 @@
 ``python -m peftlab.speed.memory '<json>'`` builds the case's base and one implementation, trains
 ``warmup + memory_steps`` steps and prints one JSON line. On a GPU the figure is
 ``torch.cuda.max_memory_allocated`` since the process started (weights + activations + optimizer
-state); on a CPU it is the process's peak resident set (``ru_maxrss``: everything the process ever
+state); on a CPU it is the process's peak resident set (``VmHWM``: everything the process ever
 touched, the Python interpreter and libraries included), with the resident set before building
 and after building beside it so the training part can be read off. Every worker imports the same
 libraries (peft included) before measuring, so the interpreter's share is equal on both sides.
@@ -12,7 +12,6 @@ libraries (peft included) before measuring, so the interpreter's share is equal 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 
@@ -57,7 +56,9 @@ def measure(job: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device), "kind": "cuda_max_allocated"}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from peftlab.env import peak_rss_bytes
+
+    peak = peak_rss_bytes()  # VmHWM: ru_maxrss would start at the parent's resident set (see there)
     return {"peak_bytes": peak, "kind": "cpu_peak_rss", "rss_start_bytes": rss_start, "rss_built_bytes": rss_built,
             "peak_minus_start_bytes": peak - rss_start}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -83,13 +82,15 @@ def lr_factor(step: int, elapsed: float, spec) -> float:
 def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
+    from peftlab.env import peak_rss_bytes
+
+    return peak_rss_bytes(), "cpu_max_rss"
 
 
 def reset_peak_memory(device: torch.device) -> None:
     """Start a run's peak from now: in a bench of many runs in one process, the process-wide peak
     of an earlier run would otherwise be reported by every later one. On Linux, writing 5 to
-    /proc/self/clear_refs resets the RSS high-water mark (what ru_maxrss reports)."""
+    /proc/self/clear_refs resets the RSS high-water mark (VmHWM, what peak_rss_bytes reads)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
