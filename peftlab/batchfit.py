@@ -193,13 +193,11 @@ def saved_activation_bytes(model, batch: dict, device, precision: str) -> int:
 
 def available_ram() -> int:
     """Bytes of RAM available to a new allocation now (``MemAvailable``; psutil where no /proc)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    from peftlab.env import proc_kib_field
+
+    available = proc_kib_field("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     import psutil
 
     return int(psutil.virtual_memory().available)

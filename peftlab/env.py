@@ -101,18 +101,27 @@ def _proc_cpuinfo(field: str) -> str:
 
 # -- the one precision rule ------------------------------------------------------------------------
 
+def proc_kib_field(path: str, key: str):
+    """Bytes of a ``key: N kB`` line of a Linux /proc file (``/proc/self/status``, ``/proc/meminfo``),
+    or None where there is no such file or line."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set since it started (or since ``/proc/self/clear_refs`` was
     reset): the kernel's ``VmHWM``. Not ``getrusage().ru_maxrss``: Linux carries the parent's
     resident set at ``fork`` into the child's ``ru_maxrss`` across ``exec``, so every subprocess of
     a process holding 3 GiB would report at least 3 GiB. Falls back to ``ru_maxrss`` off Linux."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = proc_kib_field("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

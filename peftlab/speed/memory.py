@@ -17,11 +17,9 @@ import sys
 
 
 def _rss_now() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    from peftlab.env import proc_kib_field
+
+    return proc_kib_field("/proc/self/status", "VmRSS") or 0
 
 
 def measure(job: dict) -> dict:
