@@ -53,7 +53,6 @@ CASES = ("dense", "s2_attn", "strided", "dense-eager")
 
 
 def worker(spec: dict) -> dict:
-
     import torch
 
     from peftlab.methods import apply_methods

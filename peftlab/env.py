@@ -99,7 +99,7 @@ def _proc_cpuinfo(field: str) -> str:
     return ""
 
 
-# -- the one precision rule ------------------------------------------------------------------------
+# -- memory, as the kernel counts it ---------------------------------------------------------------
 
 def proc_kib_field(path: str, key: str):
     """Bytes of a ``key: N kB`` line of a Linux /proc file (``/proc/self/status``, ``/proc/meminfo``),
@@ -126,6 +126,8 @@ def peak_rss_bytes() -> int:
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
+
+# -- the one precision rule ------------------------------------------------------------------------
 
 def resolve_precision(requested: str, device, *, training: bool = True) -> str:
     """``"bf16"``, ``"fp16"`` or ``"no"``: what autocast runs for ``requested`` on ``device``

@@ -227,7 +227,6 @@ _HOOKS: dict = {}  # base implementation -> its hook function (one per process)
 def _register(base_name: str) -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     name = PREFIX + base_name

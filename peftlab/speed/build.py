@@ -183,8 +183,9 @@ def align_adapters(ours: nn.Module, other: nn.Module) -> int:
         if target is None or target is p:
             continue
         if target.numel() == 1 and p.numel() > 1:
-            p.fill_(p.flatten()[0].item())
-            target.fill_(p.flatten()[0].item())
+            first = p.flatten()[0].item()
+            p.fill_(first)
+            target.fill_(first)
         elif target.numel() == p.numel():
             target.copy_(p.reshape(target.shape))
         else:
