@@ -264,12 +264,19 @@ def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) ->
         scores.update(_perplexity(model, tok, cfg, ppl_texts))
     _write_predictions(run_dir, rows)
     return {
-        **trained,
-        **{k: v for k, v in scores.items() if k not in ("eval_examples", "truncated_prompts")},
+        **with_scores(trained, scores),
         "test_split": cfg.data.test_split,
         "test_examples": scores["eval_examples"],
         **_floors(cfg, train_rows, eval_rows, test, scores),
     }
+
+
+def with_scores(trained: dict, scores: dict) -> dict:
+    """The run's fields and its scores at top level; a score whose name is already a run field
+    (method_name's sub-token ``precision`` beside the training ``precision``, "bf16") stays only in
+    ``task_metrics``, never replacing what the run recorded."""
+    skip = {"eval_examples", "truncated_prompts"}
+    return {**trained, **{k: v for k, v in scores.items() if k not in skip and k not in trained}}
 
 
 def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:

@@ -432,7 +432,11 @@ def test_a_source_task_trains_and_scores_with_its_floors(suite_dirs, tmp_path, t
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     cls = get_task(task)
-    assert m["task"] == task and set(cls.metric_names) <= set(m)
+    assert m["task"] == task and set(cls.metric_names) <= set(m["task_metrics"][task])
+    # a score named as a run field (method_name's sub-token "precision") never replaces the field
+    assert m["precision"] in ("no", "bf16", "fp16") and m["steps"] == 2
+    assert {k: m[k] for k in cls.metric_names if k != "precision"} == {
+        k: m["task_metrics"][task][k] for k in cls.metric_names if k != "precision"}
     floors = m["floors"][task]
     assert floors["metric"] == cls.primary_metric and set(floors) == {"metric", "retrieval",
                                                                        "majority" if cls.kind == "classification" else "constant"}

@@ -56,7 +56,8 @@ def _about(res: Results) -> list[str]:
              f"{', '.join(map(str, res.seeds))}.",
              f"Device: {ix.get('device', '?')} ({ix.get('cpu_capability', '?')}); started {ix.get('started', '?')}"
              + (f", last run {ix['updated']}" if ix.get("updated") else "") + "."]
-    precisions = sorted({r.metrics.get("precision") for r in res.runs if r.metrics and r.metrics.get("precision")})
+    precisions = sorted({r.metrics.get("precision") for r in res.runs
+                         if r.metrics and isinstance(r.metrics.get("precision"), str)})
     if precisions:
         names = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
         lines[-1] += f" Precision: {', '.join(names.get(p, p) for p in precisions)}."
