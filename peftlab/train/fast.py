@@ -5,7 +5,8 @@ weights as the plain path (``tests/test_speed_paths.py``).
 micro-batch; the speed benchmark (``peftlab speed``) times exactly this function against HF peft.
 
 * ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
-  (``peftlab.methods.lora._FusedLora``) and T5's tanh-GELU (``peftlab.train.kernels``).
+  (``peftlab.methods.lora._FusedLora``), T5's tanh-GELU and the RMSNorms of T5 and LLaMA (one
+  reduction and one explicit backward instead of autograd through six ops; ``peftlab.train.kernels``).
 * ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.train.kernels``):
   the same distribution, another random stream, so it is off unless asked for.
 * ``cast_frozen``: under bf16/fp16 autocast every ``F.linear`` computes with its weight cast to the
@@ -40,6 +41,7 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
             module.fused = spec.fused_kernels
     if spec.fused_kernels:
         kernels.fuse_activations(model)
+        kernels.fuse_rms_norms(model)
     if spec.fast_dropout:
         kernels.use_fast_dropout(model)
         kernels.use_fast_attention_dropout(getattr(model, "module", model))
