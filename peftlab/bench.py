@@ -5,7 +5,8 @@ interrupted there (same config) is resumed, so an interrupted comparison picks u
 One comparison owns ``OUT`` at a time (``peftlab.rundir.acquire``): a second one into the same
 ``--out`` is refused, where it would retrain, set aside and overwrite the same runs. The table
 goes to the terminal and to ``OUT/results.md`` / ``results.json``, and a figure to
-``OUT/results.png``. The task metrics shown are those the runs have; the floors the runs recorded
+``OUT/results.png``. Each run trains in a fresh process (``peftlab.child``; ``isolate=False``: in
+this one, one after another), so the peak-memory column is each run's own. The task metrics shown are those the runs have; the floors the runs recorded
 (best constant or majority class, BM25 retrieval: ``peftlab.evaluate.floors``) are rows of the same
 table, and a method that does not beat every floor of its task is marked.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from peftlab import rundir
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, PeftlabError
 
 HEAD = [
     ("method", "Method", "{}"),
@@ -102,7 +103,8 @@ def expand(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
-def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = (), progress: bool = True) -> list[dict]:
+def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = (), progress: bool = True,
+            isolate: bool = True) -> list[dict]:
     from peftlab.config import load_config
     from peftlab.schema import RunConfig
 
@@ -110,7 +112,12 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
     loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
     rundir.make_dir(out, "--out")
     with rundir.owned(out), rundir.stop_on_signals():  # one comparison per --out; SIGTERM lets go of it
-        rows = [_row(_run(cfg, out / path.stem, progress), path, out / path.stem) for path, cfg in loaded]
+        rows = []
+        for path, cfg in loaded:
+            done = rundir.read_status(out / path.stem).get("state") == "complete" and _same_config(out / path.stem, cfg)
+            metrics = (_run_in_a_process(path, overrides, out / path.stem, progress) if isolate and not done
+                       else _run(cfg, out / path.stem, progress))  # (a complete run is only read)
+            rows.append(_row(metrics, path, out / path.stem))
         floors = floor_rows(rows)
         table = markdown_table(rows + floors)
         print(table)
@@ -146,6 +153,50 @@ def _run(cfg, run_dir: Path, progress: bool) -> dict:
             pass
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{rundir.now().replace(':', '')}"))
     return train_run(cfg, run_dir, progress=progress)
+
+
+class CompareError(PeftlabError):
+    """A run of a comparison failed in its own process."""
+
+
+def _run_in_a_process(path: Path, overrides: Sequence[str], run_dir: Path, progress: bool) -> dict:
+    """``_run`` in a child process (``python -m peftlab.bench``); its metrics, or its error raised."""
+    from peftlab.child import in_a_process
+
+    outcome = in_a_process("peftlab.bench", [str(path), str(run_dir), json.dumps(list(overrides)),
+                                             "1" if progress else "0"], run_dir.parent / f".{run_dir.name}.result.json")
+    if outcome["state"] == "interrupted":
+        raise KeyboardInterrupt(outcome.get("error") or "interrupted")
+    if outcome["state"] != "complete":
+        raise CompareError(f"{path}: {outcome.get('error')}")
+    return outcome["metrics"]
+
+
+def _child(argv: list[str]) -> int:
+    """``python -m peftlab.bench CONFIG RUN_DIR OVERRIDES PROGRESS RESULT``: one run of a comparison."""
+    import logging
+
+    from peftlab.config import load_config
+    from peftlab.schema import RunConfig
+
+    path, run_dir, overrides, progress, result = argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if progress == "0":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        with rundir.stop_on_signals():
+            cfg = load_config(RunConfig, Path(path), json.loads(overrides))
+            outcome = {"state": "complete", "metrics": _run(cfg, Path(run_dir), progress == "1")}
+    except KeyboardInterrupt as e:  # recorded in the run's status by the run itself
+        outcome = {"state": "interrupted", "error": str(e) or "interrupted"}
+    except PeftlabError as e:
+        outcome = {"state": "failed", "error": str(e)}
+    except (RuntimeError, ValueError, OSError) as e:
+        outcome = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
+    rundir.write_json(Path(result), outcome)
+    return 130 if outcome["state"] == "interrupted" else 0
 
 
 def _same_config(run_dir: Path, cfg) -> bool:
@@ -224,3 +275,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def load_results(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text())["rows"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child(sys.argv[1:]))

@@ -434,43 +434,11 @@ def _one(bench: Bench, planned: PlannedRun, out: Path, progress: bool) -> dict:
 
 
 def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path, progress: bool) -> dict:
-    """``_one`` for run ``i`` in a child process (``python -m peftlab.study``), which dies with this
-    one (Linux: a killed bench leaves no run behind holding its directory). SIGTERM or Ctrl-C here
-    is passed on, so the run records itself as interrupted before the bench stops."""
-    import signal
-    import subprocess
-    import sys
+    """``_one`` for run ``i`` in a child process (``python -m peftlab.study``; ``peftlab.child``)."""
+    from peftlab.child import in_a_process
 
-    result = out / f".run-{i}.json"
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "peftlab.study", str(path), str(out), str(i), json.dumps(list(overrides)),
-           "1" if progress else "0", str(result)]
-    proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent)
-    try:
-        code = proc.wait()
-    except BaseException:  # interrupted: let the run record it, then stop
-        proc.send_signal(signal.SIGTERM)
-        proc.wait()
-        raise
-    try:
-        return json.loads(result.read_text())
-    except (OSError, ValueError):
-        how = (f"was killed by signal {-code}" + (" (SIGKILL: out of memory?)" if -code == signal.SIGKILL else "")
-               if code < 0 else f"exited with status {code}")
-        return {"state": "failed", "error": f"the run's process {how} before it finished"}
-    finally:
-        result.unlink(missing_ok=True)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
-    except (OSError, AttributeError):  # not Linux: the child outlives a killed parent
-        pass
+    args = [str(path), str(out), str(i), json.dumps(list(overrides)), "1" if progress else "0"]
+    return in_a_process("peftlab.study", args, out / f".run-{i}.json")
 
 
 def _child(argv: list[str]) -> int:

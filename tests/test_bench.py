@@ -61,7 +61,32 @@ def test_compare_retrains_a_run_whose_config_was_edited(tmp_path):
     cfgs = tmp_path / "cfgs"
     cfgs.mkdir()
     (cfgs / "b_lora.yaml").write_text(SMOKE)
-    first = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
-    again = compare([cfgs], tmp_path / "out", overrides=[*FAST[1:], "train.max_steps=3"], progress=False)
+    first = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False, isolate=False)
+    again = compare([cfgs], tmp_path / "out", overrides=[*FAST[1:], "train.max_steps=3"], progress=False, isolate=False)
     assert first[0]["steps"] == 2 and again[0]["steps"] == 3
     assert [p.name.split(".")[0] for p in (tmp_path / "out").iterdir() if ".incomplete-" in p.name] == ["b_lora"]
+
+
+def test_compare_trains_each_run_in_its_own_process(tmp_path, monkeypatch):
+    """A run happens in a child process (its peak memory its own): a train_run broken in this
+    process does not reach it; a failure in the child is raised here naming the config."""
+    import peftlab.child
+    import peftlab.run
+
+    from peftlab.bench import CompareError
+
+    def broken(*a, **k):
+        raise AssertionError("trained in the comparing process")
+
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "b_lora.yaml").write_text(SMOKE)
+    monkeypatch.setattr(peftlab.run, "train_run", broken)
+    rows = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
+    assert rows[0]["steps"] == 2 and rows[0]["peak_memory_mib"] > 0
+    assert not list((tmp_path / "out").glob(".*.result.json"))  # the child's outcome file is gone
+
+    monkeypatch.setattr(peftlab.child, "in_a_process", lambda *a: {"state": "failed", "error": "the run's process "
+                                                                   "was killed by signal 9 (SIGKILL: out of memory?)"})
+    with pytest.raises(CompareError, match="b_lora.yaml: the run's process was killed by signal 9"):
+        compare([cfgs], tmp_path / "out2", overrides=FAST, progress=False)

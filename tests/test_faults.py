@@ -315,7 +315,7 @@ def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, 
     out = tmp_path / "out"
     monkeypatch.setattr(peftlab.run, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        compare([cfgs], out, overrides=tiny_args(data), progress=False)
+        compare([cfgs], out, overrides=tiny_args(data), progress=False, isolate=False)
     monkeypatch.undo()
     assert status(out / "a")["state"] == "interrupted" and not (out / ".peftlab.lock").exists()
     log = (out / "a" / "train_log.jsonl").read_text()

@@ -60,7 +60,7 @@ def test_many_runs_in_one_process_keep_memory_flat(tmp_path, monkeypatch):
         return metrics
 
     monkeypatch.setattr(peftlab.run, "train_run", measured)
-    rows = compare([cfgs], tmp_path / "out", overrides=overrides, progress=False)
+    rows = compare([cfgs], tmp_path / "out", overrides=overrides, progress=False, isolate=False)
     assert len(rows) == RUNS and len(seen) == RUNS
     first = seen[0]
     for i, s in enumerate(seen):
