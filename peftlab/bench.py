@@ -174,13 +174,12 @@ def _run_in_a_process(path: Path, overrides: Sequence[str], run_dir: Path, progr
 
 def _child(argv: list[str]) -> int:
     """``python -m peftlab.bench CONFIG RUN_DIR OVERRIDES PROGRESS RESULT``: one run of a comparison."""
-    import logging
-
     from peftlab.config import load_config
+    from peftlab.env import configure_logging
     from peftlab.schema import RunConfig
 
     path, run_dir, overrides, progress, result = argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     if progress == "0":
         from transformers.utils import logging as hf_logging
 

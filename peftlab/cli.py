@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -141,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from peftlab.errors import PeftlabError
 
-    from peftlab.env import set_invocation
+    from peftlab.env import configure_logging, set_invocation
 
     set_invocation(sys.argv[1:] if argv is None else argv)  # results files record the command
     parser = _parser()
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     if getattr(args, "quiet", False):  # no progress bars at all, transformers' weight loading's included
         from transformers.utils import logging as hf_logging
 

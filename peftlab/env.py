@@ -285,3 +285,12 @@ def command_line(default: str = "python") -> str:
     if argv is None and sys.argv and Path(sys.argv[0]).name == "peftlab":
         argv = sys.argv[1:]
     return "peftlab " + " ".join(shlex.quote(a) for a in argv) if argv is not None else default
+
+
+def configure_logging() -> None:
+    """peftlab's commands log at INFO, one message a line; rouge_score's absl INFO lines ("Using
+    default tokenizer.", once per scoring call) are kept out of it."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)

@@ -443,8 +443,10 @@ def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path,
 
 def _child(argv: list[str]) -> int:
     """``python -m peftlab.study SPEC OUT I OVERRIDES PROGRESS RESULT``: one run of a bench."""
+    from peftlab.env import configure_logging
+
     spec, out, i, overrides, progress, result = argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     if progress == "0":
         from transformers.utils import logging as hf_logging
 

@@ -144,3 +144,26 @@ def test_non_string_inputs_raise_type_error():
         codexglue_bleu("a prediction", "a reference")  # a bare str, not a list
     with pytest.raises(TypeError):
         codexglue_bleu([None], ["a"])
+
+
+def test_bleu_and_rouge_score_quietly(caplog):
+    """Predictions ending in " ." (what most docstring models print) score as with sacrebleu's
+    defaults but without its "tokenized period" warning, and rouge_score's absl INFO line stays out
+    of peftlab's INFO log."""
+    import logging
+
+    import sacrebleu
+
+    from peftlab.env import configure_logging
+    from peftlab.evaluate.metrics import corpus_bleu, rouge_l
+
+    configure_logging()
+    preds = [f"Return the value {i} ." for i in range(120)]
+    refs = [f"Return the value {i}." for i in range(120)]
+    plain = sacrebleu.corpus_bleu(preds, [refs]).score  # warns
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        score = corpus_bleu(preds, refs)
+        rouge_l(preds[:3], refs[:3])
+    assert score == plain
+    assert not [r for r in caplog.records if "tokenized period" in r.getMessage() or "default tokenizer" in r.getMessage()]
