@@ -158,6 +158,27 @@ def test_compiled_training_matches_eager(family, monkeypatch):
     assert counters["stats"]["unique_graphs"] >= 1
 
 
+def test_compile_with_fast_dropout_has_no_graph_breaks(monkeypatch):
+    """Dynamo cannot trace ``random_``: under torch.compile the fast dropout (modules and attention)
+    hands over to torch's dropout, which the compiler fuses, instead of breaking the graph at every
+    dropout (which then made dynamo recompile transformers' attention per layer until its limit)."""
+    import torch._dynamo
+
+    from torch._dynamo.utils import counters
+
+    from peftlab.train.kernels import FastDropout
+
+    monkeypatch.setattr(fast, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    model = _model("t5", [LoraConfig(r=4, targets=("q", "v"))], dropout_rate=0.1)
+    losses, _ = _train(model, TrainSpec(fast_dropout=True, compile=True, mixed_precision="no"), _batch("t5"), steps=3)
+    assert any(isinstance(m, FastDropout) for m in model.modules())
+    assert model.config._attn_implementation == "fastdrop_sdpa"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
 def test_fused_forward_matches_plain_in_eval_and_merged(tiny_t5, t5_batch):
     model = _model("t5", [LoraConfig(r=4, alpha=12)])
     model.eval()

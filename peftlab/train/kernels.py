@@ -14,6 +14,8 @@
   (``train.fast_dropout``), never silently on. Attention-weight dropout happens inside SDPA, which
   on CPU then falls back to its math path anyway: ``use_fast_attention_dropout`` registers that
   path (float32, as SDPA's) with this mask as a transformers attention function.
+  Under ``torch.compile`` both step aside for torch's own dropout: dynamo cannot trace ``random_``
+  (a graph break at every dropout), and inductor generates and fuses its masks itself.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class FastDropout(nn.Dropout):
             return x
         if self.p == 1:
             return x * 0
+        if torch.compiler.is_compiling():  # dynamo cannot trace random_; inductor fuses its own dropout
+            return nn.functional.dropout(x, self.p, True)
         return _Dropout.apply(x, self.p)
 
 
@@ -80,7 +84,8 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     path, in float32 as SDPA's own, with ``FastDropout``'s mask."""
     from transformers.integrations.sdpa_attention import create_position_bias_mask, repeat_kv, sdpa_attention_forward
 
-    if not (module.training and dropout > 0) or kwargs.get("softcap") is not None:
+    plain = not (module.training and dropout > 0) or kwargs.get("softcap") is not None
+    if plain or torch.compiler.is_compiling():
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, position_bias=position_bias, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
