@@ -415,3 +415,41 @@ def test_fused_kernels_give_full_fine_tuning_the_plain_gradients(family):
     steps = [_train(_model(family, [FullFineTuneConfig()], **model_kw), dataclasses.replace(s, mixed_precision="no"),
                     batch)[0] for s in (PLAIN, TrainSpec(fused_kernels=True))]
     torch.testing.assert_close(torch.tensor(steps[1]), torch.tensor(steps[0]), **FP32_TOL)
+
+
+@pytest.mark.parametrize("mask_kind", ["float", "bool", "causal"])
+def test_math_attention_with_dropout_is_the_plain_formula(mask_kind):
+    """The in-place math path (no scale pass for s = 1, mask added in place, dropout's 1/(1-p)
+    applied after the product) against softmax(q k^T s + mask) ⊙ m / (1-p) @ v with the same mask m
+    drawn from the same seed, values and gradients (T5 runs it with s = 1 and a float bias)."""
+    from peftlab.train import kernels
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, requires_grad=True) for _ in range(3))
+    scale = 1.0 if mask_kind == "float" else 0.5
+    mask = {"float": torch.randn(1, 3, 5, 5, generator=g, requires_grad=True),
+            "bool": torch.rand(2, 1, 5, 5, generator=g) > 0.2, "causal": None}[mask_kind]
+    grad = torch.randn(2, 3, 5, 4, generator=g)
+
+    def plain():
+        scores = q @ k.transpose(-2, -1) * scale
+        if mask_kind == "float":
+            scores = scores + mask
+        elif mask_kind == "bool":
+            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        else:
+            scores = scores.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1)
+        dropped, s = kernels.drop_mask(probs.shape, 0.1, probs.device)
+        return (probs.masked_fill(dropped, 0) * s) @ v
+
+    outs = []
+    for fn in (plain, lambda: kernels.math_attention(q, k, v, mask, mask_kind == "causal", scale, 0.1)):
+        torch.manual_seed(7)
+        out = fn()
+        params = [q, k, v] + ([mask] if mask_kind == "float" else [])
+        outs.append((out, torch.autograd.grad(out, params, grad)))
+    (want, want_grads), (got, got_grads) = outs
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
