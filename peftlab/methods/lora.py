@@ -104,14 +104,14 @@ class LoraLinear(AdapterModule):
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and not self.merged and not self.fan_in_fan_out and self._frozen_base():
+        if self.merged:  # the update is in the weight: the plain layer's work and nothing else
+            return linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
+        if self.fused and not self.fan_in_fan_out and self._frozen_base():
             return self._fused_forward(x)
         if self.base_layer is None:
             y = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         else:
             y = self.base_layer(x)
-        if self.merged:
-            return y
         a, b = self.lora_a, self.lora_b
         if not torch.is_autocast_enabled(x.device.type) and a.dtype != x.dtype:
             a, b = a.to(x.dtype), b.to(x.dtype)

@@ -6,8 +6,8 @@ beams, ``max_new_tokens``, KV cache on):
 * ``loop``: a plain per-example ``model.generate`` loop (batch of one, no padding);
 * ``batched``: peftlab's ``generate_texts`` (length-sorted batches, original order back);
 * with ``methods`` (LoRA): ``<method> unmerged`` and ``<method> merged`` batched, beside ``batched``
-  on the base model: merged LoRA must decode at the base model's speed; the unmerged overhead is
-  reported.
+  on the base model: merged LoRA (as ``peftlab merge`` writes it: updates folded in, plain linear
+  layers back) must decode at the base model's speed; the unmerged overhead is reported.
 
 Repetitions interleave the implementations. ``agreement``: the share of ``batched`` outputs equal
 to the loop's (batching must not change what decoding writes, beyond float noise from padding),
@@ -59,7 +59,7 @@ def _batched(model, tokenizer, sources, gen, precision) -> list[str]:
 
 def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
     from peftlab.methods import apply_methods
-    from peftlab.methods.lora import merge
+    from peftlab.methods.export import merged_model
 
     gen, dtype = case.generate, build.autocast_dtype(precision)
     base = build.build_base(spec.model_of(case), device)
@@ -78,7 +78,7 @@ def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
         merged = build.twin(plain, share_frozen=False)  # merging writes into its own weights
         apply_methods(merged, case.methods, base.family)
         build.align_adapters(unmerged, merged)
-        merge(merged.eval())
+        merged = merged_model(merged).eval()  # what `peftlab merge` writes: plain layers, updates folded in
         impls[f"{label} unmerged"] = lambda: _batched(unmerged, tok, sources, gen, precision)
         impls[f"{label} merged"] = lambda: _batched(merged, tok, sources, gen, precision)
     outputs, times = {}, {name: [] for name in impls}
