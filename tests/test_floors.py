@@ -122,3 +122,30 @@ def test_compare_table_has_floor_rows_and_marks_methods_below_them():
     assert '| floor: best constant "Return the ." | – | – | 1.00 | 20.00 | – |' in table
     assert "Accuracy" not in table and "ROUGE-L" in table  # only the metrics the rows have
     assert "†: does not beat every floor on rouge_l" in table
+
+
+def test_task_floors_are_kept_and_keyed_on_the_rows(tmp_path, monkeypatch):
+    """Every method and seed of a bench scores the same rows: floors are computed once, kept under
+    PEFTLAB_CACHE/floors, and recomputed when a row (or the task's config) differs."""
+    import peftlab.evaluate.floors as fl
+    from peftlab.tasks import get_task
+
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path))
+    task = get_task("method_name")()
+    train = [(0, ex(f"def _(x): return x + {i}", name)) for i, name in enumerate(["add_one", "add_two", "parse"] * 3)]
+    valid = [(0, ex("def _(y): return y + 1", "add_one"))]
+    test = [(0, ex("def _(z): return z + 2", "add_two")), (0, ex("def _(s): return s.split()", "parse"))]
+    first = task_floors([task], train, valid, test)
+    assert len(list((tmp_path / "floors").glob("*.json"))) == 1
+
+    def computed(*a, **k):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(fl, "floors", computed)
+    assert task_floors([task], train, valid, test) == first  # read back, equal
+    with pytest.raises(AssertionError, match="computed again"):  # another row: another key
+        task_floors([task], train, valid, [test[0], (0, ex("def _(s): return s.split()", "split_words"))])
+    with pytest.raises(AssertionError, match="computed again"):  # another task config: another key
+        task_floors([get_task("method_name")(path="/elsewhere")], train, valid, test)
+    with pytest.raises(AssertionError, match="computed again"):  # cache off: always computed
+        task_floors([task], train, valid, test, cache=False)

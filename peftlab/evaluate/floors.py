@@ -12,7 +12,10 @@ rows, scored by the task's own metrics:
   of the nearest training input).
 
 Tasks are duck-typed (``kind``, ``primary_metric``, ``choices()``, ``metrics()``), like
-``peftlab.evaluate.score``. Everything here is a function of the examples alone: no model.
+``peftlab.evaluate.score``. Everything here is a function of the examples alone: no model. That is
+why ``task_floors`` keeps what it computed (``PEFTLAB_CACHE/floors/``, keyed on the rows, the task
+config and the code and library versions that compute floors): every method and seed of a bench
+scores the same rows, and BM25 over a training split costs seconds a run.
 """
 
 from __future__ import annotations
@@ -114,13 +117,84 @@ def floors(task, train: Sequence, valid: Sequence, test: Sequence) -> dict:
             "retrieval": nearest_neighbour(task, train, test, fallback=first["prediction"])}
 
 
-def task_floors(tasks: Sequence, train_rows, valid_rows, test_rows) -> dict[str, dict]:
-    """Floors of every task of a run, keyed by ``task.describe()``; rows are ``(task index, Example)``."""
+def task_floors(tasks: Sequence, train_rows, valid_rows, test_rows, cache: bool = True) -> dict[str, dict]:
+    """Floors of every task of a run, keyed by ``task.describe()``; rows are ``(task index, Example)``.
+    ``cache``: read and keep them under ``PEFTLAB_CACHE/floors/`` (see the module docstring)."""
     def mine(rows, t):
         return [e for i, e in rows if i == t]
 
-    return {task.describe(): floors(task, mine(train_rows, t), mine(valid_rows, t), mine(test_rows, t))
-            for t, task in enumerate(tasks) if mine(test_rows, t)}
+    out = {}
+    for t, task in enumerate(tasks):
+        splits = mine(train_rows, t), mine(valid_rows, t), mine(test_rows, t)
+        if not splits[2]:
+            continue
+        path = _cache_path(task, splits) if cache else None
+        found = _read(path) if path is not None else None
+        if found is None:
+            found = floors(task, *splits)
+            if path is not None:
+                _write(path, found)
+        out[task.describe()] = found
+    return out
+
+
+def _cache_path(task, splits):
+    """``PEFTLAB_CACHE/floors/<sha256>.json`` for these rows and this task; None when the task's
+    config cannot be written down (then nothing is cached)."""
+    import dataclasses
+    import hashlib
+    import inspect
+    import json
+    import sys
+    from importlib import metadata
+
+    from peftlab.data.pysource import cache_root
+    from peftlab.evaluate import metrics
+
+    try:
+        config = json.dumps(dataclasses.asdict(task), sort_keys=True, default=str)
+        code = [inspect.getsource(m) for m in (sys.modules[__name__], metrics, inspect.getmodule(type(task)))]
+    except (TypeError, OSError):
+        return None
+    key = hashlib.sha256()
+    for part in (type(task).__qualname__, config, *code, *(_version(metadata, d) for d in ("bm25s", "sacrebleu",
+                                                                                        "rouge-score"))):
+        key.update(part.encode())
+        key.update(b"\0")
+    for rows in splits:
+        key.update(json.dumps([(e.source, e.target, e.label) for e in rows]).encode())
+        key.update(b"\0")
+    return cache_root() / "floors" / f"{key.hexdigest()}.json"
+
+
+def _version(metadata, dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _read(path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write(path, value: dict) -> None:
+    """Atomically (a temporary file per process, renamed): concurrent runs of a bench may write it."""
+    import json
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache costs time, never the run
+        pass
 
 
 def beats(task_metrics: dict, task_floor: dict) -> bool:
