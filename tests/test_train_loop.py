@@ -91,6 +91,7 @@ def test_training_reduces_loss_and_is_deterministic(tmp_path):
     m1, r1, rows1 = run(tmp_path, "a", s=spec(max_steps=15))
     m2, r2, rows2 = run(tmp_path, "b", s=spec(max_steps=15))
     assert r1.steps == 15 and r1.stopped_by == "max_steps" and r1.tokens > 0
+    assert 0 < r1.cpu_share < 2  # the process's CPU time over the steps / (wall time x threads)
     assert rows1[-1]["loss"] < rows1[0]["loss"]
     assert [r["loss"] for r in rows1] == [r["loss"] for r in rows2]
 
@@ -128,6 +129,7 @@ def test_checkpoints_are_atomic_pruned_and_resume_exactly(tmp_path):
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in rows_full[5:]], rel=1e-6)
     state = json.loads((list_checkpoints(ck)[-1] / "state.json").read_text())
     assert state["step"] == 8 and "rng" in state
+    assert res.cpu_share is not None and state["cpu"] > 0  # CPU time is kept across a resume
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):

@@ -52,6 +52,9 @@ class TrainResult:
     stopped_by: str  # "max_steps", "max_seconds", "halted" or "nothing_to_train"
     strategy: str = "single"  # "single", "ddp" or "fsdp", with the process count: "fsdp x2"
     precision: str = "no"  # the autocast actually used ("bf16", "fp16" or "no"): spec.mixed_precision resolved
+    # CPU runs: the process's CPU time over the timed steps / (train_seconds x torch threads). Near 1 on
+    # a machine the run had to itself; well below it, other work shared the cores and the timings with it
+    cpu_share: Optional[float] = None
     # under FSDP the model stays sharded: its trained tensors, whole, on the main process
     gathered: Optional[dict] = field(default=None, repr=False)
 
@@ -248,18 +251,20 @@ def train(
     loss_of = training_loss(model, spec)  # the speed levers of spec (peftlab.train.fast)
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
-    step, epoch, index, elapsed, tokens = 0, 0, 0, 0.0, 0
+    step, epoch, index, elapsed, tokens, cpu = 0, 0, 0, 0.0, 0, 0.0
     last_loss, eval_loss = None, None
     ckpts = set_aside_damaged(options.checkpoint_dir) if options.checkpoint_dir and options.resume else []
     if options.resume and ckpts:
         saved = par.restore(ckpts[-1])
         step, epoch, index = saved["step"], saved["epoch"], saved["index"]
         elapsed, tokens = saved["elapsed"], saved["tokens"]
+        cpu = saved.get("cpu")  # None: a checkpoint from before it was kept (then no cpu_share)
         last_loss = saved.get("last_loss")  # a resume with no step left still reports the final loss
 
     def checkpoint() -> None:
         if options.checkpoint_dir:
-            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens, "last_loss": last_loss}
+            state = {"epoch": epoch, "index": index, "elapsed": elapsed, "tokens": tokens, "last_loss": last_loss,
+                     "cpu": cpu}
             par.save(options.checkpoint_dir, step, state, options.keep_checkpoints)
 
     def budget_left() -> bool:
@@ -271,7 +276,7 @@ def train(
     model.train()
     window_loss, window_n, window_tokens, window_time = 0.0, 0, 0, 0.0
     batches = plan.iterate(epoch, index)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     skipped = 0
     while budget_left():
         bad = None  # why this step's update must not happen
@@ -306,7 +311,7 @@ def train(
                 raise TrainingError(f"{bad}; stopped (train.skip_nonfinite={spec.skip_nonfinite}); last good "
                                     f"checkpoint: {kept[-1] if kept else 'none'}")
             log_row({"step": step + 1, "skipped": bad})
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             continue
         for g in optimizer.param_groups:
             g["lr"] = spec.lr * lr_factor(step, elapsed, spec)
@@ -316,11 +321,12 @@ def train(
             _check_loss_scale(accelerator.scaler, step)
             log_row({"step": step + 1, "skipped": f"fp16 loss scale overflow; scale lowered to "
                                                   f"{accelerator.scaler.get_scale():g}"})
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             continue
         step += 1
         now = time.perf_counter()
         elapsed += now - t0
+        cpu = cpu + time.process_time() - c0 if cpu is not None else None
         window_time += now - t0
         progress.update(1)
         if step % spec.log_every == 0 or not budget_left():
@@ -344,7 +350,7 @@ def train(
             mem, kind = peak_memory(device)
             return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, None, mem, kind, "halted",
                                par.strategy, precision=accelerator.mixed_precision)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
     progress.close()
     checkpoint()
     if eval_plan is not None:
@@ -353,8 +359,11 @@ def train(
     mem, kind = peak_memory(device)
     stopped = "max_steps" if spec.max_steps is not None and step >= spec.max_steps else "max_seconds"
     gathered = sharding.gather_trainable(model) if par.fsdp else None
+    share = None
+    if cpu is not None and elapsed > 0 and device.type == "cpu":
+        share = cpu / (elapsed * torch.get_num_threads())
     return TrainResult(step, elapsed, tokens, tokens / max(elapsed, 1e-9), last_loss, eval_loss, mem, kind, stopped,
-                       par.strategy, accelerator.mixed_precision, gathered)
+                       par.strategy, accelerator.mixed_precision, share, gathered)
 
 
 def _check_loss_scale(scaler, step: int) -> None:
