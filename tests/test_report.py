@@ -106,3 +106,20 @@ def test_not_a_bench_directory(tmp_path):
     assert main(["report", str(tmp_path)]) == 2
     with pytest.raises(RunDirError):
         write_report(tmp_path / "nope")
+
+
+def test_timing_section_names_runs_that_shared_the_cpu(tmp_path):
+    """Runs record cpu_share; the report gives its spread and names the runs below SHARED_CPU (their
+    time columns are not the method's), in report.md and report.html."""
+    root = make_bench(tmp_path)
+    assert "## Timing" not in (main(["report", str(root)]) == 0 and (root / "report.md").read_text())
+    for path in root.glob("*/*/seed*/metrics.json"):
+        m = json.loads(path.read_text())
+        m["cpu_share"] = 0.55 if path.parent.as_posix().endswith("t1/a/seed1") else 0.99
+        path.write_text(json.dumps(m))
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "## Timing" in md and "over 11 runs: min 0.55, median 0.99." in md
+    assert "1 run below 0.9" in md and "- `t1/a/seed1`: 0.55" in md
+    html = (root / "report.html").read_text()
+    assert "<h2>Timing</h2>" in html and "<li><code>t1/a/seed1</code>: 0.55</li>" in html

@@ -64,6 +64,26 @@ def _about(res: Results) -> list[str]:
     return lines
 
 
+SHARED_CPU = 0.9  # a CPU run's cpu_share below this: other work shared its cores (quiet runs read ~0.99)
+
+
+def _timing(res: Results) -> list[str]:
+    """The CPU share of the runs' timed steps, and the runs whose time columns shared the cores."""
+    shares = [(r, r.metrics["cpu_share"]) for r in res.runs if r.metrics and r.metrics.get("cpu_share") is not None]
+    if not shares:
+        return []
+    values = sorted(v for _, v in shares)
+    out = [f"CPU share of the timed training steps (process CPU time / wall time x threads; ~1: the run had "
+           f"the cores to itself), over {len(values)} runs: min {values[0]:.2f}, median "
+           f"{values[len(values) // 2]:.2f}."]
+    low = [(r, v) for r, v in shares if v < SHARED_CPU]
+    if low:
+        out.append(f"{len(low)} run{'s' if len(low) != 1 else ''} below {SHARED_CPU}: other work shared the "
+                   f"cores, and the train-time and tokens/s figures are slower than the method's:")
+        out += [f"- `{r.dir.relative_to(res.root)}`: {v:.2f}" for r, v in low]
+    return out
+
+
 def _status(res: Results) -> list[str]:
     missing = [r for r in res.runs if r.metrics is None]
     if not missing:
@@ -104,6 +124,9 @@ def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root
     batch = _batch_lines(res)
     if batch:
         parts += ["## Batch sizes", "", *batch, ""]
+    timing = _timing(res)
+    if timing:
+        parts += ["## Timing", "", *timing, ""]
     status = _status(res)
     if status:
         parts += ["## Missing runs", "", *status, ""]
@@ -132,6 +155,11 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
         table = Table(["Task", "Method", "Batch", "How"], [[c.strip() for c in r] for r in rows],
                       right=[False, False, True, False])
         body += ["<h2>Batch sizes</h2>", table.html()]
+    timing = _timing(res)
+    if timing:
+        body += ["<h2>Timing</h2>"] + [f"<p>{_inline(line)}</p>" for line in timing if not line.startswith("- ")]
+        if any(line.startswith("- ") for line in timing):
+            body += ["<ul>"] + [f"<li>{_inline(line[2:])}</li>" for line in timing if line.startswith("- ")] + ["</ul>"]
     status = _status(res)
     if status:
         body += ["<h2>Missing runs</h2>", f"<p>{escape(status[0])}</p><ul>"]
