@@ -208,7 +208,7 @@ def versions() -> dict:
             "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def _installed(dist: str):
+def installed_version(dist: str):
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -222,8 +222,8 @@ def report() -> dict:
     cuda = torch.cuda.is_available()
     rep = {
         **versions(),
-        "peft": _installed("peft"),
-        "bitsandbytes": _installed("bitsandbytes"),
+        "peft": installed_version("peft"),
+        "bitsandbytes": installed_version("bitsandbytes"),
         "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
         "device": "cuda" if cuda else "cpu",
         "cpu": cpu_model(),

@@ -146,9 +146,9 @@ def _cache_path(task, splits):
     import inspect
     import json
     import sys
-    from importlib import metadata
 
     from peftlab.data.pysource import cache_root
+    from peftlab.env import installed_version
     from peftlab.evaluate import metrics
 
     try:
@@ -157,21 +157,14 @@ def _cache_path(task, splits):
     except (TypeError, OSError):
         return None
     key = hashlib.sha256()
-    for part in (type(task).__qualname__, config, *code, *(_version(metadata, d) for d in ("bm25s", "sacrebleu",
-                                                                                        "rouge-score"))):
+    versions = [str(installed_version(d)) for d in ("bm25s", "sacrebleu", "rouge-score")]
+    for part in (type(task).__qualname__, config, *code, *versions):
         key.update(part.encode())
         key.update(b"\0")
     for rows in splits:
         key.update(json.dumps([(e.source, e.target, e.label) for e in rows]).encode())
         key.update(b"\0")
     return cache_root() / "floors" / f"{key.hexdigest()}.json"
-
-
-def _version(metadata, dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
 
 
 def _read(path) -> dict | None:
