@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="write report.md and a self-contained report.html for a bench directory")
     rp.add_argument("bench_dir", type=Path)
+    rp.add_argument("--publish", type=Path, default=None, metavar="DEST",
+                    help="copy the bench's record (index; per run config, status, metrics, loss log; no weights "
+                         "or predictions) into DEST and write the report there: a copy to commit")
 
     an = sub.add_parser("analyze", help="analyses of trained runs (LoRA subspaces, per-layer importance)")
     asub = an.add_subparsers(dest="analysis", required=True)
@@ -296,8 +299,9 @@ def _bench(args) -> int:
 
 def _report(args) -> int:
     from peftlab.report import write_report
+    from peftlab.report.publish import publish
 
-    paths = write_report(args.bench_dir)
+    paths = publish(args.bench_dir, args.publish) if args.publish else write_report(args.bench_dir)
     print(f"{paths['report.md']}\n{paths['report.html']}")
     return 0
 

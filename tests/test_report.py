@@ -123,3 +123,26 @@ def test_timing_section_names_runs_that_shared_the_cpu(tmp_path):
     assert "1 run below 0.9" in md and "- `t1/a/seed1`: 0.55" in md
     html = (root / "report.html").read_text()
     assert "<h2>Timing</h2>" in html and "<li><code>t1/a/seed1</code>: 0.55</li>" in html
+
+
+def test_publish_copies_the_record_without_weights_and_reports_alike(tmp_path):
+    """`peftlab report BENCH --publish DEST`: DEST holds the index and each run's record (no adapter
+    weights, no predictions, no run the index does not list), and its report equals the bench's own."""
+    root = make_bench(tmp_path / "bench")
+    for d in root.glob("*/*/seed*"):
+        (d / "adapter").write_bytes(b"\0" * 64)
+        (d / "predictions.jsonl").write_text("{}\n")
+    (root / "t1" / "a" / "seed0.disturbed").mkdir()  # set aside: not in the index
+    (root / "t1" / "a" / "seed0.disturbed" / "metrics.json").write_text("{}")
+    dest = tmp_path / "published"
+    assert main(["report", str(root), "--publish", str(dest)]) == 0
+    assert main(["report", str(root)]) == 0
+    assert (dest / "report.md").read_text() == (root / "report.md").read_text()
+    assert not list(dest.rglob("adapter")) and not list(dest.rglob("predictions.jsonl"))
+    assert not (dest / "t1" / "a" / "seed0.disturbed").exists()
+    assert (dest / "t2" / "b" / "seed2" / "status.json").is_file()  # a failed run stays on record
+    assert sorted(p.name for p in (dest / "t1" / "a" / "seed0").iterdir()) == [
+        "metrics.json", "status.json", "train_log.jsonl"]
+    for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
+        assert (dest / "plots" / f"{name}.png").is_file()
+    assert main(["report", str(root), "--publish", str(root)]) == 2  # never onto the bench itself
