@@ -174,28 +174,17 @@ def _run_in_a_process(path: Path, overrides: Sequence[str], run_dir: Path, progr
 
 def _child(argv: list[str]) -> int:
     """``python -m peftlab.bench CONFIG RUN_DIR OVERRIDES PROGRESS RESULT``: one run of a comparison."""
+    from peftlab.child import child_main
     from peftlab.config import load_config
-    from peftlab.env import configure_logging
     from peftlab.schema import RunConfig
 
     path, run_dir, overrides, progress, result = argv
-    configure_logging()
-    if progress == "0":
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-    try:
-        with rundir.stop_on_signals():
-            cfg = load_config(RunConfig, Path(path), json.loads(overrides))
-            outcome = {"state": "complete", "metrics": _run(cfg, Path(run_dir), progress == "1")}
-    except KeyboardInterrupt as e:  # recorded in the run's status by the run itself
-        outcome = {"state": "interrupted", "error": str(e) or "interrupted"}
-    except PeftlabError as e:
-        outcome = {"state": "failed", "error": str(e)}
-    except (RuntimeError, ValueError, OSError) as e:
-        outcome = {"state": "failed", "error": f"{type(e).__name__}: {e}"}
-    rundir.write_json(Path(result), outcome)
-    return 130 if outcome["state"] == "interrupted" else 0
+    def work(show_progress: bool) -> dict:
+        cfg = load_config(RunConfig, Path(path), json.loads(overrides))
+        return {"state": "complete", "metrics": _run(cfg, Path(run_dir), show_progress)}
+
+    return child_main(result, progress, work)
 
 
 def _same_config(run_dir: Path, cfg) -> bool:

@@ -23,6 +23,7 @@ A spec::
     budget: {steps: 300}                  # or {seconds: 600}: equal wall-clock training time
     batch_size: {fit: true, max: 64}      # the largest batch that fits (peftlab.batchfit)
     report: {metrics: [rouge_l, bleu]}    # what ``peftlab report`` shows (peftlab.report)
+    workers: 2                            # runs side by side, each on cores // 2 threads (or its own GPU)
 
 The bench directory holds ``bench.yaml`` (the spec as given), ``bench.json`` (the index of runs,
 their state and the batch size each used) and, at the end, the report (``peftlab.report``).
@@ -141,8 +142,19 @@ class BenchSpec:
     # each run in a fresh process: its peak memory is its own (on CPU the RSS a process once had stays
     # with it), and nothing of one run (memory, a crash) reaches the next; false: all in this process
     isolate: bool = True
+    # runs side by side, each in its own process with cores // workers CPU threads (or its own GPU,
+    # where there are as many): more runs an hour on a CPU whose cores one run cannot all keep busy
+    # (data building, scoring and decoding are largely serial); each run is then timed on its share
+    workers: int = 1
 
     def __post_init__(self):
+        if self.workers < 1:
+            raise FieldError("workers", f"must be at least 1, got {self.workers}")
+        if self.workers > 1 and not self.isolate:
+            raise FieldError("workers", "runs side by side need isolate: true (each run its own process)")
+        if self.workers > 1 and self.batch_size.fit:
+            raise FieldError("workers", "batch_size.fit measures free memory, which runs side by side share: "
+                                        "fit with workers: 1, or set the batch size")
         if not self.methods:
             raise FieldError("methods", "name at least one method entry")
         if not self.tasks:
@@ -359,7 +371,11 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
     with rundir.owned(out), rundir.stop_on_signals():  # one bench per directory; SIGTERM stops it cleanly
         rundir.write_text(out / SPEC_COPY, Path(path).read_text(encoding="utf-8"))
         index = _index(bench, out)
+        if bench.spec.workers > 1:
+            _side_by_side(bench, path, overrides, out, index)
         for i, planned in enumerate(bench.runs):
+            if index["runs"][i]["state"] != "pending":  # done side by side
+                continue
             log.info("[%d/%d] %s", i + 1, len(bench.runs), planned.rel)
             reused = _reusable(bench, planned, out)
             if reused is not None:  # complete with this config: nothing to start a process for
@@ -368,10 +384,7 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
                 index["runs"][i].update(_one_in_a_process(path, overrides, i, out, progress))
             else:
                 index["runs"][i].update(_one(bench, planned, out, progress))
-            log.info("[%d/%d] %s: %s", i + 1, len(bench.runs), planned.rel,
-                     index["runs"][i].get("how") if index["runs"][i]["state"] == "complete" else "FAILED")
-            index["updated"] = rundir.now()
-            rundir.write_json(out / INDEX, index)
+            _logged(bench, i, index, out)
             gc.collect()  # nothing of the run outlives it (bounded memory over a long bench)
             _empty_cuda_cache()
         if report:
@@ -384,6 +397,39 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
         raise BenchError(f"{len(failed)} of {len(index['runs'])} runs did not finish ({names}); rerun the same "
                          f"command to retry them (finished runs are kept)")
     return index
+
+
+def _logged(bench: Bench, i: int, index: dict, out: Path) -> None:
+    run = index["runs"][i]
+    log.info("[%d/%d] %s: %s", i + 1, len(bench.runs), bench.runs[i].rel,
+             run.get("how") if run["state"] == "complete" else "FAILED")
+    index["updated"] = rundir.now()
+    rundir.write_json(out / INDEX, index)
+
+
+def _side_by_side(bench: Bench, path: Path, overrides: tuple[str, ...], out: Path, index: dict) -> None:
+    """Every run not already complete, ``workers`` at a time (``peftlab.child.side_by_side``), no
+    progress bars (their lines would interleave); the index is written as each ends."""
+    from peftlab.child import Job, side_by_side, worker_slots
+
+    jobs = []
+    for i, planned in enumerate(bench.runs):
+        reused = _reusable(bench, planned, out)
+        if reused is not None:
+            index["runs"][i].update(reused)
+            continue
+        args = [str(path), str(out), str(i), json.dumps(list(overrides)), "0"]
+        jobs.append(Job(i, "peftlab.study", args, out / f".run-{i}.json"))
+    slot = worker_slots(bench.spec.workers)[0]
+    index["workers"] = {"runs": bench.spec.workers, "threads_each": int(slot.get("OMP_NUM_THREADS", 0)) or None}
+    rundir.write_json(out / INDEX, index)
+
+    def done(job, outcome: dict, slot: dict) -> None:
+        index["runs"][job.key].update(outcome)
+        _logged(bench, job.key, index, out)
+
+    log.info("%d runs to train, %d side by side", len(jobs), bench.spec.workers)
+    side_by_side(jobs, bench.spec.workers, done)
 
 
 class BenchError(PeftlabError):
@@ -443,22 +489,15 @@ def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path,
 
 def _child(argv: list[str]) -> int:
     """``python -m peftlab.study SPEC OUT I OVERRIDES PROGRESS RESULT``: one run of a bench."""
-    from peftlab.env import configure_logging
+    from peftlab.child import child_main
 
     spec, out, i, overrides, progress, result = argv
-    configure_logging()
-    if progress == "0":
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-    bench = load_bench(Path(spec), tuple(json.loads(overrides)))
-    try:
-        with rundir.stop_on_signals():
-            outcome = _one(bench, bench.runs[int(i)], Path(out), progress == "1")
-    except KeyboardInterrupt as e:  # recorded in the run's status by the run itself
-        outcome = {"state": "interrupted", "error": str(e) or "interrupted"}
-    rundir.write_json(Path(result), outcome)
-    return 130 if outcome["state"] == "interrupted" else 0
+    def work(show_progress: bool) -> dict:
+        bench = load_bench(Path(spec), tuple(json.loads(overrides)))
+        return _one(bench, bench.runs[int(i)], Path(out), show_progress)
+
+    return child_main(result, progress, work)
 
 
 def _reusable(bench: Bench, planned: PlannedRun, out: Path) -> Optional[dict]:

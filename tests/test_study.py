@@ -248,3 +248,64 @@ def test_a_multi_task_entry_has_a_column_per_task(tmp_path):
     assert "## Task: both: code2doc" in report and "## Task: both: sentiment" in report
     row = next(ln for ln in report.splitlines() if ln.startswith("| LoRA |"))
     assert "–" not in row
+
+
+def _status(out: Path) -> dict:
+    return {p.parent.relative_to(out).as_posix(): json.loads(p.read_text() or "{}")
+            for p in out.glob("*/*/*/status.json")}
+
+
+def test_workers_run_side_by_side_each_on_its_share_of_the_cores(tmp_path):
+    """``workers: 2``: two runs at once, each with cores // 2 torch threads (recorded in its metrics
+    and the index), the same index and report as one at a time."""
+    import torch
+
+    methods = "  - {label: LoRA, methods: [{name: lora, r: 4}]}\n"
+    spec = write_spec(tmp_path, methods=methods, tasks=None, extra="workers: 2\n")
+    text = spec.read_text().replace("  - {task: {name: classify", "  # - {task: {name: classify")
+    spec.write_text(text)
+    out = tmp_path / "out"
+    index = run_bench(spec, out, progress=False)
+    threads = max(1, torch.get_num_threads() // 2)
+    assert index["workers"] == {"runs": 2, "threads_each": threads}
+    assert [r["state"] for r in index["runs"]] == ["complete", "complete"]
+    for r in index["runs"]:
+        assert json.loads((out / r["dir"] / "metrics.json").read_text())["device"].endswith(f", {threads} threads")
+    a, b = (_status(out)[r["dir"]] for r in index["runs"])
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # they overlapped
+    assert "2 runs side by side" in (out / "report.md").read_text()
+    assert {r["how"] for r in run_bench(spec, out, progress=False, report=False)["runs"]} == {"reused"}
+
+
+def test_sigterm_stops_every_run_side_by_side_and_a_rerun_resumes_them(tmp_path):
+    """SIGTERM to a bench with two runs in flight: both record themselves interrupted (with a
+    checkpoint), no run process outlives the bench, and the same command resumes both."""
+    methods = "  - {label: LoRA, methods: [{name: lora, r: 4}]}\n"
+    spec = write_spec(tmp_path, methods=methods, budget="{steps: 600}", extra="workers: 2\n")
+    text = spec.read_text().replace("  - {task: {name: classify", "  # - {task: {name: classify")
+    spec.write_text(text.replace("  train.log_every: 1\n", "  train.log_every: 50\n  train.checkpoint_every: 10\n"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "bench", str(spec), "--out", str(out), "--quiet",
+                             "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            runs = _status(out)
+            if len(runs) == 2 and all(s.get("state") == "running" for s in runs.values()) and len(
+                    {p.parent.parent for p in out.glob("*/*/*/checkpoints/*")}) == 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, "the bench finished before it could be stopped"
+    assert {s["state"] for s in _status(out).values()} == {"interrupted"}, _status(out)
+    index = json.loads((out / "bench.json").read_text())
+    assert {r["state"] for r in index["runs"]} == {"interrupted"}
+    for lock in out.glob("*/*/*/.peftlab.lock"):
+        pid = json.loads(lock.read_text() or "{}").get("pid")
+        assert pid is None or not _alive(pid)
+    index = run_bench(spec, out, progress=False, report=False)
+    assert {r["how"] for r in index["runs"]} == {"resumed"}

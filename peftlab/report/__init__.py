@@ -61,6 +61,12 @@ def _about(res: Results) -> list[str]:
     if precisions:
         names = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
         lines[-1] += f" Precision: {', '.join(names.get(p, p) for p in precisions)}."
+    workers = ix.get("workers") or {}
+    if (workers.get("runs") or 1) > 1:
+        threads = f", {workers['threads_each']} CPU thread{'s' if workers['threads_each'] != 1 else ''} each" \
+            if workers.get("threads_each") else ""
+        lines.append(f"{workers['runs']} runs side by side{threads}: each run's time and tokens/s are on its share "
+                     f"of the machine.")
     return lines
 
 
