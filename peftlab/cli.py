@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--perplexity", metavar="PATH", default=None,
                    help="causal runs: perplexity on a file, a directory of .py/.txt, or stdlib (held-out files) "
                         "instead of re-scoring a split")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="score on other test rows: data.* edits of the run's config (repeatable), e.g. "
+                        "data.task.test_source=accelerate; with --name, written to RUN/evals/NAME.json")
+    e.add_argument("--name", default=None, help="the name of a --set evaluation (RUN/evals/NAME.json)")
     e.add_argument("--window", type=int, default=None, help="perplexity: tokens per window")
     e.add_argument("--stride", type=int, default=None, help="perplexity: tokens between window starts")
 
@@ -221,6 +225,24 @@ def _eval(args) -> int:
         from peftlab.errors import ConfigError
 
         raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
+    if args.overrides or args.name:
+        from peftlab.config import parse_override
+        from peftlab.errors import ConfigError
+        from peftlab.evals import evaluate_on
+
+        if not (args.overrides and args.name):
+            raise ConfigError("eval: --set and --name go together (the edits, and the name to keep the scores under)")
+        if args.split or args.max_examples is not None or args.perplexity:
+            raise ConfigError("eval: --set/--name replace --split, --max-examples and --perplexity (set "
+                              "data.test_split=... or eval.max_examples=... instead)")
+        edits = {}
+        for text in args.overrides:
+            path, value = parse_override(text)
+            edits[".".join(map(str, path))] = value
+        record = evaluate_on(args.run_dir, args.name, edits)
+        print(json.dumps({k: record[k] for k in ("name", "test_examples", "task_metrics", "beats_floors")
+                          if k in record}, indent=2))
+        return 0
     if args.perplexity or args.window is not None or args.stride is not None:
         from peftlab.finished import perplexity_run
 

@@ -39,7 +39,7 @@ from typing import Any, Literal, Optional, Union
 from peftlab import rundir
 from peftlab.config import FieldError, from_dict, read_yaml
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.study import Budget, _base, _Layers, _line, _loc
+from peftlab.study_spec import Budget, _base, _Layers, _line, _loc
 from peftlab.tasks import TaskConfig
 
 log = logging.getLogger(__name__)

@@ -62,22 +62,24 @@ def make_bench(root):
 def test_mean_and_std_over_seeds_match_hand_computed_values(tmp_path):
     res = collect(make_bench(tmp_path))
     table = main_table(res, None, res.index["report"]["columns"])
-    assert table.header == ["Method", "t1 CodeXGLUE BLEU", "t2 Accuracy", "Trainable params", "Peak memory MiB",
-                            "Train s"]
+    assert table.header == ["Method", "t1 CodeXGLUE BLEU", "t2 Accuracy", "Mean rank", "Trainable params",
+                            "Peak memory MiB", "Train s"]
     a, b, constant, majority, retrieval = table.rows
     # A, t1: 10, 12, 14 -> mean 12, sample std 2; t2: 50 x3 -> std 0, not above the majority floor (55)
     # cost columns over all 6 runs of A: peak 100, 200, 300 MiB twice -> 200 ± sqrt(4·100²/5) = 89.4;
     # train s 2, 3, 4 twice -> 3.0 ± sqrt(4/5) = 0.89; parameters: no "± 0"
-    assert a == ["A", "12.00 ± 2.00", "50.00 ± 0.00 †", "1,000", "200 ± 89", "3.0 ± 0.9"]
+    # mean rank: t1 A > B at every seed; t2 B > A at seeds 0, 1, and at seed 2 B failed, A alone ranks 1:
+    # A 1.5, 1.5, 1.0 -> 1.33 ± sqrt((2 · (1/6)² + (1/3)²) / 2) = 0.29; B 1.5, 1.5 (no seed 2) -> 1.5 ± 0 (2/3)
+    assert a == ["A", "12.00 ± 2.00", "50.00 ± 0.00 †", "1.3 ± 0.3", "1,000", "200 ± 89", "3.0 ± 0.9"]
     # B, t1: 8, 9, 13 -> mean 10, std sqrt(((-2)² + (-1)² + 3²) / 2) = sqrt(7) = 2.6458 -> below the constant (11)
     # t2: one seed failed: 60, 70 -> 65 ± 7.07 over 2 of 3 seeds; train s over its 5 runs: 2, 3, 4, 2, 3
     # -> 2.8 ± sqrt((0.64 + 0.04 + 1.44 + 0.64 + 0.04) / 4) = 0.84
-    assert b == ["B", "10.00 ± 2.65 †", "65.00 ± 7.07 (2/3)", "10", "50 ± 0", "2.8 ± 0.8"]
-    assert constant == ["floor: best constant", "11.00", "–", "–", "–", "–"]
-    assert majority == ["floor: majority class", "–", "55.00", "–", "–", "–"]
-    assert retrieval == ["floor: BM25 retrieval", "9.50", "40.00", "–", "–", "–"]
-    # best of each column: the higher score, the lower memory and time; parameter counts unmarked
-    assert table.bold == {(0, 1), (1, 2), (1, 4), (1, 5)}
+    assert b == ["B", "10.00 ± 2.65 †", "65.00 ± 7.07 (2/3)", "1.5 ± 0.0 (2/3)", "10", "50 ± 0", "2.8 ± 0.8"]
+    assert constant == ["floor: best constant", "11.00", "–", "–", "–", "–", "–"]
+    assert majority == ["floor: majority class", "–", "55.00", "–", "–", "–", "–"]
+    assert retrieval == ["floor: BM25 retrieval", "9.50", "40.00", "–", "–", "–", "–"]
+    # best of each column: the higher score, the lower rank, memory and time; parameter counts unmarked
+    assert table.bold == {(0, 1), (1, 2), (0, 3), (1, 5), (1, 6)}
     md = table.markdown()
     assert "| A | **12.00 ± 2.00** | 50.00 ± 0.00 † |" in md and "†: the mean does not exceed a floor" in md
     t1 = task_table(res, TASKS[0], TASKS[0]["tasks"][0])
@@ -146,3 +148,10 @@ def test_publish_copies_the_record_without_weights_and_reports_alike(tmp_path):
     for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
         assert (dest / "plots" / f"{name}.png").is_file()
     assert main(["report", str(root), "--publish", str(root)]) == 2  # never onto the bench itself
+
+
+def test_ranks_share_ties():
+    from peftlab.report.table import _ranks
+
+    assert _ranks({"a": 3.0, "b": 5.0, "c": 3.0, "d": 1.0}) == {"b": 1.0, "a": 2.5, "c": 2.5, "d": 4.0}
+    assert _ranks({}) == {}

@@ -4,7 +4,7 @@ The Markdown links the figures in ``BENCH_DIR/plots/``; the HTML embeds them (ba
 can be mailed or attached as one file. Both hold the main table (methods × tasks, mean ± std over
 seeds, floors as rows), the figures (``peftlab.report.plots``), one table per task with all its
 metrics, the batch sizes used, and the runs that are missing or failed. What the main table shows
-comes from the spec's ``report`` section (``peftlab.study.ReportSpec``).
+comes from the spec's ``report`` section (``peftlab.study_spec.ReportSpec``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def write_report(bench_dir: Path) -> dict[str, Path]:
     res = collect(bench_dir)
     spec = res.index.get("report") or {}
     main = main_table(res, spec.get("metrics"), spec.get("columns"))
-    tasks = [(f"{t['label']}" + (f": {s['name']}" if len(t["tasks"]) > 1 else ""), task_table(res, t, s))
-             for t in res.tasks for s in t["tasks"]]
+    tasks = [(f"{t['label']}" + (f": {s['name']}" if len(t["tasks"]) > 1 else "") + (f" ({e})" if e else ""),
+              task_table(res, t, s, e))
+             for e in [None, *res.eval_names] for t in res.tasks for s in t["tasks"]]
     plots = {name: draw(res, bench_dir / "plots" / f"{name}.png") for name, draw in PLOTS.items()}
     sections = [("Results", main)] + [(f"Task: {name}", table) for name, table in tasks]
     rundir.write_text(bench_dir / "report.md", _markdown(res, sections, plots, bench_dir))

@@ -1,8 +1,8 @@
 """``peftlab report BENCH_DIR --publish DEST``: a bench's record, small enough to commit.
 
 A bench directory holds adapters and predictions (~0.5 MB a run); what its report reads is much
-smaller: the index (``bench.json``, the spec as run), and per run its config, status, metrics and
-loss log. ``publish`` copies exactly those into ``DEST`` (the same layout, so ``peftlab report
+smaller: the index (``bench.json``, the spec as run), and per run its config, status, metrics,
+loss log and evaluations' scores (``evals/*.json``). ``publish`` copies exactly those into ``DEST`` (the same layout, so ``peftlab report
 DEST`` reads it as it reads the bench), then writes the report there. The results a README quotes
 can then be regenerated from the repository alone; retraining any run needs only its
 ``config.yaml`` (``peftlab train``).
@@ -24,6 +24,7 @@ def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:
     """Copy the record of every run the index lists into ``dest`` and write the report there."""
     from peftlab import rundir
     from peftlab.errors import RunDirError
+    from peftlab.evals import EVALS
     from peftlab.report import write_report
 
     bench_dir, dest = Path(bench_dir), Path(dest)
@@ -39,6 +40,8 @@ def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:
         src, out = bench_dir / run["dir"], dest / run["dir"]
         for name in RUN_FILES:
             _copy(src / name, out / name)
+        for path in sorted((src / EVALS).glob("*.json")):  # evaluations' scores; their predictions stay
+            _copy(path, out / EVALS / path.name)
         for name in TASK_METHOD_FILES:
             _copy(src.parent / name, out.parent / name)
     return write_report(dest)

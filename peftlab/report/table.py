@@ -12,6 +12,10 @@ primary metric (or the metrics the spec's ``report.metrics`` names) and then the
 * **floors**: the model-free baselines every run records on the same test rows (best constant
   output or majority class, BM25 retrieval: ``peftlab.evaluate.floors``) are rows; a method whose
   mean does not exceed some floor of that task on that metric is marked ``†``.
+* **mean rank**: with two or more task columns, the main table ranks the methods on each per seed
+  (1 = best, ties share) and averages a method's ranks over the columns: scores of different
+  scales (BLEU, accuracy) cannot be averaged, ranks can (as in Demšar's comparison of classifiers
+  over many datasets); mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from peftlab.errors import RunDirError
+from peftlab.evals import read_evals
 
 BELOW_FLOOR = "†"
 # Task metrics: title and format (scores are 0-100 except fractions shown as %)
@@ -61,13 +66,21 @@ class Run:
     metrics: Optional[dict] = None  # metrics.json when complete
     log: list = field(default_factory=list)  # train_log.jsonl rows
     batch_size: Optional[int] = None
+    evals: dict = field(default_factory=dict)  # name -> RUN/evals/<name>.json (peftlab.evals)
 
-    def value(self, key: str, subtask: Optional[str] = None):
-        """A task metric of ``subtask`` (from ``task_metrics``), or a run-level field."""
+    def scored(self, eval_name: Optional[str] = None) -> Optional[dict]:
+        """What holds the task scores and floors: metrics.json, or one of the run's evaluations."""
+        if self.metrics is None:
+            return None
+        return self.metrics if eval_name is None else self.evals.get(eval_name)
+
+    def value(self, key: str, subtask: Optional[str] = None, eval_name: Optional[str] = None):
+        """A task metric of ``subtask`` (from ``task_metrics``; of evaluation ``eval_name`` if given),
+        or a run-level field."""
         if self.metrics is None:
             return None
         if subtask is not None:
-            return (self.metrics.get("task_metrics") or {}).get(subtask, {}).get(key)
+            return ((self.scored(eval_name) or {}).get("task_metrics") or {}).get(subtask, {}).get(key)
         if key == "peak_memory_mib":
             peak = self.metrics.get("peak_memory_bytes")
             return peak / 2**20 if peak else None
@@ -90,12 +103,19 @@ class Results:
         return [r for r in self.runs if r.method == method and (task is None or r.task == task)
                 and r.metrics is not None]
 
-    def floors(self, task: str, subtask: str) -> dict:
-        """``{floor name: {metric: value}}`` of one (sub)task, from the first run that recorded them."""
+    def floors(self, task: str, subtask: str, eval_name: Optional[str] = None) -> dict:
+        """``{floor name: {metric: value}}`` of one (sub)task (on evaluation ``eval_name``'s rows if
+        given), from the first run that recorded them."""
         for r in self.runs:
-            if r.task == task and r.metrics and subtask in (r.metrics.get("floors") or {}):
-                return {k: v for k, v in r.metrics["floors"][subtask].items() if isinstance(v, dict)}
+            where = r.scored(eval_name) if r.task == task else None
+            if where and subtask in (where.get("floors") or {}):
+                return {k: v for k, v in where["floors"][subtask].items() if isinstance(v, dict)}
         return {}
+
+    @property
+    def eval_names(self) -> list[str]:
+        """The bench's evaluations that some run has made (``evals`` in the spec)."""
+        return [n for n in (self.index.get("evals") or {}) if any(n in r.evals for r in self.runs if r.metrics)]
 
 
 def collect(bench_dir: Path) -> Results:
@@ -113,7 +133,8 @@ def collect(bench_dir: Path) -> Results:
         d = bench_dir / entry["dir"]
         metrics = _read_json(d / "metrics.json") if _complete(d) else None
         runs.append(Run(entry["method"], entry["task"], entry["seed"], d, "complete" if metrics else entry["state"],
-                        metrics, _read_log(d / "train_log.jsonl"), entry.get("batch_size") or _batch(d)))
+                        metrics, _read_log(d / "train_log.jsonl"), entry.get("batch_size") or _batch(d),
+                        read_evals(d) if metrics else {}))
     return Results(index.get("title", bench_dir.name), bench_dir, [m["label"] for m in index["methods"]],
                    index["tasks"], index["seeds"], runs, index)
 
@@ -170,8 +191,8 @@ class Cell:
         return statistics.stdev(self.values) if self.n >= 2 else None
 
 
-def cell(runs: list[Run], key: str, subtask: Optional[str] = None) -> Cell:
-    vals = [r.value(key, subtask) for r in runs]
+def cell(runs: list[Run], key: str, subtask: Optional[str] = None, eval_name: Optional[str] = None) -> Cell:
+    vals = [r.value(key, subtask, eval_name) for r in runs]
     return Cell(tuple(float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)
                       and math.isfinite(v)))
 
@@ -233,16 +254,61 @@ class Column:
     percent: bool = False
     score: bool = False  # a task metric (floors compare with it)
     count: bool = False  # the same for every seed by construction (parameters, steps): no ± 0
+    by_seed: Optional[Callable[[str, int], Cell]] = None  # (method label, seed) -> that seed's cell
+
+    def get_seed(self, method: str, seed: int) -> Cell:
+        return self.by_seed(method, seed) if self.by_seed else Cell(())
 
 
-def _task_column(res: Results, task: dict, sub: dict, metric: str, titled: bool) -> Column:
-    floors = res.floors(task["label"], sub["name"])
+def _task_column(res: Results, task: dict, sub: dict, metric: str, titled: bool,
+                 eval_name: Optional[str] = None) -> Column:
+    floors = res.floors(task["label"], sub["name"], eval_name)
     name = METRIC_TITLES.get(metric, metric)
     where = sub["name"] if len(task["tasks"]) > 1 else task["label"]
+    title = f"{where} {name}" if titled else name
     percent = metric in PERCENT_METRICS  # not a score: how many distinct outputs, unmarked
-    return Column(f"{where} {name}" if titled else name, "{:.2f}", None if percent else "high",
-                  lambda m: cell(res.runs_of(m, task["label"]), metric, sub["name"]),
-                  lambda f: (floors.get(f) or {}).get(metric), percent, score=not percent)
+    return Column(title + (f" ({eval_name})" if titled and eval_name else ""), "{:.2f}", None if percent else "high",
+                  lambda m: cell(res.runs_of(m, task["label"]), metric, sub["name"], eval_name),
+                  lambda f: (floors.get(f) or {}).get(metric), percent, score=not percent,
+                  by_seed=lambda m, seed: cell([r for r in res.runs_of(m, task["label"]) if r.seed == seed],
+                                               metric, sub["name"], eval_name))
+
+
+def _rank_column(res: Results, scores: list[Column], eval_name: Optional[str] = None) -> Column:
+    """Mean rank over the score columns: per seed, the methods ranked on each column (1 = best, ties
+    share their mean rank), a method's ranks averaged over the columns; then mean ± std over seeds.
+    Scores of different scales (BLEU, accuracy) cannot be averaged; ranks can. A method lacking a
+    column's score for a seed has no mean rank for that seed."""
+    ranks: dict[str, list[float]] = {m: [] for m in res.methods}
+    for seed in res.seeds:
+        per_method: dict[str, list[float]] = {m: [] for m in res.methods}
+        for c in scores:
+            values = {}
+            for m in res.methods:
+                seed_values = c.get_seed(m, seed).values
+                if seed_values:
+                    values[m] = seed_values[0]
+            for m, r in _ranks(values).items():
+                per_method[m].append(r)
+        for m, rs in per_method.items():
+            if len(rs) == len(scores):
+                ranks[m].append(statistics.fmean(rs))
+    return Column("Mean rank" + (f" ({eval_name})" if eval_name else ""), "{:.1f}", "low",
+                  lambda m: Cell(tuple(ranks[m])))
+
+
+def _ranks(values: dict[str, float]) -> dict[str, float]:
+    """Rank 1 for the highest value; tied values share the mean of the ranks they span."""
+    order = sorted(values.items(), key=lambda kv: -kv[1])
+    out, i = {}, 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and order[j + 1][1] == order[i][1]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k][0]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
 
 
 def _run_column(res: Results, key: str, task: Optional[str] = None) -> Column:
@@ -253,23 +319,38 @@ def _run_column(res: Results, key: str, task: Optional[str] = None) -> Column:
 def main_table(res: Results, metrics: Optional[list[str]] = None, columns: Optional[list[str]] = None) -> Table:
     """Rows: methods, then floors. Columns: per task its primary metric (or ``metrics``, those it
     has), then ``columns`` (run columns, over all of a method's runs)."""
-    cols = []
-    for task in res.tasks:
-        for sub in task["tasks"]:
-            wanted = [m for m in metrics if m in sub["metrics"]] if metrics else [sub["primary_metric"]]
-            cols += [_task_column(res, task, sub, m, titled=True) for m in wanted]
+    cols, ranked = [], 0
+    for eval_name in [None, *res.eval_names]:  # the run's own test split, then each evaluation's
+        scores = []
+        for task in res.tasks:
+            for sub in task["tasks"]:
+                wanted = [m for m in metrics if m in sub["metrics"]] if metrics else [sub["primary_metric"]]
+                scores += [_task_column(res, task, sub, m, titled=True, eval_name=eval_name) for m in wanted]
+        cols += scores
+        scores = [c for c in scores if c.score]
+        if len(scores) > 1:
+            cols.append(_rank_column(res, scores, eval_name))
+            ranked = len(scores)
     cols += [_run_column(res, key) for key in (columns if columns is not None else RUN_COLUMNS)]
     table = _table(res, cols)
+    if ranked:
+        table.notes.append(f"Mean rank: per seed, the methods ranked on each of the {ranked} task columns "
+                           "(1 = best, ties share), averaged over the columns; mean ± std over seeds.")
+    for eval_name in res.eval_names:
+        edits = ", ".join(f"{k}={v}" for k, v in (res.index.get("evals") or {}).get(eval_name, {}).items())
+        table.notes.append(f"({eval_name}): the same trained runs scored on other test rows ({edits}), each "
+                           "task decoded as chosen on its validation split; floors on those rows.")
     if len(res.tasks) > 1 and any(not c.score for c in cols):
         table.notes.append("Cost columns: mean ± std over all of a method's runs (every task and seed); per task in "
                            "the tables below.")
     return table
 
 
-def task_table(res: Results, task: dict, sub: dict) -> Table:
-    """One (sub)task: every metric it reports, then the run columns of its runs."""
-    cols = [_task_column(res, task, sub, m, titled=False) for m in sub["metrics"]]
-    runs = [_run_column(res, key, task["label"]) for key in RUN_COLUMNS]
+def task_table(res: Results, task: dict, sub: dict, eval_name: Optional[str] = None) -> Table:
+    """One (sub)task: every metric it reports, then the run columns of its runs (of evaluation
+    ``eval_name``: its metrics only)."""
+    cols = [_task_column(res, task, sub, m, titled=False, eval_name=eval_name) for m in sub["metrics"]]
+    runs = [_run_column(res, key, task["label"]) for key in (RUN_COLUMNS if eval_name is None else ())]
     cols += [c for c in runs if any(c.get(m).mean is not None for m in res.methods)]  # no empty column
     return _table(res, cols)
 

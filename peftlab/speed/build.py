@@ -30,8 +30,16 @@ PEFT_NAMES = {
     ".adaption_prompt.prompt": ".adaption_prompt",  # peft: (1, K, d)
     ".adaption_prompt.gate": ".adaption_gate",  # peft: one gate per layer, peftlab one per head
 }
-# peftlab's soft prompt (prompt tuning; wherever the model keeps it) -> peft's prompt encoder
-_PEFT_WHOLE_NAMES = {"virtual_tokens.prompt": "prompt_encoder.default.embedding.weight"}
+# peftlab's prompt-side tensors (wherever the model keeps them) -> peft's prompt encoder: prompt
+# tuning's soft prompt, P-tuning's encoder (peft's MLP layout), prefix tuning's reparametrisation
+_ENCODER = "prompt_encoder.default"
+_PEFT_WHOLE_NAMES = {
+    "virtual_tokens.prompt": f"{_ENCODER}.embedding.weight",
+    "virtual_tokens.embedding": f"{_ENCODER}.embedding.weight",
+    **{f"virtual_tokens.mlp.{i}.{w}": f"{_ENCODER}.mlp_head.{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")},
+    "prefix_mlp.embedding": f"{_ENCODER}.embedding.weight",
+    **{f"prefix_mlp.mlp.{i}.{w}": f"{_ENCODER}.transform.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")},
+}
 _PEFT_PREFIX = "base_model.model."
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
