@@ -146,8 +146,16 @@ def _index(bench: Bench, out: Path) -> dict:
         "methods": [{"label": m, "dir": slug(m)} for m in bench.method_labels], "tasks": tasks,
         "runs": [{"method": r.method, "task": r.task, "seed": r.seed, "dir": r.rel, "state": "pending"}
                  for r in bench.runs],
-        "started": rundir.now(), **hardware(), "versions": versions(),
+        "started": _first_started(out), **hardware(), "versions": versions(),
     }
+
+
+def _first_started(out: Path) -> str:
+    """When the bench first started: kept from an earlier index of ``out`` (a resumed bench), else now."""
+    try:
+        return str(json.loads((out / INDEX).read_text())["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return rundir.now()
 
 
 def _task_info(task: TaskConfig) -> dict:

@@ -60,8 +60,11 @@ def test_two_methods_two_tasks_two_seeds_finish_under_a_minute_with_a_full_repor
     assert "<table>" in html and "LoRA" in html
     assert "4 runs complete" not in capsys.readouterr().out  # 8 of them
     # a second bench into the same directory reuses every run
+    index["started"] = "2000-01-01T00:00:00+00:00"  # as if begun long ago: a rerun keeps when it first started
+    (out / "bench.json").write_text(json.dumps(index))
     again = run_bench(spec, out, progress=False, report=False)
     assert {r["how"] for r in again["runs"]} == {"reused"}
+    assert again["started"] == "2000-01-01T00:00:00+00:00"
 
 
 def test_a_killed_bench_resumes_without_redoing_finished_runs(tmp_path):
