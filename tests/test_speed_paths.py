@@ -15,6 +15,9 @@ from peftlab.methods import apply_methods
 from peftlab.methods.alignment import AlignmentConfig
 from peftlab.methods.full import FullFineTuneConfig
 from peftlab.methods.lora import LoraConfig, LoraLinear
+from peftlab.methods.p_tuning import PTuningConfig
+from peftlab.methods.prefix import PrefixConfig
+from peftlab.methods.prompt_tuning import PromptTuningConfig
 from peftlab.schema import TrainSpec
 from peftlab.train import fast
 
@@ -78,6 +81,9 @@ CASES = {  # id -> (family, methods, model config overrides)
     "lora-dropout+alignment-t5": ("t5", lambda: [LoraConfig(r=4, alpha=8, dropout=0.1), AlignmentConfig()], {}),
     "lora-all-linear-llama": ("llama", lambda: [LoraConfig(r=4, alpha=6, targets=("all-linear",))], {}),
     "full-untied-t5": ("t5", lambda: [FullFineTuneConfig()], {"tie_word_embeddings": False}),
+    "p-tuning-llama": ("llama", lambda: [PTuningConfig(num_virtual_tokens=3, hidden=8)], {}),
+    "prompt-tuning-t5": ("t5", lambda: [PromptTuningConfig(num_virtual_tokens=3)], {}),
+    "prefix-llama": ("llama", lambda: [PrefixConfig(length=3, projection=8)], {}),
 }
 
 
@@ -116,10 +122,13 @@ def test_fused_lora_trains_like_the_plain_path(case, precision):
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-@pytest.mark.parametrize("case", ["lora-t5", "lora-all-linear-llama", "full-untied-t5"])
+@pytest.mark.parametrize("case", ["lora-t5", "lora-all-linear-llama", "full-untied-t5", "p-tuning-llama",
+                                  "prompt-tuning-t5", "prefix-llama"])
 def test_chunked_head_loss_trains_like_the_model_loss(case, precision):
     """Chunks of 4 rows over 15 (T5) / 22 (LLaMA, shifted) label positions, padding skipped; with
-    full fine-tuning the output layer's own gradient comes from the chunks too."""
+    full fine-tuning the output layer's own gradient comes from the chunks too. A decoder's virtual
+    tokens add positions in front, labelled -100 as their hook labels them (the last one predicts
+    the first real token, as in the model's own loss)."""
     _compare(case, TrainSpec(fused_kernels=False, loss_chunk=4), precision)
 
 

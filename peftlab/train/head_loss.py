@@ -99,11 +99,22 @@ def head_loss_fn(model: nn.Module, chunk: int):
         finally:
             capture.active = False
         hidden, capture.hidden = capture.hidden, None
-        if not encoder_decoder:  # position t predicts token t+1
-            labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        if not encoder_decoder:
+            extra = hidden.shape[1] - labels.shape[1]
+            if extra > 0 and extra == _virtual_tokens(model):  # prompt tuning / P-tuning prepend n positions:
+                labels = torch.nn.functional.pad(labels, (extra, 0), value=IGNORE)  # labelled as their hook does
+            labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position t predicts token t+1
         if hidden.shape[:-1] != labels.shape:
             raise ValueError(f"train.loss_chunk: the model's hidden states {tuple(hidden.shape[:-1])} do not line "
                              f"up with the labels {tuple(labels.shape)} (a method that adds positions?)")
         return chunked_head_loss(hidden, head.weight, labels, chunk)
 
     return loss_of
+
+
+def _virtual_tokens(model: nn.Module) -> int:
+    """How many virtual tokens a method prepends to the model's input (0: none)."""
+    from peftlab.methods import virtual_tokens
+
+    found = virtual_tokens.find(model)
+    return found.n if found is not None else 0
