@@ -61,8 +61,11 @@ def read_evals(run_dir: Path) -> dict[str, dict]:
 
 def is_current(run_dir: Path, name: str, overrides: dict[str, Any]) -> bool:
     """Whether ``RUN/evals/NAME.json`` exists, made with these edits after the run's last training."""
-    record = read_evals(run_dir).get(name)
-    if record is None or record.get("overrides") != dict(overrides):
+    try:
+        record = json.loads(eval_path(run_dir, name).read_text())
+    except (OSError, ValueError):
+        return False
+    if record.get("overrides") != dict(overrides):
         return False
     trained = Path(run_dir) / rundir.TRAINED
     return not trained.is_file() or eval_path(run_dir, name).stat().st_mtime >= trained.stat().st_mtime

@@ -87,6 +87,7 @@ def head_loss_fn(model: nn.Module, chunk: int):
         raise ValueError("train.loss_chunk needs an output layer that is a bias-free nn.Linear")
     capture = HeadCapture(head)
     encoder_decoder = bool(model.config.is_encoder_decoder)
+    virtual = 0 if encoder_decoder else _virtual_tokens(model)  # positions a method prepends (decoders)
 
     def loss_of(forward, batch: dict) -> torch.Tensor:
         labels = batch["labels"]
@@ -101,7 +102,7 @@ def head_loss_fn(model: nn.Module, chunk: int):
         hidden, capture.hidden = capture.hidden, None
         if not encoder_decoder:
             extra = hidden.shape[1] - labels.shape[1]
-            if extra > 0 and extra == _virtual_tokens(model):  # prompt tuning / P-tuning prepend n positions:
+            if extra > 0 and extra == virtual:  # prompt tuning / P-tuning prepend n positions:
                 labels = torch.nn.functional.pad(labels, (extra, 0), value=IGNORE)  # labelled as their hook does
             labels = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position t predicts token t+1
         if hidden.shape[:-1] != labels.shape:
