@@ -9,7 +9,7 @@ selection again: only the test rows change. The floors (best constant / majority
 retrieval) are computed on the same new rows, so a method that does not beat them is marked there
 too. ``RUN/evals/NAME.json`` holds the scores, floors, edits and row count (keyed by the run's own
 task names), ``RUN/evals/NAME.predictions.jsonl`` the outputs. A bench's ``evals:`` section runs
-this for every run (``peftlab.study``), and ``peftlab report`` shows each as its own columns.
+this for every run (``peftlab.study``), and ``peftlab report`` shows each as its own results table.
 
 Why it matters: on the stdlib's test split, retrieval is a strong floor (the stdlib repeats itself);
 on another project it collapses, and what remains is what a method learned.

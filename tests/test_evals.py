@@ -45,13 +45,19 @@ def test_the_runs_own_test_rows_score_as_the_run_did(bench):
     assert valid["test_split"] == "valid" and valid["task_metrics"]["code2doc"]["eval_examples"] == valid["test_examples"]
 
 
-def test_the_report_shows_each_evaluation_as_its_own_columns(bench):
+def test_the_report_shows_each_evaluation_as_its_own_table(bench):
     _, out, _ = bench
     md = (out / "report.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| Method |"))
-    assert "code2doc CodeXGLUE BLEU |" in header and "code2doc CodeXGLUE BLEU (valid-rows) |" in header
+    sections = md.split("\n## ")
+    titles = [s.splitlines()[0] for s in sections[1:]]
+    assert titles[:3] == ["Results", "Results (same-test)", "Results (valid-rows)"]
+    headers = [next(line for line in s.splitlines() if line.startswith("| Method |")) for s in sections[1:4]]
+    assert "code2doc CodeXGLUE BLEU |" in headers[0] and "Trainable params" in headers[0]
+    for header in headers[1:]:  # an evaluation's own table: its scores, no cost columns
+        assert "code2doc CodeXGLUE BLEU |" in header and "Trainable params" not in header
+    assert md.index("## Results (valid-rows)") < md.index("![") < md.index("## Task: code2doc")  # plots after them
     assert "## Task: code2doc (same-test)" in md and "## Task: code2doc (valid-rows)" in md
-    assert "(valid-rows): the same trained runs scored on other test rows (data.test_split=valid)" in md
+    assert "valid-rows: the same trained runs scored on other test rows (data.test_split=valid)" in md
     index = json.loads((out / "bench.json").read_text())
     assert index["evals"] == {"same-test": {"data.test_split": "test"}, "valid-rows": {"data.test_split": "valid"}}
 

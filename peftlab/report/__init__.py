@@ -27,12 +27,13 @@ def write_report(bench_dir: Path) -> dict[str, Path]:
     bench_dir = Path(bench_dir)
     res = collect(bench_dir)
     spec = res.index.get("report") or {}
-    main = main_table(res, spec.get("metrics"), spec.get("columns"))
+    mains = [(f"Results ({e})" if e else "Results", main_table(res, spec.get("metrics"), spec.get("columns"), e))
+             for e in [None, *res.eval_names]]
     tasks = [(f"{t['label']}" + (f": {s['name']}" if len(t["tasks"]) > 1 else "") + (f" ({e})" if e else ""),
               task_table(res, t, s, e))
              for e in [None, *res.eval_names] for t in res.tasks for s in t["tasks"]]
     plots = {name: draw(res, bench_dir / "plots" / f"{name}.png") for name, draw in PLOTS.items()}
-    sections = [("Results", main)] + [(f"Task: {name}", table) for name, table in tasks]
+    sections = mains + [(f"Task: {name}", table) for name, table in tasks]
     rundir.write_text(bench_dir / "report.md", _markdown(res, sections, plots, bench_dir))
     rundir.write_text(bench_dir / "report.html", _html(res, sections, plots))
     return {"report.md": bench_dir / "report.md", "report.html": bench_dir / "report.html", **plots}
@@ -121,11 +122,16 @@ def _batch_lines(res: Results) -> list[str]:
     return out
 
 
+def _last_results(sections: list[tuple[str, Table]]) -> int:
+    """The plots follow the results tables (the test split's, then each evaluation's)."""
+    return max(i for i, (title, _) in enumerate(sections) if title.startswith("Results"))
+
+
 def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root: Path) -> str:
     parts = [f"# {res.title}", "", *_about(res), ""]
     for i, (title, table) in enumerate(sections):
         parts += [f"## {title}", "", table.markdown(), ""]
-        if i == 0:
+        if i == _last_results(sections):
             for name, path in plots.items():
                 parts += [f"![{CAPTIONS[name]}]({path.relative_to(root)})", f"*{CAPTIONS[name]}*", ""]
     batch = _batch_lines(res)
@@ -151,7 +157,7 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
     body = [f"<h1>{escape(res.title)}</h1>", about]
     for i, (title, table) in enumerate(sections):
         body += [f"<h2>{escape(title)}</h2>", table.html()]
-        if i == 0:
+        if i == _last_results(sections):
             for name, path in plots.items():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 body.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'

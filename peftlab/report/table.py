@@ -267,14 +267,14 @@ def _task_column(res: Results, task: dict, sub: dict, metric: str, titled: bool,
     where = sub["name"] if len(task["tasks"]) > 1 else task["label"]
     title = f"{where} {name}" if titled else name
     percent = metric in PERCENT_METRICS  # not a score: how many distinct outputs, unmarked
-    return Column(title + (f" ({eval_name})" if titled and eval_name else ""), "{:.2f}", None if percent else "high",
+    return Column(title, "{:.2f}", None if percent else "high",
                   lambda m: cell(res.runs_of(m, task["label"]), metric, sub["name"], eval_name),
                   lambda f: (floors.get(f) or {}).get(metric), percent, score=not percent,
                   by_seed=lambda m, seed: cell([r for r in res.runs_of(m, task["label"]) if r.seed == seed],
                                                metric, sub["name"], eval_name))
 
 
-def _rank_column(res: Results, scores: list[Column], eval_name: Optional[str] = None) -> Column:
+def _rank_column(res: Results, scores: list[Column]) -> Column:
     """Mean rank over the score columns: per seed, the methods ranked on each column (1 = best, ties
     share their mean rank), a method's ranks averaged over the columns; then mean ± std over seeds.
     Scores of different scales (BLEU, accuracy) cannot be averaged; ranks can. A method lacking a
@@ -293,7 +293,7 @@ def _rank_column(res: Results, scores: list[Column], eval_name: Optional[str] = 
         for m, rs in per_method.items():
             if len(rs) == len(scores):
                 ranks[m].append(statistics.fmean(rs))
-    return Column("Mean rank" + (f" ({eval_name})" if eval_name else ""), "{:.1f}", "low",
+    return Column("Mean rank", "{:.1f}", "low",
                   lambda m: Cell(tuple(ranks[m])))
 
 
@@ -316,31 +316,32 @@ def _run_column(res: Results, key: str, task: Optional[str] = None) -> Column:
     return Column(title, fmt, better, lambda m: cell(res.runs_of(m, task), key), count=better is None)
 
 
-def main_table(res: Results, metrics: Optional[list[str]] = None, columns: Optional[list[str]] = None) -> Table:
+def main_table(res: Results, metrics: Optional[list[str]] = None, columns: Optional[list[str]] = None,
+               eval_name: Optional[str] = None) -> Table:
     """Rows: methods, then floors. Columns: per task its primary metric (or ``metrics``, those it
-    has), then ``columns`` (run columns, over all of a method's runs)."""
-    cols, ranked = [], 0
-    for eval_name in [None, *res.eval_names]:  # the run's own test split, then each evaluation's
-        scores = []
-        for task in res.tasks:
-            for sub in task["tasks"]:
-                wanted = [m for m in metrics if m in sub["metrics"]] if metrics else [sub["primary_metric"]]
-                scores += [_task_column(res, task, sub, m, titled=True, eval_name=eval_name) for m in wanted]
-        cols += scores
-        scores = [c for c in scores if c.score]
-        if len(scores) > 1:
-            cols.append(_rank_column(res, scores, eval_name))
-            ranked = len(scores)
-    cols += [_run_column(res, key) for key in (columns if columns is not None else RUN_COLUMNS)]
+    has), a mean rank over them, then ``columns`` (run columns, over all of a method's runs). With
+    ``eval_name``: the scores of that evaluation (``peftlab.evals``) and their mean rank, no run
+    columns (the runs are the same)."""
+    scores = []
+    for task in res.tasks:
+        for sub in task["tasks"]:
+            wanted = [m for m in metrics if m in sub["metrics"]] if metrics else [sub["primary_metric"]]
+            scores += [_task_column(res, task, sub, m, titled=True, eval_name=eval_name) for m in wanted]
+    cols = list(scores)
+    ranked = [c for c in scores if c.score]
+    if len(ranked) > 1:
+        cols.append(_rank_column(res, ranked))
+    if eval_name is None:
+        cols += [_run_column(res, key) for key in (columns if columns is not None else RUN_COLUMNS)]
     table = _table(res, cols)
-    if ranked:
-        table.notes.append(f"Mean rank: per seed, the methods ranked on each of the {ranked} task columns "
+    if len(ranked) > 1:
+        table.notes.append(f"Mean rank: per seed, the methods ranked on each of the {len(ranked)} task columns "
                            "(1 = best, ties share), averaged over the columns; mean ± std over seeds.")
-    for eval_name in res.eval_names:
+    if eval_name is not None:
         edits = ", ".join(f"{k}={v}" for k, v in (res.index.get("evals") or {}).get(eval_name, {}).items())
-        table.notes.append(f"({eval_name}): the same trained runs scored on other test rows ({edits}), each "
+        table.notes.append(f"{eval_name}: the same trained runs scored on other test rows ({edits}), each "
                            "task decoded as chosen on its validation split; floors on those rows.")
-    if len(res.tasks) > 1 and any(not c.score for c in cols):
+    elif len(res.tasks) > 1 and any(not c.score for c in cols):
         table.notes.append("Cost columns: mean ± std over all of a method's runs (every task and seed); per task in "
                            "the tables below.")
     return table
