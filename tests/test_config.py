@@ -99,7 +99,7 @@ def test_shipped_configs_all_load():
 
             load_bench(p)
         elif p.parent.name == "search":  # search specs (peftlab search)
-            from peftlab.search import load_search
+            from peftlab.search_spec import load_search
 
             load_search(p)
         else:

@@ -8,7 +8,8 @@ import pytest
 from bench_helpers import TINY_OVERRIDES, make_sentiment
 from peftlab.cli import main
 from peftlab.errors import ConfigError
-from peftlab.search import load_search, pareto_front, sample
+from peftlab.search import pareto_front
+from peftlab.search_spec import load_search, sample
 from tiny_runs import SMOKE
 
 SPACE = """\

@@ -228,7 +228,7 @@ def test_the_seeds_table_3_is_a_bench_of_their_configs(table):
 def test_shipped_specs_load():
     from pathlib import Path
 
-    from peftlab.search import load_search
+    from peftlab.search_spec import load_search
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for spec in sorted((root / "bench").glob("*.yaml")):
