@@ -85,7 +85,7 @@ def generate_docs(run_dir: Path, code: str, func_name: Optional[str] = None, *, 
                   only_one: bool = False, decoding: Optional[dict] = None) -> list[tuple[str, str]]:
     """``(name, documentation)`` for each function in ``code`` (one model load, one batch);
     ``func_name`` picks one. Text that is not Python, or holds no function, is refused."""
-    from peftlab.data.code2doc import functions_in
+    from peftlab.data.pycode import functions_in
     from peftlab.errors import ConfigError
 
     funcs = functions_in(code, where)

@@ -16,15 +16,13 @@ from peftlab.data.code2doc import (
     BUILDER_VERSION,
     Code2DocExample,
     build_code2doc,
-    clean_code,
     default_code2doc_dir,
     docstring_tokens,
     extract_functions,
     load_code2doc_split,
     read_codexglue_jsonl,
-    stdlib_sources,
-    summary_from_docstring,
 )
+from peftlab.data.pycode import clean_code, stdlib_sources, summary_from_docstring
 from peftlab.data.prompts import SEED000_TEMPLATE, render_prompt
 from peftlab.data.splits import SPLITS, split_of_file
 from peftlab.errors import ConfigError, DataError
@@ -267,7 +265,7 @@ def test_build_is_deterministic_and_atomic(tmp_path):
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(DataError, match="not a code2doc dataset"):
+    with pytest.raises(DataError, match="not a dataset peftlab wrote"):
         build_code2doc([SRCTREE], tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 

@@ -6,6 +6,7 @@ removed, generate the first paragraph of its docstring; scores compare against `
 - ``read_codexglue_jsonl`` reads the JSONL files exactly as CodeXGLUE distributes them.
 - ``build_code2doc`` writes that same format from any Python tree; ``default_code2doc_dir`` builds it
   once from the running interpreter's standard library, so the bench needs no download.
+- Finding and cleaning the Python sources is ``peftlab.data.pycode``, shared with the other tasks.
 
 A built corpus is split by *file* content hash (``peftlab.data.splits``), so a file's functions never
 straddle splits; a function duplicated across splits is kept only in the earliest (train, then
@@ -15,28 +16,23 @@ valid, then test), so evaluation never scores a function the model was trained o
 from __future__ import annotations
 
 import ast
-import inspect
-import io
 import json
 import os
 import platform
 import re
-import shutil
 import sys
-import sysconfig
-import tempfile
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from peftlab.data.splits import SPLITS, file_digest, split_of_digest
+from peftlab.data.pycode import (clean_code, decode_source, dedent, python_files, python_tokens, stdlib_sources,
+                                 summary_from_docstring)
+from peftlab.data.splits import SPLITS, file_digest, split_of_digest, write_atomically
 from peftlab.errors import DataError
 
 # Bump when the records a build writes would change: the default corpus cache is keyed on it.
 BUILDER_VERSION = 1
-TEST_DIR_NAMES = frozenset({"test", "tests", "idle_test"})
-_NEVER_DIR_NAMES = frozenset({"site-packages", "dist-packages", "__pycache__"})
 _SPLIT_ALIASES = {"validation": "valid", "dev": "valid"}
 
 
@@ -49,139 +45,7 @@ class Code2DocExample:
     line: int = 0  # the record's ``line`` field if it has one, else its line in the JSONL
 
 
-# ----------------------------------------------------------------------------------- cleaning
-
-
-def _char_col(line: str, byte_col: int) -> int:
-    """ast columns count UTF-8 bytes; string slicing counts characters."""
-    return len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
-
-
-def _docstring_spans(tree: ast.AST, lines: list[str]) -> list[tuple]:
-    spans = []
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        first = node.body[0]
-        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-            start = (first.lineno, _char_col(lines[first.lineno - 1], first.col_offset))
-            end = (first.end_lineno, _char_col(lines[first.end_lineno - 1], first.end_col_offset))
-            spans.append((start, end))
-    return spans
-
-
-def _tokens(code: str) -> Iterator[tokenize.TokenInfo]:
-    """Tokens of ``code`` up to the first tokenizer error (best effort for snippets that don't parse)."""
-    try:
-        yield from tokenize.generate_tokens(io.StringIO(code).readline)
-    except (tokenize.TokenError, SyntaxError):  # IndentationError is a SyntaxError
-        return
-
-
-def _comment_spans(code: str) -> list[tuple]:
-    return [(tok.start, tok.end) for tok in _tokens(code) if tok.type == tokenize.COMMENT]
-
-
-def _delete_spans(lines: list[str], spans: list[tuple]) -> str:
-    """Cut (row, col) spans out of ``lines``; drop lines a cut left blank, keep the code's own blank lines."""
-    lines: list[str | None] = list(lines)
-    for (r0, c0), (r1, c1) in sorted(spans, reverse=True):  # bottom-up, so earlier positions stay valid
-        lines[r0 - 1] = lines[r0 - 1][:c0] + lines[r1 - 1][c1:]
-        lines[r0:r1] = [None] * (r1 - r0)
-        if not lines[r0 - 1].strip():
-            lines[r0 - 1] = None
-    out: list[str] = []
-    after_cut = False
-    for line in lines:
-        if line is None:
-            after_cut = True
-            continue
-        line = line.rstrip()
-        # No blank runs, and no blank line left between a `def ...:` and its body by a docstring cut.
-        if line or (out and out[-1] and not (after_cut and out[-1].endswith(":"))):
-            out.append(line)
-            after_cut = after_cut and not line
-    return "\n".join(out).strip("\n")
-
-
-# A leading docstring after a ``def ...:`` line, for snippets ast cannot parse (e.g. Python 2 code).
-_FALLBACK_DOCSTRING = re.compile(
-    r"(\bdef\s+\w+\s*\([\s\S]*?\)[ \t]*(?:->[^\n]*?)?:[ \t]*(?:#[^\n]*)?\n)"
-    r"[ \t]*[rRuUbB]{0,2}(?:\"\"\"[\s\S]*?\"\"\"|'''[\s\S]*?'''|\"[^\"\n]*\"|'[^'\n]*')[ \t]*(?:\n|$)"
-)
-
-
-def clean_code(code: str) -> str:
-    """``code`` without docstrings (of every def and class in it) and ``#`` comments; never raises."""
-    code = code.replace("\r\n", "\n").replace("\r", "\n")
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        dedented = _dedent(code.split("\n"))
-        if dedented != code:  # an indented method snippet parses once dedented
-            return clean_code(dedented)
-        code = _FALLBACK_DOCSTRING.sub(r"\1", code)
-        return _delete_spans(code.split("\n"), _comment_spans(code))
-    lines = code.split("\n")
-    return _delete_spans(lines, _docstring_spans(tree, lines) + _comment_spans(code))
-
-
-def _dedent(lines: list[str]) -> str:
-    """Remove the first line's indentation from every line that has it (unlike textwrap.dedent, a
-    string literal's less-indented lines don't stop it)."""
-    indent = lines[0][: len(lines[0]) - len(lines[0].lstrip())]
-    return "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
-
-
-def functions_in(code: str, where: str = "<code>") -> list[tuple[str, str]]:
-    """``(name, source)`` of each function in a snippet: top-level functions and methods of
-    classes (``Class.method``); a nested function stays part of the one around it. Raises
-    ``DataError`` for text that is not Python or holds no function."""
-    code = code.replace("\r\n", "\n").replace("\r", "\n")
-    if not code.strip():
-        raise DataError(f"{where}: empty; give a file with one Python function")
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError) as e:  # ValueError: NUL bytes on older Pythons
-        line = f":{e.lineno}" if getattr(e, "lineno", None) else ""
-        raise DataError(f"{where}{line}: not Python ({getattr(e, 'msg', e)}); give a file with one Python "
-                        f"function") from None
-    lines = code.split("\n")
-    found: list[tuple[str, str]] = []
-
-    def visit(body, prefix: str) -> None:
-        for node in body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-                found.append((prefix + node.name, _dedent(lines[start - 1 : node.end_lineno])))
-            elif isinstance(node, ast.ClassDef):
-                visit(node.body, f"{prefix}{node.name}.")
-
-    visit(tree.body, "")
-    if not found:
-        raise DataError(f"{where}: holds no function (no def); give a file with one Python function")
-    return found
-
-
 # ------------------------------------------------------------------------------ documentation
-
-# Lines that open a reST/Google/numpy/epydoc section or a doctest: the summary stops before them.
-_SECTION = re.compile(
-    r"^(?::\w|@\w|>>>|\.\. |[-=~]{3,}$|"
-    r"(?:Args|Arguments|Parameters|Params|Returns?|Yields?|Raises|Examples?|Notes?|Attributes|"
-    r"Warnings?|See Also|References|Keyword Arguments|Other Parameters|Todo)\s*:?\s*$)"
-)
-
-
-def summary_from_docstring(docstring: str) -> str:
-    """The docstring's first paragraph as one line, stopping early at a section marker."""
-    summary = []
-    for line in inspect.cleandoc(docstring or "").split("\n"):
-        line = line.strip()
-        if not line or _SECTION.match(line):
-            break
-        summary.append(line)
-    return " ".join(summary)
 
 
 def docstring_tokens(text: str) -> list[str]:
@@ -191,7 +55,7 @@ def docstring_tokens(text: str) -> list[str]:
 
 def _code_tokens(code: str) -> list[str]:
     kinds = (tokenize.NAME, tokenize.OP, tokenize.STRING, tokenize.NUMBER)
-    return [tok.string for tok in _tokens(code) if tok.type in kinds]
+    return [tok.string for tok in python_tokens(code) if tok.type in kinds]
 
 
 # ------------------------------------------------------------------------------ CodeXGLUE JSONL
@@ -329,7 +193,7 @@ def extract_functions(
         summary = summary_from_docstring(doc or "")
         if len(summary.split()) < 3:
             continue
-        code = _dedent(lines[node.lineno - 1 : node.end_lineno])  # node.lineno is the def, not a decorator
+        code = dedent(lines[node.lineno - 1 : node.end_lineno])  # node.lineno is the def, not a decorator
         cleaned = clean_code(code)
         if sum(1 for line in cleaned.split("\n") if line.strip()) < 2:
             continue
@@ -340,38 +204,6 @@ def extract_functions(
             "line": node.lineno,
         })  # fmt: skip
     return records
-
-
-def _wanted(relative: Path, exclude_tests: bool) -> bool:
-    dirs = set(relative.parts[:-1])
-    return not (dirs & _NEVER_DIR_NAMES or (exclude_tests and dirs & TEST_DIR_NAMES))
-
-
-def stdlib_sources(*, exclude_tests: bool = True) -> list[Path]:
-    """The running interpreter's standard-library ``*.py`` files (no site-packages), sorted."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py") if _wanted(p.relative_to(root), exclude_tests))
-
-
-def _python_files(sources: Sequence[str | Path], exclude_tests: bool) -> list[tuple[str, Path]]:
-    """(path relative to the sources' common directory, absolute path), sorted by relative path."""
-    roots = [Path(os.path.abspath(s)) for s in sources]
-    for root in roots:
-        if not root.exists():
-            raise DataError(f"{root}: no such file or directory")
-    found = set()
-    for root in roots:
-        if root.is_dir():
-            found.update(p for p in root.rglob("*.py") if _wanted(p.relative_to(root), exclude_tests))
-        else:
-            found.add(root)  # a file named explicitly is never excluded
-    base = Path(os.path.commonpath([str(r if r.is_dir() else r.parent) for r in roots]))
-    return sorted((p.relative_to(base).as_posix(), p) for p in found)
-
-
-def _decode(data: bytes) -> str:
-    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)  # honours PEP 263 cookies and BOMs
-    return data.decode(encoding)
 
 
 def build_code2doc(
@@ -398,11 +230,11 @@ def mine_documented(sources: Sequence[str | Path], *, percent: dict[str, int] | 
     per_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     manifest_files: dict[str, list[dict]] = {s: [] for s in SPLITS}
     skipped = []
-    for rel, file in _python_files(sources, exclude_tests):
+    for rel, file in python_files(sources, exclude_tests):
         data = file.read_bytes()
         digest = file_digest(data)
         try:
-            records = extract_functions(_decode(data), rel, digest=digest, percent=percent)
+            records = extract_functions(decode_source(data), rel, digest=digest, percent=percent)
         except (SyntaxError, ValueError, UnicodeDecodeError, LookupError, RecursionError) as e:
             skipped.append({"path": rel, "reason": f"{type(e).__name__}: {e}"})
             continue
@@ -426,7 +258,7 @@ def write_splits(out_dir: Path, kept: dict[str, list[dict]], manifest: dict) -> 
     """``{split}.jsonl`` per split and ``manifest.json``, all or nothing."""
     payload = {f"{s}.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept[s]) for s in SPLITS}
     payload["manifest.json"] = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    _write_atomically(out_dir, payload)
+    write_atomically(out_dir, payload)
 
 
 def _dedupe(per_split: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], int]:
@@ -442,31 +274,6 @@ def _dedupe(per_split: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], in
                 seen.add(key)
                 kept[split].append(record)
     return kept, duplicates
-
-
-def _write_atomically(out_dir: Path, payload: dict[str, str]) -> None:
-    """Write into a sibling temp dir, then rename it over ``out_dir``: no reader sees half a dataset."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: is a file, not a directory; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
-        raise DataError(f"{out_dir}: exists and is not a code2doc dataset; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        for name, text in payload.items():  # a name may hold a subdirectory ("task/train.jsonl")
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_text(text, encoding="utf-8", newline="\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if out_dir.exists():
-            old = tmp.with_suffix(".old")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def default_code2doc_dir(cache_dir: str | Path | None = None) -> Path:

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from peftlab.data.code2doc import clean_code, mine_documented, stdlib_sources, summary_from_docstring, write_splits
+from peftlab.data.code2doc import mine_documented, write_splits
+from peftlab.data.pycode import clean_code, stdlib_sources, summary_from_docstring
 from peftlab.data.splits import SPLITS
 from peftlab.errors import DataError
 

@@ -31,9 +31,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
-from peftlab.data.code2doc import (TEST_DIR_NAMES, _dedent, _decode, _python_files, _wanted, _write_atomically,
-                                   clean_code, stdlib_sources, summary_from_docstring)
-from peftlab.data.splits import SPLITS, file_digest, split_of_digest
+from peftlab.data.pycode import (TEST_DIR_NAMES, clean_code, decode_source, dedent, python_files, stdlib_sources,
+                                 summary_from_docstring, wanted)
+from peftlab.data.splits import SPLITS, file_digest, split_of_digest, write_atomically
 from peftlab.errors import DataError
 
 # Bump when what every task's records are built from changes; each task adds its own version.
@@ -98,7 +98,7 @@ def functions_of(source: str) -> list[Function]:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 name = prefix + child.name
                 if not isinstance(child, ast.ClassDef):
-                    out.append(Function(name, child, _dedent(lines[child.lineno - 1: child.end_lineno])))
+                    out.append(Function(name, child, dedent(lines[child.lineno - 1: child.end_lineno])))
                 walk(child, name + ".")
             else:
                 walk(child, prefix)
@@ -148,7 +148,7 @@ def build_source_tasks(sources: Sequence[str | Path], extractors: Sequence[Extra
     if isinstance(sources, (str, Path)):
         sources = [sources]
     split_of_digest("0" * 8, percent)  # reject bad percentages before any work
-    files = _python_files(sources, exclude_tests)
+    files = python_files(sources, exclude_tests)
     names = [e.name for e in extractors]
     per_task = {n: {s: [] for s in SPLITS} for n in names}
     listed: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -157,7 +157,7 @@ def build_source_tasks(sources: Sequence[str | Path], extractors: Sequence[Extra
         data = path.read_bytes()
         digest = file_digest(data)
         try:
-            text = _decode(data)
+            text = decode_source(data)
             functions = functions_of(text)
         except (SyntaxError, ValueError, UnicodeDecodeError, LookupError, RecursionError) as e:
             skipped.append({"path": rel, "reason": f"{type(e).__name__}: {e}"})
@@ -208,7 +208,7 @@ def payload(records: dict[str, list[dict]], manifest: dict, prefix: str = "") ->
 
 def write_tree(out_dir: Path, files: dict[str, str]) -> None:
     """Write ``{relative path: text}`` (subdirectories allowed) under ``out_dir`` in one atomic rename."""
-    _write_atomically(Path(out_dir), files)
+    write_atomically(Path(out_dir), files)
 
 
 def build_task_dir(sources: Sequence[str | Path], extractor: Extractor, out_dir: str | Path, *,
@@ -271,7 +271,7 @@ def package_root(name: str) -> Path:
         path = Path(locations[0]) if locations else Path(spec.origin or "")
     path = path.resolve()
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    if path == stdlib or stdlib in path.parents and _wanted(path.relative_to(stdlib) / "x.py", False):
+    if path == stdlib or stdlib in path.parents and wanted(path.relative_to(stdlib) / "x.py", False):
         raise DataError(f"test_source: {name!r} ({path}) is part of the standard library, which pretraining read; "
                         "name an installed package or a directory outside it")
     return path
@@ -284,7 +284,7 @@ def cross_project_dir(name: str, extractors: Sequence[Extractor], exclude_keys: 
     will be read beside; called only when building); cached under ``parent``, keyed on the package's
     file contents and the builders."""
     root = package_root(name)
-    files = _python_files([root], exclude_tests=True)
+    files = python_files([root], exclude_tests=True)
     digest = hashlib.sha256("\n".join(f"{r} {file_digest(p.read_bytes())}" for r, p in files).encode()).hexdigest()
     out = Path(parent) / f"{root.name}-{digest[:10]}-{_version_tag(extractors)}"
     if not (out / "manifest.json").is_file():

@@ -8,7 +8,11 @@ pretraining corpus can exclude exactly the files whose functions are evaluated.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from pathlib import Path
+
+from peftlab.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 
@@ -38,3 +42,28 @@ def split_of_digest(digest: str, percent: dict[str, int] | None = None) -> str:
 def split_of_file(path: str | Path, percent: dict[str, int] | None = None) -> str:
     """The split a source file belongs to (by content hash, not by name)."""
     return split_of_digest(file_digest(Path(path).read_bytes()), percent)
+
+
+def write_atomically(out_dir: Path, payload: dict[str, str]) -> None:
+    """Write into a sibling temp dir, then rename it over ``out_dir``: no reader sees half a dataset."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: is a file, not a directory; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").is_file():
+        raise DataError(f"{out_dir}: exists and is not a dataset peftlab wrote (no manifest.json); refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for name, text in payload.items():  # a name may hold a subdirectory ("task/train.jsonl")
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text, encoding="utf-8", newline="\n")
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if out_dir.exists():
+            old = tmp.with_suffix(".old")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -63,7 +63,7 @@ def read_texts(path: str | Path) -> list[tuple[str, str]]:
     """``(name, text)`` of a file, of a directory's ``*.py``/``*.txt`` files, or of ``stdlib``'s
     held-out (test-split) files. Python files are decoded by their PEP 263 cookie."""
     if str(path) == "stdlib":
-        from peftlab.data.code2doc import stdlib_sources
+        from peftlab.data.pycode import stdlib_sources
         from peftlab.data.splits import split_of_file
 
         files = [p for p in stdlib_sources() if split_of_file(p) == "test"]

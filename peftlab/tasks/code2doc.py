@@ -96,7 +96,8 @@ class Code2DocTask(TaskConfig):
 
     def example_from_code(self, code: str, func_name: str) -> Example:
         """One function typed by a user (``peftlab generate --code``), rendered like the data."""
-        from peftlab.data.code2doc import Code2DocExample, clean_code
+        from peftlab.data.code2doc import Code2DocExample
+        from peftlab.data.pycode import clean_code
         from peftlab.data.prompts import render_prompt
 
         e = Code2DocExample(func_name=func_name, code=clean_code(code), target="")

@@ -39,7 +39,7 @@ def _class_name(exc: ast.AST) -> Optional[str]:
 def mask_raises(code: str, mask: str) -> tuple[str, Optional[str]]:
     """``(code with every raise-with-an-exception statement replaced by mask, the class raised)``;
     the class is None when the statements name different (or no, or unnamed) classes."""
-    from peftlab.data.code2doc import _char_col
+    from peftlab.data.pycode import char_col
 
     try:
         tree = ast.parse(code)
@@ -51,8 +51,8 @@ def mask_raises(code: str, mask: str) -> tuple[str, Optional[str]]:
         return code, None
     lines = code.split("\n")
     for n in sorted(raises, key=lambda n: (n.lineno, n.col_offset), reverse=True):
-        c0 = _char_col(lines[n.lineno - 1], n.col_offset)
-        c1 = _char_col(lines[n.end_lineno - 1], n.end_col_offset)
+        c0 = char_col(lines[n.lineno - 1], n.col_offset)
+        c1 = char_col(lines[n.end_lineno - 1], n.end_col_offset)
         lines[n.lineno - 1: n.end_lineno] = [lines[n.lineno - 1][:c0] + mask + lines[n.end_lineno - 1][c1:]]
     return "\n".join(lines), names.pop()
 
