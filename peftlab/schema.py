@@ -94,8 +94,10 @@ class TrainSpec:
     # on every call anyway): less memory, no per-step casts; they stay so after training
     cast_frozen: bool = False
     # cross-entropy through the output layer this many label positions at a time, never the full
-    # (positions x vocabulary) logits; padding positions are skipped. None = the model's own loss
-    loss_chunk: Optional[int] = None
+    # (positions x vocabulary) logits; positions labelled -100 (padding, a decoder's prompt) are
+    # skipped. None = the model's own loss; auto = 1024 on a decoder whose output layer allows it
+    # (peftlab.train.head_loss.resolve_loss_chunk), the model's own loss elsewhere
+    loss_chunk: Union[int, Literal["auto"], None] = "auto"
 
     def __post_init__(self):
         from peftlab.config import at_least, positive
@@ -109,7 +111,8 @@ class TrainSpec:
         positive(self, "max_seconds", "max_grad_norm")
         if self.max_steps != 0:  # lr 0 only where nothing is trained (zero-shot configs say so)
             positive(self, "lr")
-        at_least(self, 1, "loss_chunk")
+        if self.loss_chunk != "auto":
+            at_least(self, 1, "loss_chunk")
 
 
 _SELECTABLE = {"num_beams": int, "no_repeat_ngram_size": int, "length_penalty": float, "repetition_penalty": float,

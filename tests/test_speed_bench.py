@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from peftlab.cli import main
 from peftlab.errors import ConfigError, ModelError
@@ -52,7 +53,7 @@ cases:
       family: llama
       config: {vocab_size: 128, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
                num_key_value_heads: 2, max_position_embeddings: 64}
-    batch: {size: 2, source: 8}
+    batch: {size: 2, source: 6, target: 2}  # a 6-token prompt (labels -100), then 2 answer tokens
     methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
     peft: {peft_type: LORA, task_type: CAUSAL_LM, r: 4, lora_alpha: 8, lora_dropout: 0.0,
            target_modules: [q_proj, v_proj]}
@@ -105,7 +106,22 @@ def test_tiny_spec_runs_end_to_end(tiny_spec, tmp_path):
     assert rows[("lora", "peftlab")]["trainable_params"] == rows[("lora", "peft")]["trainable_params"] == 3072
     assert rows[("lora", "peftlab")]["vs_reference"] > 0
     assert rows[("lora", "peftlab")]["tokens_per_step"] == 2 * (8 + 4)
-    assert rows[("llama-lora", "peftlab")]["tokens_per_step"] == 2 * 8
+    assert rows[("llama-lora", "peftlab")]["tokens_per_step"] == 2 * (6 + 2)
+
+
+def test_a_decoder_batch_with_a_target_labels_only_the_answer():
+    from transformers import LlamaConfig
+
+    from peftlab.speed.build import make_batch
+    from peftlab.speed.spec import BatchShape
+
+    config = LlamaConfig(vocab_size=50)
+    batch = make_batch(BatchShape(size=3, source=5, target=2), config, torch.device("cpu"))
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, 7)
+    assert (batch["labels"][:, :5] == -100).all()
+    assert torch.equal(batch["labels"][:, 5:], batch["input_ids"][:, 5:])
+    whole = make_batch(BatchShape(size=3, source=5), config, torch.device("cpu"))
+    assert torch.equal(whole["labels"], whole["input_ids"])  # target 0: every position predicted
 
 
 def test_peak_memory_comes_from_a_fresh_process(tiny_spec):

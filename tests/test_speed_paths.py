@@ -23,7 +23,7 @@ from peftlab.train import fast
 
 from conftest import build_llama, build_t5
 
-PLAIN = TrainSpec(fused_kernels=False, compile=False)
+PLAIN = TrainSpec(fused_kernels=False, compile=False, loss_chunk=None)
 # fp32: the levers only reorder roundings, so losses and weights agree to float32 noise, which Adam
 # (a step of ~lr / sqrt(v)) amplifies where a gradient is near zero: atol is 1% of one step (lr 1e-2).
 FP32_TOL = dict(rtol=1e-4, atol=1e-4)
@@ -118,7 +118,46 @@ def _compare(case, fast_spec: TrainSpec, precision: str):
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("case", [c for c in CASES if c.startswith("lora")])
 def test_fused_lora_trains_like_the_plain_path(case, precision):
-    _compare(case, TrainSpec(fused_kernels=True), precision)
+    _compare(case, TrainSpec(fused_kernels=True, loss_chunk=None), precision)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("case", ["lora-all-linear-llama", "lora-t5"])
+def test_the_default_levers_train_like_the_plain_path(case, precision):
+    """What a run gets without asking: fused kernels, and on the decoder the chunked loss (auto)."""
+    _compare(case, TrainSpec(), precision)
+
+
+def test_loss_chunk_auto_takes_the_chunked_path_on_plain_decoder_heads_only():
+    from peftlab.train.head_loss import AUTO_CHUNK, resolve_loss_chunk
+
+    llama, t5 = _model("llama", [LoraConfig(r=4)]), _model("t5", [LoraConfig(r=4)])
+    assert resolve_loss_chunk(llama, "auto") == AUTO_CHUNK
+    assert resolve_loss_chunk(t5, "auto") is None  # labels are the target only: the model's own loss
+    assert resolve_loss_chunk(t5, 7) == 7 and resolve_loss_chunk(llama, None) is None  # as given
+    wrapped = _model("llama", [LoraConfig(r=4)])
+
+    class Scaled(nn.Linear):  # a method's wrapper on the output layer computes the logits its own way
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    wrapped.lm_head = Scaled(wrapped.lm_head.in_features, wrapped.lm_head.out_features, bias=False)
+    assert resolve_loss_chunk(wrapped, "auto") is None
+    capped = _model("llama", [LoraConfig(r=4)])
+    capped.config.final_logit_softcapping = 30.0  # logits = 30 tanh(h W^T / 30): another function
+    assert resolve_loss_chunk(capped, "auto") is None
+    half = _model("llama", [LoraConfig(r=4)])
+    half.get_output_embeddings().to(torch.bfloat16)  # a bf16 head meets float32 states only under autocast
+    assert resolve_loss_chunk(half, "auto", "no") is None and resolve_loss_chunk(half, "auto", "bf16") == AUTO_CHUNK
+    from peftlab.methods.llama_adapter_v2 import LlamaAdapterV2Config
+
+    assert resolve_loss_chunk(_model("llama", [LlamaAdapterV2Config(length=2)]), "auto") is None  # bias + scale
+    hooked = _model("llama", [LoraConfig(r=4)])
+    hooked.lm_head.register_forward_hook(lambda module, args, out: out * 2)
+    assert resolve_loss_chunk(hooked, "auto") is None
+    biased = _model("llama", [LoraConfig(r=4)])
+    biased.lm_head = nn.Linear(biased.lm_head.in_features, biased.lm_head.out_features)
+    assert resolve_loss_chunk(biased, "auto") is None
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])

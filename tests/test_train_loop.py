@@ -233,8 +233,15 @@ def test_auto_precision_is_resolved_for_the_cpu_and_recorded(monkeypatch, native
     import peftlab.env
 
     monkeypatch.setattr(peftlab.env, "native_bf16_cpu", lambda: native)
-    _, res, _ = run(None, "auto", s=spec(mixed_precision="auto", max_steps=1))
+    import peftlab.train.loop
+
+    seen = []
+    real = peftlab.train.loop.training_loss
+    monkeypatch.setattr(peftlab.train.loop, "training_loss", lambda model, s: seen.append(s) or real(model, s))
+    _, res, _ = run(None, "auto", s=spec(mixed_precision="auto", max_steps=1, cast_frozen=True))
     assert res.precision == used and res.steps == 1
+    # the levers see the precision resolved (cast_frozen acts under bf16, never under "auto")
+    assert [s.mixed_precision for s in seen] == [used]
 
 
 def test_forced_bf16_on_a_cpu_without_it_runs_with_one_warning(monkeypatch, caplog):

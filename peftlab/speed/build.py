@@ -107,19 +107,21 @@ def twin(base: nn.Module, share_frozen: bool) -> nn.Module:
 
 def make_batch(batch: BatchShape, config, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tokens (ids >= 2: no pad, no EOS), all attended; labels are the targets (seq2seq) or
-    the inputs themselves (decoder, shifted inside the model)."""
+    the inputs themselves (decoder, shifted inside the model), a decoder's ``source`` prompt tokens
+    labelled -100 when it has ``target`` answer tokens after them."""
     g = torch.Generator().manual_seed(seed)
     vocab = config.vocab_size
-    ids = torch.randint(2, vocab, (batch.size, batch.source), generator=g)
+    decoder_only = not config.is_encoder_decoder
+    ids = torch.randint(2, vocab, (batch.size, batch.source + (batch.target if decoder_only else 0)), generator=g)
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if config.is_encoder_decoder:
+    if not decoder_only:
         if not batch.target:
             raise ConfigError("batch.target: an encoder-decoder model needs target tokens (batch.target > 0)")
         out["labels"] = torch.randint(2, vocab, (batch.size, batch.target), generator=g)
     else:
-        if batch.target:
-            raise ConfigError("batch.target: a decoder-only model takes one sequence; set target: 0")
         out["labels"] = ids.clone()
+        if batch.target:
+            out["labels"][:, : batch.source] = -100  # the prompt: context, not predicted
     return {k: v.to(device) for k, v in out.items()}
 
 

@@ -46,8 +46,10 @@ class ModelShape:
 @dataclass(frozen=True)
 class BatchShape:
     size: int = 8  # sequences per step
-    source: int = 256  # encoder tokens (seq2seq) or sequence length (decoder)
-    target: int = 0  # decoder tokens (seq2seq); 0 for a decoder-only model
+    source: int = 256  # encoder tokens (seq2seq); a decoder's prompt, or its whole sequence with target 0
+    # decoder tokens (seq2seq); a decoder-only model's answer after its source-token prompt, the prompt
+    # labelled -100 as fine-tuning on prompts labels it (0: every position a label, as in pretraining)
+    target: int = 0
 
     def __post_init__(self):
         if self.size < 1 or self.source < 1 or self.target < 0:

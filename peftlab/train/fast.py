@@ -15,7 +15,8 @@ micro-batch; the speed benchmark (``peftlab speed``) times exactly this function
   that dtype gives bit-identical results with half their memory and none of the casts. Weights
   shared with a non-linear module (T5's tied embedding) are left alone: an embedding's output
   is not autocast.
-* ``loss_chunk``: the output layer and cross-entropy by chunks of rows (``peftlab.train.head_loss``).
+* ``loss_chunk``: the output layer and cross-entropy by chunks of rows, positions labelled -100
+  skipped (``peftlab.train.head_loss``); ``auto``, the default, on decoders only.
 * ``compile``: ``torch.compile`` of the model (inductor on CPU and GPU); the first steps compile.
 """
 
@@ -26,12 +27,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from peftlab.train.head_loss import head_loss_fn, resolve_loss_chunk
+
 COMPILE_BACKEND = "inductor"  # the tests swap in "aot_eager" (same tracing, no C++ compile)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
-    """``loss_of(batch)`` for ``model`` trained under ``spec`` (call it inside autocast)."""
+    """``loss_of(batch)`` for ``model`` trained under ``spec`` (call it inside autocast), its
+    ``mixed_precision`` resolved ("bf16", "fp16" or "no", not "auto")."""
     from peftlab.methods.base import AdapterModule
 
     from peftlab.train import kernels
@@ -48,10 +52,10 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
     if spec.cast_frozen and spec.mixed_precision in _AUTOCAST_DTYPES:
         cast_frozen_linears(model, _AUTOCAST_DTYPES[spec.mixed_precision])
     forward = torch.compile(model, backend=COMPILE_BACKEND) if spec.compile else model
-    if spec.loss_chunk:
-        from peftlab.train.head_loss import head_loss_fn
-
-        head_loss = head_loss_fn(getattr(model, "module", model), spec.loss_chunk)  # DDP wraps the model
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    chunk = resolve_loss_chunk(inner, spec.loss_chunk, spec.mixed_precision)
+    if chunk:
+        head_loss = head_loss_fn(inner, chunk)
         return lambda batch: head_loss(forward, batch)
 
     def loss_of(batch: dict) -> torch.Tensor:

@@ -16,14 +16,25 @@ own loss does (its logits come out of an autocast ``F.linear``; cross-entropy up
 
 The model still runs its own forward: a pre-hook on the output layer captures its input and hands
 it an empty slice, so the layer costs nothing and every method that hooks into the model works.
+
+``train.loss_chunk: auto`` (the default) takes this path on decoders, where it pays most: their
+labels mask the prompt (-100), so the model's own loss computes the logits of every prompt position
+for nothing, and a small model's output layer is a large share of its FLOPs (mini-llama: 2.1M of
+8.4M weights). Encoder-decoders label only the target and keep their own loss under ``auto``.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
 IGNORE = -100
+AUTO_CHUNK = 1024  # label positions per chunk under loss_chunk: auto ((1024, V) float32: 32 MiB at V = 8192)
+# config fields of families whose logits are not the output layer's plain product (soft-capped,
+# scaled): the chunked loss would compute another function, so ``auto`` leaves them their own loss
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -77,6 +88,29 @@ class HeadCapture:
             return None
         self.hidden = args[0]
         return (args[0][..., :0, :],) + tuple(args[1:])
+
+
+def resolve_loss_chunk(model: nn.Module, setting, precision: str = "no") -> Optional[int]:
+    """``train.loss_chunk`` for ``model`` (unwrapped) trained under autocast ``precision``: a number
+    as given, None as given; ``auto``: ``AUTO_CHUNK`` on a decoder whose logits are its output
+    layer's plain product, that layer an unsharded bias-free ``nn.Linear`` without hooks (not adapted:
+    LLaMA-Adapter v2's bias and scale on it keep the model's loss) whose weight the hidden states can meet (float32, or any dtype
+    under autocast); otherwise None, the model's own loss."""
+    if setting != "auto":
+        return setting
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return None
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not nn.Linear or head.bias is not None or type(head.weight.data) is not torch.Tensor:
+        return None  # a method's wrapper (LLaMA-Adapter v2's), a bias, a sharded (FSDP) or quantized weight
+    if head._forward_hooks or head._forward_pre_hooks:
+        return None  # something acts on its output the chunks would never produce
+    if head.weight.dtype != torch.float32 and precision not in ("bf16", "fp16"):
+        return None
+    return AUTO_CHUNK
 
 
 def head_loss_fn(model: nn.Module, chunk: int):

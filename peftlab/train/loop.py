@@ -9,6 +9,7 @@ checkpoints make a run resumable at the exact batch it stopped at.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -248,7 +249,8 @@ def train(
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     par = _Parallel(model, params, spec, accelerator)
     model, optimizer, params = par.model, par.optimizer, par.params
-    loss_of = training_loss(model, spec)  # the speed levers of spec (peftlab.train.fast)
+    # the speed levers of spec (peftlab.train.fast), under the precision the accelerator resolved
+    loss_of = training_loss(model, dataclasses.replace(spec, mixed_precision=accelerator.mixed_precision))
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens, cpu = 0, 0, 0, 0.0, 0, 0.0
