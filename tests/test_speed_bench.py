@@ -219,6 +219,7 @@ cases:
     batch: {size: 2, source: 8}
     methods: [{name: llama_adapter, layers: 2, length: 3}]
     peft: {peft_type: ADAPTION_PROMPT, task_type: CAUSAL_LM, adapter_layers: 2, adapter_len: 3}
+    variants: {own-loss: {loss_chunk: null}}
     count_differs: "per-head vs per-layer gates"
     compile_reference: false
 """
@@ -241,4 +242,7 @@ def test_every_method_case_starts_both_sides_from_the_same_weights(tmp_path):
         assert ours["error"] is None and peft_row["error"] is None
         assert peft_row["adapters_copied"] == copied, case
         assert ours["init_loss"] == pytest.approx(peft_row["init_loss"], rel=1e-5), case
+    # a variant gets the weights peft got (the gates made equal per layer before anyone's copy)
+    assert rows[("llama-adapter", "peftlab[own-loss]")]["init_loss"] == pytest.approx(
+        rows[("llama-adapter", "peft")]["init_loss"], rel=1e-6)
     assert rows[("llama-adapter", "peftlab")]["trainable_params"] == rows[("llama-adapter", "peft")]["trainable_params"] + 6

@@ -98,7 +98,10 @@ def time_case(spec: SpeedSpec, case: CaseSpec, precision: str, device: torch.dev
     ours = impls[0].model
     if not any(m.trains_base for m in case.methods):
         build.perturb_zero_adapters(ours)
-    copied = {i.name: build.align_adapters(ours, i.model) for i in impls[1:]}
+    # the references first: aligning with peft may change ours (LLaMA-Adapter's per-head gates made
+    # equal per layer), and peftlab's variants must then get those same values
+    copied = {i.name: build.align_adapters(ours, i.model)
+              for i in sorted(impls[1:], key=lambda i: i.name.startswith("peftlab"))}
     losses = {i.name: init_loss(i.model, batch, device, dtype) for i in impls if not i.compiled}
     for impl in impls:
         impl.model.train()
