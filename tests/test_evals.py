@@ -58,6 +58,10 @@ def test_the_report_shows_each_evaluation_as_its_own_table(bench):
     assert md.index("## Results (valid-rows)") < md.index("![") < md.index("## Task: code2doc")  # plots after them
     assert "## Task: code2doc (same-test)" in md and "## Task: code2doc (valid-rows)" in md
     assert "valid-rows: the same trained runs scored on other test rows (data.test_split=valid)" in md
+    for name in ("same-test", "valid-rows"):  # score vs parameters again on each evaluation's rows
+        assert (out / "plots" / f"score_vs_params.{name}.png").stat().st_size > 0
+        assert f"](plots/score_vs_params.{name}.png)" in md
+        assert f"on the {name} evaluation" in (out / "report.html").read_text()  # its caption
     index = json.loads((out / "bench.json").read_text())
     assert index["evals"] == {"same-test": {"data.test_split": "test"}, "valid-rows": {"data.test_split": "valid"}}
 

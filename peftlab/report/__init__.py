@@ -32,7 +32,11 @@ def write_report(bench_dir: Path) -> dict[str, Path]:
     tasks = [(f"{t['label']}" + (f": {s['name']}" if len(t["tasks"]) > 1 else "") + (f" ({e})" if e else ""),
               task_table(res, t, s, e))
              for e in [None, *res.eval_names] for t in res.tasks for s in t["tasks"]]
+    from peftlab.report.plots import score_vs_params
+
     plots = {name: draw(res, bench_dir / "plots" / f"{name}.png") for name, draw in PLOTS.items()}
+    for e in res.eval_names:  # the same figure on each evaluation's rows
+        plots[f"score_vs_params.{e}"] = score_vs_params(res, bench_dir / "plots" / f"score_vs_params.{e}.png", e)
     sections = mains + [(f"Task: {name}", table) for name, table in tasks]
     rundir.write_text(bench_dir / "report.md", _markdown(res, sections, plots, bench_dir))
     rundir.write_text(bench_dir / "report.html", _html(res, sections, plots))
@@ -45,6 +49,12 @@ CAPTIONS = {
     "score_vs_time": "Primary metric vs training time (dashed: floors)",
     "peak_memory": "Peak memory per method",
 }
+
+
+def _caption(name: str) -> str:
+    """A figure's caption; ``score_vs_params.NAME`` is that figure on evaluation NAME's rows."""
+    base, _, eval_name = name.partition(".")
+    return CAPTIONS[base] + (f", on the {eval_name} evaluation's test rows" if eval_name else "")
 
 
 def _about(res: Results) -> list[str]:
@@ -133,7 +143,7 @@ def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root
         parts += [f"## {title}", "", table.markdown(), ""]
         if i == _last_results(sections):
             for name, path in plots.items():
-                parts += [f"![{CAPTIONS[name]}]({path.relative_to(root)})", f"*{CAPTIONS[name]}*", ""]
+                parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
     batch = _batch_lines(res)
     if batch:
         parts += ["## Batch sizes", "", *batch, ""]
@@ -161,7 +171,7 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
             for name, path in plots.items():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 body.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{escape(CAPTIONS[name])}</figcaption></figure>")
+                            f"<figcaption>{escape(_caption(name))}</figcaption></figure>")
     batch = _batch_lines(res)
     if batch:
         rows = [line.strip("|").split(" | ") for line in batch[2:]]

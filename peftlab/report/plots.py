@@ -2,6 +2,7 @@
 time, peak memory. Each function draws one PNG from ``peftlab.report.table.Results`` and returns
 its path; scores are each task's primary metric, mean over seeds with the std as error bars, and
 the task's floors as dashed lines (a method below one learned less than a model-free baseline).
+Score vs parameters is drawn again for each evaluation of the bench (``evals:``), on its rows.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Optional
 
 from peftlab.report.table import FLOOR_ROWS, METRIC_TITLES, Results, cell
 
@@ -88,7 +90,7 @@ def _legend(fig, axes) -> None:
         axes[0].legend([handles[lab] for lab in labels], labels, fontsize=7, loc="best")
 
 
-def _score_vs(res: Results, path: Path, key: str, xlabel: str, log_x: bool) -> Path:
+def _score_vs(res: Results, path: Path, key: str, xlabel: str, log_x: bool, eval_name: Optional[str] = None) -> Path:
     plt = _plt()
     subs = _subtasks(res)
     fig, axes = _grid(plt, len(subs))
@@ -97,7 +99,7 @@ def _score_vs(res: Results, path: Path, key: str, xlabel: str, log_x: bool) -> P
         metric = sub["primary_metric"]
         for m in res.methods:
             runs = res.runs_of(m, task["label"])
-            y, x = cell(runs, metric, sub["name"]), cell(runs, key)
+            y, x = cell(runs, metric, sub["name"], eval_name), cell(runs, key)
             if y.mean is None or x.mean is None:
                 continue
             if log_x and x.mean <= 0:  # nothing trained (zero-shot): a level, not a point
@@ -105,7 +107,7 @@ def _score_vs(res: Results, path: Path, key: str, xlabel: str, log_x: bool) -> P
                 continue
             ax.errorbar([x.mean], [y.mean], yerr=[y.std or 0.0], xerr=[x.std or 0.0] if not log_x else None,
                         fmt="o", color=colors[m], label=m, capsize=3, ms=6)
-        floors = res.floors(task["label"], sub["name"])
+        floors = res.floors(task["label"], sub["name"], eval_name)
         for name, label in FLOOR_ROWS:
             if name in floors and metric in floors[name]:
                 ax.axhline(floors[name][metric], color="gray", ls="--", lw=1)
@@ -122,8 +124,9 @@ def _score_vs(res: Results, path: Path, key: str, xlabel: str, log_x: bool) -> P
     return _save(plt, fig, path)
 
 
-def score_vs_params(res: Results, path: Path) -> Path:
-    return _score_vs(res, path, "trainable_params", "trainable parameters (log)", log_x=True)
+def score_vs_params(res: Results, path: Path, eval_name: Optional[str] = None) -> Path:
+    """Scores of the run's own test split, or of evaluation ``eval_name`` (``peftlab.evals``)."""
+    return _score_vs(res, path, "trainable_params", "trainable parameters (log)", log_x=True, eval_name=eval_name)
 
 
 def score_vs_time(res: Results, path: Path) -> Path:
