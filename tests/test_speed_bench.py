@@ -185,8 +185,12 @@ def test_import_peftlab_is_fast():
     """``import peftlab`` (and the CLI's module) under 1 s: heavy imports are lazy."""
     code = ("import time; t = time.perf_counter(); import peftlab, peftlab.cli; "
             "import sys; print(time.perf_counter() - t, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert float(out[0]) < 1.0 and out[1] == "False"
+    best = None
+    for _ in range(3):  # the fastest of three: a loaded machine can stall one cold start (~0.02 s quiet)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        assert out[1] == "False"  # torch is never imported by peftlab's import
+        best = min(float(out[0]), best if best is not None else float("inf"))
+    assert best < 1.0
 
 
 TINY_METHODS = """
