@@ -250,3 +250,18 @@ def test_every_method_case_starts_both_sides_from_the_same_weights(tmp_path):
     assert rows[("llama-adapter", "peftlab[own-loss]")]["init_loss"] == pytest.approx(
         rows[("llama-adapter", "peft")]["init_loss"], rel=1e-6)
     assert rows[("llama-adapter", "peftlab")]["trainable_params"] == rows[("llama-adapter", "peft")]["trainable_params"] + 6
+
+
+def test_the_gpu_session_script_names_shipped_cases_within_the_device_limit():
+    """benchmarks/gpu_session.sh: every `one SPEC CASE LIMIT` names a case of a shipped spec, and
+    each part's limits add up to well inside the device tool's 10 minutes a command."""
+    import re
+
+    text = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
+    parts = re.findall(r"^  (\w)\)\n(.*?)\n    ;;", text, flags=re.M | re.S)
+    assert [p for p, _ in parts] == ["a", "b"]
+    for _, body in parts:
+        calls = re.findall(r"one (\S+) (\S+) (\d+)", body)
+        assert calls and sum(int(limit) for _, _, limit in calls) <= 570
+        for spec, case, _ in calls:
+            assert case in {c.name for c in load_spec(ROOT / "benchmarks" / "speed" / f"{spec}.yaml").cases}, (spec, case)
