@@ -22,7 +22,7 @@ __all__ = ["Results", "collect", "main_table", "task_table", "write_report"]
 def write_report(bench_dir: Path) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``bench_dir``; returns their paths."""
     from peftlab import rundir
-    from peftlab.report.plots import PLOTS
+    from peftlab.report.plots import PLOTS, score_vs_params
 
     bench_dir = Path(bench_dir)
     res = collect(bench_dir)
@@ -32,8 +32,6 @@ def write_report(bench_dir: Path) -> dict[str, Path]:
     tasks = [(f"{t['label']}" + (f": {s['name']}" if len(t["tasks"]) > 1 else "") + (f" ({e})" if e else ""),
               task_table(res, t, s, e))
              for e in [None, *res.eval_names] for t in res.tasks for s in t["tasks"]]
-    from peftlab.report.plots import score_vs_params
-
     plots = {name: draw(res, bench_dir / "plots" / f"{name}.png") for name, draw in PLOTS.items()}
     for e in res.eval_names:  # the same figure on each evaluation's rows
         plots[f"score_vs_params.{e}"] = score_vs_params(res, bench_dir / "plots" / f"score_vs_params.{e}.png", e)
@@ -139,9 +137,10 @@ def _last_results(sections: list[tuple[str, Table]]) -> int:
 
 def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root: Path) -> str:
     parts = [f"# {res.title}", "", *_about(res), ""]
+    last = _last_results(sections)
     for i, (title, table) in enumerate(sections):
         parts += [f"## {title}", "", table.markdown(), ""]
-        if i == _last_results(sections):
+        if i == last:
             for name, path in plots.items():
                 parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
     batch = _batch_lines(res)
@@ -165,9 +164,10 @@ figure{margin:1em 0}figcaption{font-size:12px;color:#555}img{max-width:100%}code
 def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
     about = "".join(f"<p>{_inline(line)}</p>" for line in _about(res))
     body = [f"<h1>{escape(res.title)}</h1>", about]
+    last = _last_results(sections)
     for i, (title, table) in enumerate(sections):
         body += [f"<h2>{escape(title)}</h2>", table.html()]
-        if i == _last_results(sections):
+        if i == last:
             for name, path in plots.items():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 body.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'

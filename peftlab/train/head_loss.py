@@ -92,10 +92,11 @@ class HeadCapture:
 
 def resolve_loss_chunk(model: nn.Module, setting, precision: str = "no") -> Optional[int]:
     """``train.loss_chunk`` for ``model`` (unwrapped) trained under autocast ``precision``: a number
-    as given, None as given; ``auto``: ``AUTO_CHUNK`` on a decoder whose logits are its output
-    layer's plain product, that layer an unsharded bias-free ``nn.Linear`` without hooks (not adapted:
-    LLaMA-Adapter v2's bias and scale on it keep the model's loss) whose weight the hidden states can meet (float32, or any dtype
-    under autocast); otherwise None, the model's own loss."""
+    or None as given; ``auto``: ``AUTO_CHUNK`` on a decoder whose logits are its output layer's
+    plain product, that layer an unsharded, unhooked, bias-free ``nn.Linear`` (LLaMA-Adapter v2's
+    bias and scale on it keep the model's loss) whose weight the hidden states can meet (float32,
+    or any dtype under autocast); otherwise None, the model's own loss. ``head_loss_fn`` refuses
+    an explicit number where the layer cannot take it; ``auto`` never gets that far."""
     if setting != "auto":
         return setting
     config = model.config
