@@ -299,19 +299,21 @@ def test_fast_dropout_has_the_rate_scale_and_backward_of_dropout():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_dropout_kernels_give_the_plain_formula_bit_for_bit(dtype):
-    """The faster forms (0-dim int16 threshold, ``where`` then an in-place scale) against the plain
-    ones: the same mask from the same draw and the same values, to the bit."""
+    """The faster forms (0-dim int16 threshold, one ``addcmul`` of the values and the bool mask)
+    against the plain ones: the same mask from the same draw and the same values, to the bit."""
     from peftlab.train import kernels
 
     torch.manual_seed(3)
-    dropped, scale = kernels.drop_mask(torch.Size((6, 7, 33)), 0.1, torch.device("cpu"))
+    kept, scale = kernels.keep_mask(torch.Size((6, 7, 33)), 0.1, torch.device("cpu"))
     torch.manual_seed(3)
     words = torch.empty((6 * 7 * 33 + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    plain_mask = words.view(torch.int16)[: 6 * 7 * 33].view(6, 7, 33) < round(0.1 * 65536) - 32768
-    assert torch.equal(dropped, plain_mask) and dropped.any() and not dropped.all()
+    plain_dropped = words.view(torch.int16)[: 6 * 7 * 33].view(6, 7, 33) < round(0.1 * 65536) - 32768
+    assert torch.equal(kept, ~plain_dropped) and kept.any() and not kept.all()
     x = torch.randn(6, 7, 33).to(dtype)
-    out = kernels._apply_mask(x, dropped, scale)
-    assert out.dtype == dtype and torch.equal(out, (x * scale).masked_fill_(dropped, 0))
+    out = kernels._apply_mask(x, kept, scale)
+    assert out.dtype == dtype and torch.equal(out, (x * scale).masked_fill_(~kept, 0))
+    unscaled = kernels._apply_mask(x, kept, 1.0)
+    assert unscaled.dtype == dtype and torch.equal(unscaled, x.masked_fill(~kept, 0))
 
 
 def test_fast_dropout_trains_a_t5_with_dropout():
@@ -488,8 +490,8 @@ def test_math_attention_with_dropout_is_the_plain_formula(mask_kind):
         else:
             scores = scores.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, dim=-1)
-        dropped, s = kernels.drop_mask(probs.shape, 0.1, probs.device)
-        return (probs.masked_fill(dropped, 0) * s) @ v
+        kept, s = kernels.keep_mask(probs.shape, 0.1, probs.device)
+        return (probs.masked_fill(~kept, 0) * s) @ v
 
     outs = []
     for fn in (plain, lambda: kernels.math_attention(q, k, v, mask, mask_kind == "causal", scale, 0.1)):
