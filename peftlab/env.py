@@ -234,8 +234,17 @@ def report() -> dict:
         "cuda": torch.version.cuda if cuda else None,
         "gpus": [_gpu(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "auto_precision": resolve_precision("auto", "cuda" if cuda else "cpu"),
+        "native_kernels": native_status(),
     }
     return rep
+
+
+def native_status() -> str:
+    """peftlab's C kernels (``peftlab.native``: the CPU dropout of ``train.fast_dropout``): built and
+    loaded, or why not (building them here, once, if they never were)."""
+    from peftlab import native
+
+    return native.status()
 
 
 def _gpu(i: int) -> dict:
@@ -262,6 +271,7 @@ def format_report(rep: dict) -> str:
            "fp16": "fp16 autocast with loss scaling: this GPU has no bf16",
            "no": "fp32: no native bf16 here, and emulated bf16 is ~50x slower"}
     rows.append(("mixed_precision: auto", f"{rep['auto_precision']} ({why.get(rep['auto_precision'], '')})"))
+    rows.append(("peftlab C kernels (cpu)", rep.get("native_kernels") or "not checked"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 

@@ -467,13 +467,19 @@ def test_fused_kernels_give_full_fine_tuning_the_plain_gradients(family):
     torch.testing.assert_close(torch.tensor(steps[1]), torch.tensor(steps[0]), **FP32_TOL)
 
 
+@pytest.mark.parametrize("native_kernel", [True, False])
 @pytest.mark.parametrize("mask_kind", ["float", "bool", "causal"])
-def test_math_attention_with_dropout_is_the_plain_formula(mask_kind):
+def test_math_attention_with_dropout_is_the_plain_formula(mask_kind, native_kernel, monkeypatch):
     """The in-place math path (no scale pass for s = 1, mask added in place, dropout's 1/(1-p)
     applied after the product) against softmax(q k^T s + mask) ⊙ m / (1-p) @ v with the same mask m
     drawn from the same seed, values and gradients (T5 runs it with s = 1 and a float bias)."""
+    from peftlab import native
     from peftlab.train import kernels
 
+    if native_kernel and native.library() is None:
+        pytest.skip(f"peftlab's C kernels: {native.status()}")
+    if not native_kernel:
+        monkeypatch.setattr(native, "handles", lambda x: False)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g, requires_grad=True) for _ in range(3))
     scale = 1.0 if mask_kind == "float" else 0.5
@@ -490,8 +496,7 @@ def test_math_attention_with_dropout_is_the_plain_formula(mask_kind):
         else:
             scores = scores.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, dim=-1)
-        kept, s = kernels.keep_mask(probs.shape, 0.1, probs.device)
-        return (probs.masked_fill(~kept, 0) * s) @ v
+        return kernels._Dropout.apply(probs, 0.1) @ v  # the same draw: the same mask
 
     outs = []
     for fn in (plain, lambda: kernels.math_attention(q, k, v, mask, mask_kind == "causal", scale, 0.1)):

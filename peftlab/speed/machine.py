@@ -82,9 +82,11 @@ def _git_commit() -> str | None:
 
 def describe(device) -> dict:
     """The ``machine`` block of a results file."""
+    from peftlab import native
+
     gpu = gpu_info() if device.type == "cuda" else None
     return {"device": device.type, "cpu": cpu_info(), "gpu": gpu, "versions": versions(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "native_kernels": native.status()}
 
 
 def short(machine: dict) -> str:

@@ -1,0 +1,77 @@
+/* peftlab's CPU dropout kernel (peftlab.native): the mask is a counter-based hash, never stored.
+
+   Element i of a call with seed s is dropped iff its 16-bit uniform u_i < cut, where
+
+       z_g = mix(s + (g + 1) * GAMMA),   g = i / 4        (SplitMix64's output function)
+       u_i = (z_g >> 16 * (i mod 4)) & 0xFFFF
+
+   so P(dropped) = cut / 65536 exactly, and out_i = 0 or x_i * scale. Backward calls the same
+   function on the gradient with the same seed: the same mask, recomputed instead of kept.
+   A call covers elements [start, end) (start a multiple of 4), so threads can split a tensor.
+   In blocks of 1,024 elements: the block's hashes first, then one pass over x (both loops vectorise). */
+
+#include <stdint.h>
+#include <string.h>
+
+#define GAMMA 0x9E3779B97F4A7C15ULL
+
+static inline uint64_t mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet: as c10::BFloat16 */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if (f != f) return 0x7FC0;
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "u_i is read as the i-th 16-bit word of the hashes in memory: little-endian only"
+#endif
+
+#define BLOCK 1024 /* elements per block: 256 hashes (2 KiB) stay in L1 between the two loops */
+
+/* the 16-bit uniforms of elements [4 * g0, 4 * g0 + 4 * count): hash loop, then read as uint16 */
+static inline void uniforms(uint64_t seed, int64_t g0, int count, uint16_t *u) {
+    uint64_t z[BLOCK / 4];
+    for (int j = 0; j < count; j++)
+        z[j] = mix(seed + (uint64_t)(g0 + j + 1) * GAMMA);
+    memcpy(u, z, (size_t)count * 8);
+}
+
+void peftlab_dropout_f32(const float *restrict x, float *restrict out, int64_t start, int64_t end,
+                         uint64_t seed, uint32_t cut, float scale) {
+    uint16_t u[BLOCK];
+    for (int64_t b = start; b < end; b += BLOCK) {
+        int64_t len = end - b < BLOCK ? end - b : BLOCK;
+        uniforms(seed, b / 4, (int)((len + 3) / 4), u);
+        const float *xb = x + b;
+        float *ob = out + b;
+        for (int64_t i = 0; i < len; i++)
+            ob[i] = u[i] < cut ? 0.0f : xb[i] * scale;
+    }
+}
+
+void peftlab_dropout_bf16(const uint16_t *restrict x, uint16_t *restrict out, int64_t start, int64_t end,
+                          uint64_t seed, uint32_t cut, float scale) {
+    uint16_t u[BLOCK];
+    for (int64_t b = start; b < end; b += BLOCK) {
+        int64_t len = end - b < BLOCK ? end - b : BLOCK;
+        uniforms(seed, b / 4, (int)((len + 3) / 4), u);
+        const uint16_t *xb = x + b;
+        uint16_t *ob = out + b;
+        for (int64_t i = 0; i < len; i++)
+            ob[i] = u[i] < cut ? 0 : f32_to_bf16(bf16_to_f32(xb[i]) * scale);
+    }
+}

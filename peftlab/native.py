@@ -1,0 +1,145 @@
+"""peftlab's own CPU kernels in plain C (``csrc/*.c``), compiled on first use with the machine's C
+compiler and loaded with ``ctypes`` — no torch headers, so a build takes about a second.
+
+The one kernel so far is dropout (``csrc/dropout.c``): the mask comes from a counter-based hash of
+(seed, element index) (SplitMix64's output function; four 16-bit uniforms per hash), so the kernel
+reads x and writes x·scale or 0 in one pass, and backward recomputes the same mask from the seed
+instead of keeping it (no mask memory at all). The drop rate is ``round(p·2^16)/2^16`` as for
+``peftlab.train.kernels.keep_mask``; the seed of each call is drawn from torch's default generator,
+so ``torch.manual_seed`` makes runs repeatable. A call on a large tensor is split across
+``torch.get_num_threads()`` threads (``ctypes`` releases the GIL; the hash needs no shared state).
+
+The shared library is cached under ``$PEFTLAB_CACHE`` (default ``~/.cache/peftlab``), named by the
+source's hash and the CPU's model and flags (it is built with ``-march=native``), written atomically.
+``PEFTLAB_NATIVE=0`` switches the kernels off; without a compiler they are off and
+``status()`` says why — every caller then takes the torch path (``peftlab env`` prints it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+_SRC = Path(__file__).parent / "csrc" / "dropout.c"
+_MIN_SPLIT = 1 << 17  # elements: below this one thread (a thread hand-off costs ~20 us)
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_why: Optional[str] = None  # why the kernels are off (None: not tried yet, or on)
+_pool: Optional[ThreadPoolExecutor] = None
+
+
+def _cpu_key() -> str:
+    text = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        pass
+    fields = [line for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
+    return "\n".join([platform.machine(), *fields])
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PEFTLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "peftlab")
+    return Path(root) / "native"
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    source = _SRC.read_bytes()
+    key = hashlib.sha256(source + _cpu_key().encode()).hexdigest()[:16]
+    target = _cache_dir() / f"dropout-{key}.so"
+    if not target.exists():
+        cc = _compiler()
+        if cc is None:
+            raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-o", str(out), str(_SRC)]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
+            os.replace(out, target)  # atomic: a concurrent build writes the same bytes
+    lib = ctypes.CDLL(str(target))
+    args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64,
+            ctypes.c_uint32, ctypes.c_float]
+    for fn in (lib.peftlab_dropout_f32, lib.peftlab_dropout_bf16):
+        fn.argtypes, fn.restype = args, None
+    return lib
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernels, built on first call; None when they are off (``status()`` says why)."""
+    global _lib, _why
+    if _lib is not None or _why is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _why is None:
+            if os.environ.get("PEFTLAB_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+                _why = "switched off (PEFTLAB_NATIVE=0)"
+            else:
+                try:
+                    _lib = _build()
+                except Exception as e:  # no compiler, a failed build, an unloadable library
+                    _why = f"{type(e).__name__}: {e}"
+    return _lib
+
+
+def status() -> str:
+    """One line for ``peftlab env``: the kernels on (and where), or why they are off."""
+    lib = library()
+    return f"on ({lib._name})" if lib is not None else f"off: {_why}"
+
+
+_KERNELS = {torch.float32: "peftlab_dropout_f32", torch.bfloat16: "peftlab_dropout_bf16"}
+
+
+def handles(x: torch.Tensor) -> bool:
+    """Whether ``dropout`` takes ``x``: a CPU float32/bfloat16 tensor, the kernels built."""
+    return x.device.type == "cpu" and x.dtype in _KERNELS and library() is not None
+
+
+def draw_seed() -> int:
+    """A 64-bit seed from torch's default CPU generator (``torch.manual_seed`` repeats it)."""
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)) & (2**64 - 1)
+
+
+def dropout(x: torch.Tensor, seed: int, cut: int, scale: float) -> torch.Tensor:
+    """x·scale where the hash of (seed, index) keeps the element, 0 where its 16-bit uniform < cut."""
+    global _pool
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    n = x.numel()
+    fn = getattr(library(), _KERNELS[x.dtype])
+    src, dst = x.data_ptr(), out.data_ptr()
+    threads = min(torch.get_num_threads(), max(1, n // _MIN_SPLIT))
+    if threads <= 1:
+        fn(src, dst, 0, n, seed, cut, scale)
+        return out
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="peftlab-native")
+    step = ((n + threads - 1) // threads + 3) // 4 * 4  # a multiple of 4: one hash per 4 elements
+    bounds = [(min(i * step, n), min((i + 1) * step, n)) for i in range(threads)]
+    futures = [_pool.submit(fn, src, dst, a, b, seed, cut, scale) for a, b in bounds[1:] if a < b]
+    fn(src, dst, bounds[0][0], bounds[0][1], seed, cut, scale)
+    for f in futures:
+        f.result()
+    return out
