@@ -39,6 +39,16 @@ _why: Optional[str] = None  # why the kernels are off (None: not tried yet, or o
 _pool: Optional[ThreadPoolExecutor] = None
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) has none of the parent's threads: a fresh pool and lock."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _cpu_key() -> str:
     text = ""
     try:

@@ -136,3 +136,35 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     mtime = built[0].stat().st_mtime_ns
     _fresh(monkeypatch, tmp_path)
     assert native.library() is not None and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
+
+
+@needs_native
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_splits_calls_with_its_own_threads(monkeypatch):
+    """The parent's pool threads do not exist in a forked child (a DataLoader worker): the child
+    makes its own instead of waiting on them forever."""
+    import os
+
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1 << 10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        x = torch.randn(1 << 14)
+        want = native.dropout(x, 7, 6554, 1.25)  # the parent's pool now exists
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if the split call finishes and agrees
+            ok = torch.equal(native.dropout(x, 7, 6554, 1.25), want)
+            os._exit(0 if ok else 1)
+        import signal
+        import time
+
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's split call never finished")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        torch.set_num_threads(threads)
