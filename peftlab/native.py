@@ -144,7 +144,9 @@ def dropout(x: torch.Tensor, seed: int, cut: int, scale: float) -> torch.Tensor:
     if threads <= 1:
         fn(src, dst, 0, n, seed, cut, scale)
         return out
-    if _pool is None or _pool._max_workers < threads - 1:
+    if _pool is None or _pool._max_workers < threads - 1:  # first use, or more torch threads since
+        if _pool is not None:
+            _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="peftlab-native")
     step = ((n + threads - 1) // threads + 3) // 4 * 4  # a multiple of 4: one hash per 4 elements
     bounds = [(min(i * step, n), min((i + 1) * step, n)) for i in range(threads)]
