@@ -50,28 +50,23 @@ static inline void uniforms(uint64_t seed, int64_t g0, int count, uint16_t *u) {
     memcpy(u, z, (size_t)count * 8);
 }
 
-void peftlab_dropout_f32(const float *restrict x, float *restrict out, int64_t start, int64_t end,
-                         uint64_t seed, uint32_t cut, float scale) {
-    uint16_t u[BLOCK];
-    for (int64_t b = start; b < end; b += BLOCK) {
-        int64_t len = end - b < BLOCK ? end - b : BLOCK;
-        uniforms(seed, b / 4, (int)((len + 3) / 4), u);
-        const float *xb = x + b;
-        float *ob = out + b;
-        for (int64_t i = 0; i < len; i++)
-            ob[i] = u[i] < cut ? 0.0f : xb[i] * scale;
+/* one kernel per dtype T: out = 0 where u < cut, else KEEP(x) (x times scale, in T's arithmetic) */
+#define DROPOUT_KERNEL(NAME, T, KEEP)                                                              \
+    void NAME(const T *restrict x, T *restrict out, int64_t start, int64_t end, uint64_t seed,     \
+              uint32_t cut, float scale) {                                                         \
+        uint16_t u[BLOCK];                                                                         \
+        for (int64_t b = start; b < end; b += BLOCK) {                                             \
+            int64_t len = end - b < BLOCK ? end - b : BLOCK;                                       \
+            uniforms(seed, b / 4, (int)((len + 3) / 4), u);                                        \
+            const T *xb = x + b;                                                                   \
+            T *ob = out + b;                                                                       \
+            for (int64_t i = 0; i < len; i++)                                                      \
+                ob[i] = u[i] < cut ? 0 : KEEP(xb[i]);                                              \
+        }                                                                                          \
     }
-}
 
-void peftlab_dropout_bf16(const uint16_t *restrict x, uint16_t *restrict out, int64_t start, int64_t end,
-                          uint64_t seed, uint32_t cut, float scale) {
-    uint16_t u[BLOCK];
-    for (int64_t b = start; b < end; b += BLOCK) {
-        int64_t len = end - b < BLOCK ? end - b : BLOCK;
-        uniforms(seed, b / 4, (int)((len + 3) / 4), u);
-        const uint16_t *xb = x + b;
-        uint16_t *ob = out + b;
-        for (int64_t i = 0; i < len; i++)
-            ob[i] = u[i] < cut ? 0 : f32_to_bf16(bf16_to_f32(xb[i]) * scale);
-    }
-}
+#define KEEP_F32(v) ((v) * scale)
+#define KEEP_BF16(v) f32_to_bf16(bf16_to_f32(v) * scale)
+
+DROPOUT_KERNEL(peftlab_dropout_f32, float, KEEP_F32)
+DROPOUT_KERNEL(peftlab_dropout_bf16, uint16_t, KEEP_BF16)
