@@ -219,6 +219,8 @@ def report() -> dict:
     """Everything ``peftlab env`` prints: what a bug report needs and what decides speed."""
     import torch
 
+    from peftlab import native
+
     cuda = torch.cuda.is_available()
     rep = {
         **versions(),
@@ -234,17 +236,9 @@ def report() -> dict:
         "cuda": torch.version.cuda if cuda else None,
         "gpus": [_gpu(i) for i in range(torch.cuda.device_count())] if cuda else [],
         "auto_precision": resolve_precision("auto", "cuda" if cuda else "cpu"),
-        "native_kernels": native_status(),
+        "native_kernels": native.status(),  # peftlab's C kernels: built (here, once) and loaded, or why not
     }
     return rep
-
-
-def native_status() -> str:
-    """peftlab's C kernels (``peftlab.native``: the CPU dropout of ``train.fast_dropout``): built and
-    loaded, or why not (building them here, once, if they never were)."""
-    from peftlab import native
-
-    return native.status()
 
 
 def _gpu(i: int) -> dict:

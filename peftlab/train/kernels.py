@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftlab import native
+
 _LEVELS = 1 << 16  # 16-bit uniforms
 
 
@@ -68,8 +70,6 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, p: float, unscaled: bool = False):
-        from peftlab import native
-
         scale = 1.0 if unscaled else drop_mask_scale(p)
         ctx.scale = scale
         if native.handles(x):
@@ -82,8 +82,6 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        from peftlab import native
-
         if ctx.seed is not None:  # the same hash, the same seed: the forward's mask
             if native.handles(g):
                 return native.dropout(g, ctx.seed, ctx.cut, ctx.scale), None, None
