@@ -1,13 +1,20 @@
 """peftlab's own CPU kernels in plain C (``csrc/*.c``), compiled on first use with the machine's C
 compiler and loaded with ``ctypes`` — no torch headers, so a build takes about a second.
 
-The one kernel so far is dropout (``csrc/dropout.c``): the mask comes from a counter-based hash of
+Dropout (``csrc/dropout.c``): the mask comes from a counter-based hash of
 (seed, element index) (SplitMix64's output function; four 16-bit uniforms per hash), so the kernel
 reads x and writes x·scale or 0 in one pass, and backward recomputes the same mask from the seed
 instead of keeping it (no mask memory at all). The drop rate is ``round(p·2^16)/2^16`` as for
 ``peftlab.train.kernels.keep_mask``; the seed of each call is drawn from torch's default generator,
-so ``torch.manual_seed`` makes runs repeatable. A call on a large tensor is split across
-``torch.get_num_threads()`` threads (``ctypes`` releases the GIL; the hash needs no shared state).
+so ``torch.manual_seed`` makes runs repeatable.
+
+Cross-entropy (``csrc/cross_entropy.c``): per row of logits, the loss and, in place, its gradient
+softmax - onehot, in one read and one write of the row (float32 arithmetic in a cached scratch row;
+torch's path is five passes: upcast, log-softmax, exp, the label's -1, the cast back).
+``peftlab.train.head_loss`` calls it on each chunk of the output layer's logits.
+
+A call on a large tensor is split across ``torch.get_num_threads()`` threads (``ctypes`` releases
+the GIL; neither kernel needs shared state).
 
 The shared library is cached under ``$PEFTLAB_CACHE`` (default ``~/.cache/peftlab``), named by the
 source's hash and the CPU's model and flags (it is built with ``-march=native``), written atomically.
@@ -31,7 +38,7 @@ from typing import Optional
 
 import torch
 
-_SRC = Path(__file__).parent / "csrc" / "dropout.c"
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("dropout.c", "cross_entropy.c")]
 _MIN_SPLIT = 1 << 17  # elements: below this one thread (a thread hand-off costs ~20 us)
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -73,9 +80,9 @@ def _compiler() -> Optional[str]:
 
 
 def _build() -> ctypes.CDLL:
-    source = _SRC.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     key = hashlib.sha256(source + _cpu_key().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"dropout-{key}.so"
+    target = _cache_dir() / f"kernels-{key}.so"
     if not target.exists():
         cc = _compiler()
         if cc is None:
@@ -83,7 +90,7 @@ def _build() -> ctypes.CDLL:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-o", str(out), str(_SRC)]
+            cmd = [cc, "-O3", "-march=native", "-fPIC", "-shared", "-o", str(out), *map(str, _SOURCES)]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
@@ -93,6 +100,9 @@ def _build() -> ctypes.CDLL:
             ctypes.c_uint32, ctypes.c_float]
     for fn in (lib.peftlab_dropout_f32, lib.peftlab_dropout_bf16):
         fn.argtypes, fn.restype = args, None
+    for fn in (lib.peftlab_cross_entropy_f32, lib.peftlab_cross_entropy_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+        fn.restype = ctypes.c_int
     return lib
 
 
@@ -134,24 +144,64 @@ def draw_seed() -> int:
 
 def dropout(x: torch.Tensor, seed: int, cut: int, scale: float) -> torch.Tensor:
     """x·scale where the hash of (seed, index) keeps the element, 0 where its 16-bit uniform < cut."""
-    global _pool
     x = x.contiguous()
     out = torch.empty_like(x)
     n = x.numel()
     fn = getattr(library(), _KERNELS[x.dtype])
     src, dst = x.data_ptr(), out.data_ptr()
     threads = min(torch.get_num_threads(), max(1, n // _MIN_SPLIT))
+    step = ((n + threads - 1) // threads + 3) // 4 * 4  # a multiple of 4: one hash per 4 elements
+    _split(lambda a, b: fn(src, dst, a, b, seed, cut, scale), n, threads, step)
+    return out
+
+
+_CE_KERNELS = {torch.float32: "peftlab_cross_entropy_f32", torch.bfloat16: "peftlab_cross_entropy_bf16"}
+
+
+def handles_cross_entropy(logits: torch.Tensor) -> bool:
+    """Whether ``cross_entropy_`` takes ``logits``: CPU, float32/bfloat16, 2-D, contiguous, not
+    needing grad (it writes in place), the kernels built."""
+    return (logits.device.type == "cpu" and logits.dtype in _CE_KERNELS and logits.dim() == 2
+            and logits.is_contiguous() and not logits.requires_grad and library() is not None)
+
+
+def cross_entropy_(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy of ``logits`` (rows, V; CPU, float32 or bfloat16, contiguous) against
+    ``labels`` (rows; every one in [0, V)), float32; ``logits`` becomes ``softmax - onehot`` (in its
+    dtype), the gradient of each row's loss."""
+    if not (logits.is_contiguous() and logits.dim() == 2 and logits.dtype in _CE_KERNELS):
+        raise ValueError("cross_entropy_ takes a contiguous float32 or bfloat16 (rows, V) tensor")
+    rows, vocab = logits.shape
+    labels = labels.to(torch.int64).contiguous()
+    if labels.shape != (rows,):
+        raise ValueError(f"cross_entropy_: {tuple(labels.shape)} labels for {rows} rows")
+    if rows and not (0 <= int(labels.min()) and int(labels.max()) < vocab):
+        raise IndexError(f"cross_entropy_: a label outside [0, {vocab})")
+    loss = torch.empty(rows, dtype=torch.float32)
+    fn = getattr(library(), _CE_KERNELS[logits.dtype])
+    x, y, out = logits.data_ptr(), labels.data_ptr(), loss.data_ptr()
+    threads = min(torch.get_num_threads(), max(1, rows * vocab // _MIN_SPLIT), max(rows, 1))
+
+    def run(a: int, b: int) -> None:
+        if fn(x, y, out, a, b, vocab) != 0:
+            raise MemoryError(f"cross_entropy_: no memory for a scratch row of {vocab} floats")
+
+    _split(run, rows, threads, (rows + threads - 1) // threads)
+    return loss
+
+
+def _split(run, n: int, threads: int, step: int) -> None:
+    """``run(a, b)`` over [0, n) in pieces of ``step``: the first on this thread, the rest on the pool."""
+    global _pool
     if threads <= 1:
-        fn(src, dst, 0, n, seed, cut, scale)
-        return out
+        run(0, n)
+        return
     if _pool is None or _pool._max_workers < threads - 1:  # first use, or more torch threads since
         if _pool is not None:
             _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="peftlab-native")
-    step = ((n + threads - 1) // threads + 3) // 4 * 4  # a multiple of 4: one hash per 4 elements
     bounds = [(min(i * step, n), min((i + 1) * step, n)) for i in range(threads)]
-    futures = [_pool.submit(fn, src, dst, a, b, seed, cut, scale) for a, b in bounds[1:] if a < b]
-    fn(src, dst, bounds[0][0], bounds[0][1], seed, cut, scale)
+    futures = [_pool.submit(run, a, b) for a, b in bounds[1:] if a < b]
+    run(*bounds[0])
     for f in futures:
         f.result()
-    return out

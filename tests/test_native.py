@@ -1,5 +1,6 @@
-"""peftlab's C dropout kernel (``peftlab.native``) against its documented formula, torch's
-arithmetic, itself split across threads, and the fallback when it cannot be built."""
+"""peftlab's C kernels (``peftlab.native``): dropout against its documented formula, torch's
+arithmetic, itself split across threads, and the fallback when it cannot be built; cross-entropy
+against torch's, at the edges (-inf, huge and NaN logits), split across threads."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     _fresh(monkeypatch, tmp_path)
     lib = native.library()
     assert lib is not None and native.status() == f"on ({lib._name})"
-    built = list(tmp_path.rglob("dropout-*.so"))
+    built = list(tmp_path.rglob("kernels-*.so"))
     assert len(built) == 1 and built[0].parent == tmp_path / "native"
     mtime = built[0].stat().st_mtime_ns
     _fresh(monkeypatch, tmp_path)
@@ -168,3 +169,89 @@ def test_a_forked_child_splits_calls_with_its_own_threads(monkeypatch):
         assert os.waitstatus_to_exitcode(done[1]) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+def _torch_cross_entropy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss and softmax - onehot in ``x``'s dtype, by torch in float32."""
+    logp = torch.log_softmax(x.float(), dim=-1)
+    rows = torch.arange(x.shape[0])
+    grad = logp.exp()
+    grad[rows, y] -= 1.0
+    return -logp[rows, y], grad.to(x.dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [1, 5, 16, 37, 1000])
+def test_cross_entropy_kernel_is_torchs_loss_and_gradient(dtype, vocab):
+    """Loss within float32 rounding of torch's; the in-place gradient softmax - onehot within one
+    rounding of torch's float32 value to ``dtype`` (vocabularies that end mid-vector too)."""
+    g = torch.Generator().manual_seed(vocab)
+    x = (torch.randn(9, vocab, generator=g) * 4).to(dtype)
+    y = torch.randint(0, vocab, (9,), generator=g)
+    want_loss, want_grad = _torch_cross_entropy(x, y)
+    got = x.clone()
+    loss = native.cross_entropy_(got, y)
+    assert loss.dtype == torch.float32 and loss.shape == (9,)
+    torch.testing.assert_close(loss, want_loss, rtol=2e-6, atol=2e-6)
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -22
+    assert ((got.float() - want_grad.float()).abs() <= ulp * want_grad.float().abs() + 1e-7).all()
+    assert torch.allclose(got.float().sum(-1), torch.zeros(9), atol=ulp * 4)  # a softmax minus a one-hot
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_kernel_at_the_edges(dtype):
+    """-inf logits get probability 0; logits of +-3e4 (far past exp's range) stay exact as torch's;
+    a NaN logit makes its own row NaN, the other rows are untouched by it."""
+    vocab = 40
+    x = torch.zeros(4, vocab)
+    x[0, 5:] = float("-inf")  # five possible classes
+    x[1] = torch.linspace(-3e4, 3e4, vocab)  # one class takes everything
+    x[2, 7] = float("nan")
+    x[3] = torch.arange(vocab) * 0.5
+    x = x.to(dtype)
+    y = torch.tensor([2, vocab - 1, 0, 11])
+    want_loss, want_grad = _torch_cross_entropy(x, y)
+    got = x.clone()
+    loss = native.cross_entropy_(got, y)
+    assert loss[2].isnan() and got[2].isnan().all()
+    keep = [0, 1, 3]
+    torch.testing.assert_close(loss[keep], want_loss[keep], rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(got[keep].float(), want_grad[keep].float(), rtol=2 ** -7, atol=1e-6)
+    assert (got[0, 5:] == 0).all() and got[1, -1] == 0 and loss[1] == 0
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_split_across_threads_is_the_single_threaded_result(monkeypatch, dtype):
+    x = torch.randn(37, 300).to(dtype)
+    y = torch.randint(0, 300, (37,))
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1 << 40)
+    one, loss = x.clone(), None
+    loss = native.cross_entropy_(one, y)
+    monkeypatch.setattr(native, "_MIN_SPLIT", 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(3, threads))
+    try:
+        split = x.clone()
+        assert torch.equal(native.cross_entropy_(split, y), loss) and torch.equal(split, one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_native
+def test_cross_entropy_refuses_what_it_cannot_take_before_writing():
+    x = torch.randn(3, 10)
+    before = x.clone()
+    with pytest.raises(IndexError, match=r"outside \[0, 10\)"):
+        native.cross_entropy_(x, torch.tensor([1, 10, 2]))
+    with pytest.raises(IndexError):
+        native.cross_entropy_(x, torch.tensor([1, -100, 2]))  # ignored positions are the caller's to drop
+    with pytest.raises(ValueError, match="3 rows"):
+        native.cross_entropy_(x, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="contiguous"):
+        native.cross_entropy_(x.t(), torch.tensor([1, 2, 3]))
+    assert torch.equal(x, before)
+    assert not native.handles_cross_entropy(torch.randn(3, 10, dtype=torch.float64))
+    assert not native.handles_cross_entropy(torch.randn(3, 10, requires_grad=True))  # it writes in place

@@ -171,8 +171,16 @@ def test_chunked_head_loss_trains_like_the_model_loss(case, precision):
     _compare(case, TrainSpec(fused_kernels=False, loss_chunk=4), precision)
 
 
-def test_chunked_head_loss_equals_cross_entropy_exactly_in_value():
+@pytest.mark.parametrize("kernel", ["native", "torch"])
+def test_chunked_head_loss_equals_cross_entropy_exactly_in_value(kernel, monkeypatch):
+    """Both ways through a chunk: peftlab's C kernel (where it builds) and torch's ops."""
+    from peftlab import native
     from peftlab.train.head_loss import chunked_head_loss
+
+    if kernel == "torch":
+        monkeypatch.setattr(native, "handles_cross_entropy", lambda logits: False)
+    elif native.library() is None:
+        pytest.skip(f"peftlab's C kernels: {native.status()}")
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(2, 7, 16, generator=g, requires_grad=True)

@@ -6,11 +6,14 @@ gradient: four (N, V) tensors, the largest activations of a small model with a 3
 Here ``_ChunkedHeadLoss`` walks the rows ``chunk`` at a time and, while the chunk's logits exist,
 computes its loss and the gradient with respect to h (and W, when W trains):
 
-    p = softmax(h_c W^T)               (c, V)  float32, one chunk at a time
+    p = softmax(h_c W^T)               (c, V)  float32 arithmetic, one chunk at a time
     dL/dh_c = (p - onehot(y_c)) W / n  (c, d)
     dL/dW  += (p - onehot(y_c))^T h_c / n
 
 so only (c, V) ever exists, and rows whose label is ignored (-100: padding) are never computed.
+On CPU (float32 or bfloat16 logits) one C kernel (``peftlab.native.cross_entropy_``) turns a
+chunk's logits into its losses and, in place, p - onehot(y): one read and one write of the chunk
+instead of torch's five passes (upcast, log-softmax, exp, the label's -1, autocast's cast back).
 Under autocast the matmuls run in the autocast dtype and the softmax in float32, as the model's
 own loss does (its logits come out of an autocast ``F.linear``; cross-entropy upcasts them).
 
@@ -30,6 +33,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from peftlab import native
+
 IGNORE = -100
 AUTO_CHUNK = 1024  # label positions per chunk under loss_chunk: auto ((1024, V) float32: 32 MiB at V = 8192)
 # config fields of families whose logits are not the output layer's plain product (soft-capped,
@@ -47,11 +52,16 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start : start + chunk], labels[start : start + chunk]  # (c, d), (c,)
-            r = rows[: h.shape[0]]
-            logp = torch.log_softmax((h @ w.t()).float(), dim=-1)  # (c, V); autocast picks the matmul's dtype
-            total -= logp[r, y].sum()
-            p = logp.exp_()  # softmax, in place
-            p[r, y] -= 1.0  # dL/dlogits * n
+            logits = h @ w.t()  # (c, V); autocast picks the matmul's dtype
+            if native.handles_cross_entropy(logits):
+                total += native.cross_entropy_(logits, y).sum()  # logits become softmax - onehot
+                p = logits
+            else:
+                r = rows[: h.shape[0]]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                total -= logp[r, y].sum()
+                p = logp.exp_()  # softmax, in place
+                p[r, y] -= 1.0  # dL/dlogits * n
             grad_h[start : start + chunk] = (p @ w).div_(n)  # (c, d): 1/n on the small side
             if grad_w is not None:
                 grad_w.add_((p.t() @ h.float()).div_(n))
