@@ -230,9 +230,25 @@ def test_compile_with_fast_dropout_has_no_graph_breaks(monkeypatch):
     model = _model("t5", [LoraConfig(r=4, targets=("q", "v"))], dropout_rate=0.1)
     losses, _ = _train(model, TrainSpec(fast_dropout=True, compile=True, mixed_precision="no"), _batch("t5"), steps=3)
     assert any(isinstance(m, FastDropout) for m in model.modules())
-    assert model.config._attn_implementation == "fastdrop_sdpa"
+    assert model.config._attn_implementation == "blocks_fastdrop_sdpa"  # fused_kernels is on by default
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_causal_blocks_train_like_the_plain_path(precision, monkeypatch):
+    """With blocks of 4 queries the tiny LLaMA's 9 positions take ``causal_blocks`` in every layer
+    (4 heads on 2 key/value heads), the padded batch through its boolean mask; the plain path
+    (fused_kernels off) keeps SDPA."""
+    from peftlab.train import causal_blocks
+
+    monkeypatch.setattr(causal_blocks, "BLOCK", 4)
+    calls = []
+    real = causal_blocks.block_causal_attention
+    monkeypatch.setattr(causal_blocks, "block_causal_attention",
+                        lambda *args: calls.append(args[3] is not None) or real(*args))
+    _compare("lora-all-linear-llama", TrainSpec(fused_kernels=True, loss_chunk=None), precision)
+    assert len(calls) == 2 * 4 and all(calls)  # 2 layers x 4 steps of the fused run, with the padding mask
 
 
 def test_fused_forward_matches_plain_in_eval_and_merged(tiny_t5, t5_batch):

@@ -6,7 +6,9 @@ micro-batch; the speed benchmark (``peftlab speed``) times exactly this function
 
 * ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
   (``peftlab.methods.lora._FusedLora``), T5's tanh-GELU and the RMSNorms of T5 and LLaMA (one
-  reduction and one explicit backward instead of autograd through six ops; ``peftlab.train.kernels``).
+  reduction and one explicit backward instead of autograd through six ops; ``peftlab.train.kernels``),
+  and on CPU causal self-attention by blocks of queries (``peftlab.train.causal_blocks``: the keys
+  past each block are never multiplied; SDPA's flash kernel runs at half the matmul rate there).
 * ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.train.kernels``):
   the same distribution, another random stream, so it is off unless asked for.
 * ``cast_frozen``: under bf16/fp16 autocast every ``F.linear`` computes with its weight cast to the
@@ -48,7 +50,7 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
         kernels.fuse_rms_norms(model)
     if spec.fast_dropout:
         kernels.use_fast_dropout(model)
-        kernels.use_fast_attention_dropout(getattr(model, "module", model))
+    kernels.use_fast_attention(getattr(model, "module", model), drop=spec.fast_dropout, blocks=spec.fused_kernels)
     if spec.cast_frozen and spec.mixed_precision in _AUTOCAST_DTYPES:
         cast_frozen_linears(model, _AUTOCAST_DTYPES[spec.mixed_precision])
     forward = torch.compile(model, backend=COMPILE_BACKEND) if spec.compile else model

@@ -103,20 +103,38 @@ class FastDropout(nn.Dropout):
         return _Dropout.apply(x, self.p)
 
 
-# transformers' SDPA, with FastDropout on the attention weights in training. Not under the attention
-# hook's "peftlab_" prefix: that name would shadow (or be shadowed by) the hook that methods attach to.
+# transformers' SDPA, with FastDropout on the attention weights in training (ATTENTION), with causal
+# blocks on CPU (BLOCKS, ``peftlab.train.causal_blocks``), or both. Not under the attention hook's
+# "peftlab_" prefix: that name would shadow (or be shadowed by) the hook that methods attach to.
 ATTENTION = "fastdrop_sdpa"
+BLOCKS = "blocks_sdpa"
+BLOCKS_AND_DROPOUT = "blocks_fastdrop_sdpa"
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-               position_bias=None, **kwargs):
-    """transformers' ``sdpa_attention_forward``, except in training with dropout: there SDPA itself
-    falls back to its math path on CPU (scores, softmax, ``bernoulli_`` dropout, matmul); this is that
-    path, in float32 as SDPA's own, with ``FastDropout``'s mask."""
+               position_bias=None, *, drop: bool = True, blocks: bool = False, **kwargs):
+    """transformers' ``sdpa_attention_forward``, except in training (``drop``) with dropout: there SDPA
+    itself falls back to its math path on CPU (scores, softmax, ``bernoulli_`` dropout, matmul);
+    this is that path, in float32 as SDPA's own, with ``FastDropout``'s mask; and (``blocks``) where
+    ``causal_blocks.takes`` a causal call, that computes it by blocks of queries."""
     from transformers.integrations.sdpa_attention import create_position_bias_mask, repeat_kv, sdpa_attention_forward
 
-    plain = not (module.training and dropout > 0) or kwargs.get("softcap") is not None
-    if plain or torch.compiler.is_compiling():
+    special = kwargs.get("softcap") is not None or kwargs.get("output_attentions") or torch.compiler.is_compiling()
+    dropping = drop and module.training and dropout > 0 and not special
+    if blocks and not dropping and not special and position_bias is None:
+        from peftlab.train import causal_blocks
+
+        q_len = query.shape[2]
+        causal = q_len > 1 and attention_mask is None and (
+            is_causal if is_causal is not None else getattr(module, "is_causal", True))
+        groups = getattr(module, "num_key_value_groups", 1)
+        if causal_blocks.takes(query, key, attention_mask, dropout, causal):
+            if groups > 1:
+                key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            out = causal_blocks.block_causal_attention(query, key, value, attention_mask, scale)
+            return out.transpose(1, 2).contiguous(), None
+    if not dropping:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, position_bias=position_bias, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
@@ -161,17 +179,28 @@ def math_attention(query, key, value, mask, causal: bool, scaling, dropout: floa
 
 
 def use_fast_attention_dropout(model: nn.Module) -> bool:
-    """Route the model's attention through ``_attention`` when it runs transformers' stock SDPA (a
-    method with its own attention function stays in charge); True when switched."""
+    """``use_fast_attention(model, drop=True)``: FastDropout on the attention weights only."""
+    return use_fast_attention(model, drop=True)
+
+
+def use_fast_attention(model: nn.Module, drop: bool = False, blocks: bool = False) -> bool:
+    """Route the model's attention through ``_attention`` (``drop``: FastDropout on its weights in
+    training; ``blocks``: causal blocks on CPU) when it runs transformers' stock SDPA (a method with
+    its own attention function stays in charge); True when switched."""
+    if not (drop or blocks):
+        return False
     if getattr(model.config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False
+    import functools
+
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ATTENTION, _attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # masks exactly as for "sdpa"
-    model.set_attn_implementation(ATTENTION)
-    return model.config._attn_implementation == ATTENTION
+    name = BLOCKS_AND_DROPOUT if drop and blocks else BLOCKS if blocks else ATTENTION
+    AttentionInterface.register(name, functools.partial(_attention, drop=drop, blocks=blocks))
+    AttentionMaskInterface.register(name, sdpa_mask)  # masks exactly as for "sdpa"
+    model.set_attn_implementation(name)
+    return model.config._attn_implementation == name
 
 
 def _replace_children(model: nn.Module, make) -> int:
