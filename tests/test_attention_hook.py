@@ -291,3 +291,35 @@ def test_rows_still_apply_after_another_function_took_a_hook_name(family, batche
 
     AttentionInterface.register("peftlab_sdpa", sdpa_attention_forward)  # someone else's function
     torch.testing.assert_close(logits(with_rows(family, "sdpa"), batch), expected, atol=0, rtol=0)
+
+
+@both
+def test_the_training_levers_attention_runs_under_the_hook(family, batches):
+    """``kernels.use_fast_attention`` on a model whose methods hold the hook on SDPA: every attention
+    module computes its core with the levers' function (the extensions around it), the same logits
+    in eval (where it is SDPA), and in training with dropout the rows still apply (a model without
+    them differs)."""
+    from peftlab.methods.attention import SDPA_BASE
+    from peftlab.train import kernels
+
+    batch = batches[family]
+    model = with_rows(family, "sdpa")
+    expected = logits(model, batch)
+    assert kernels.use_fast_attention(model, drop=True, blocks=True)
+    modules = attention_modules(model, family_of(model), kinds=("self", "cross"))
+    assert modules and all(m.__dict__.get(SDPA_BASE) is not None for _, m in modules)
+    assert model.config._attn_implementation == "peftlab_sdpa"
+    assert torch.equal(logits(model, batch), expected)
+    plain = build(family, "sdpa")
+    for m in (model, plain):
+        m.config.dropout_rate = m.config.attention_dropout = 0.5
+        for module in m.modules():
+            if hasattr(module, "attention_dropout"):
+                module.attention_dropout = 0.5
+            if hasattr(module, "dropout") and isinstance(module.dropout, float):
+                module.dropout = 0.5
+        m.train()
+    torch.manual_seed(0)
+    out = model(**batch).logits
+    assert torch.isfinite(out).all() and not torch.allclose(out, plain(**batch).logits, atol=1e-3)
+    assert not kernels.use_fast_attention(model)  # neither lever: nothing to switch

@@ -81,7 +81,7 @@ def test_it_declines_what_sdpa_does_better_or_it_cannot_do(monkeypatch):
     assert not takes(q, k, None, 0.1, causal=True)  # attention dropout
     with torch.no_grad():
         assert not takes(q, k, None, 0.0, causal=True)  # inference: nothing kept for a backward
-    assert not takes(q.detach(), k.detach(), None, 0.0, causal=True)
+    assert takes(q.detach(), k.detach(), None, 0.0, causal=True)  # v alone may need the backward
     short_q, short_k, _ = _qkv(2 * causal_blocks.BLOCK - 1)
     assert not takes(short_q, short_k, None, 0.0, causal=True)  # one block: SDPA
     assert not takes(q[:, :, -10:], k, None, 0.0, causal=True)  # a cache: queries after keys
@@ -95,3 +95,13 @@ def test_it_declines_what_sdpa_does_better_or_it_cannot_do(monkeypatch):
     assert takes(q, k, _padded_mask(2, 256, [256, 100]), 0.0, causal=False)
     monkeypatch.setattr(causal_blocks, "MAX_KEPT_BYTES", 1000)
     assert not takes(q, k, None, 0.0, causal=True)  # the kept probabilities over budget: SDPA
+
+
+def test_only_the_values_needing_grad_is_enough():
+    """LoRA on v alone: q and k carry no grad, the backward still reaches v (and only v)."""
+    q, k, v = _qkv(192)
+    q, k = q.detach(), k.detach()
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
+    (want,) = torch.autograd.grad(_sdpa(q, k, v, None), (v,), grad)
+    (got,) = torch.autograd.grad(block_causal_attention(q, k, v, None, q.shape[-1] ** -0.5), (v,), grad)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

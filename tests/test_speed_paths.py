@@ -76,6 +76,12 @@ def _train(model, spec: TrainSpec, batch, steps=4):
     return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _llama_adapter(**kw):
+    from peftlab.methods.llama_adapter import LlamaAdapterConfig
+
+    return LlamaAdapterConfig(**kw)
+
+
 CASES = {  # id -> (family, methods, model config overrides)
     "lora-t5": ("t5", lambda: [LoraConfig(r=4, alpha=12, targets=("q", "v", "wo"))], {}),
     "lora-dropout+alignment-t5": ("t5", lambda: [LoraConfig(r=4, alpha=8, dropout=0.1), AlignmentConfig()], {}),
@@ -84,6 +90,7 @@ CASES = {  # id -> (family, methods, model config overrides)
     "p-tuning-llama": ("llama", lambda: [PTuningConfig(num_virtual_tokens=3, hidden=8)], {}),
     "prompt-tuning-t5": ("t5", lambda: [PromptTuningConfig(num_virtual_tokens=3)], {}),
     "prefix-llama": ("llama", lambda: [PrefixConfig(length=3, projection=8)], {}),
+    "llama-adapter-llama": ("llama", lambda: [_llama_adapter(layers=2, length=3)], {}),
 }
 
 
@@ -236,10 +243,12 @@ def test_compile_with_fast_dropout_has_no_graph_breaks(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_causal_blocks_train_like_the_plain_path(precision, monkeypatch):
+@pytest.mark.parametrize("case", ["lora-all-linear-llama", "llama-adapter-llama"])
+def test_causal_blocks_train_like_the_plain_path(case, precision, monkeypatch):
     """With blocks of 4 queries the tiny LLaMA's 9 positions take ``causal_blocks`` in every layer
     (4 heads on 2 key/value heads), the padded batch through its boolean mask; the plain path
-    (fused_kernels off) keeps SDPA."""
+    (fused_kernels off) keeps SDPA. LLaMA-Adapter's gated prompt attention (peftlab's attention
+    hook) adds onto the blocks' output as onto SDPA's."""
     from peftlab.train import causal_blocks
 
     monkeypatch.setattr(causal_blocks, "BLOCK", 4)
@@ -247,7 +256,7 @@ def test_causal_blocks_train_like_the_plain_path(precision, monkeypatch):
     real = causal_blocks.block_causal_attention
     monkeypatch.setattr(causal_blocks, "block_causal_attention",
                         lambda *args: calls.append(args[3] is not None) or real(*args))
-    _compare("lora-all-linear-llama", TrainSpec(fused_kernels=True, loss_chunk=None), precision)
+    _compare(case, TrainSpec(fused_kernels=True, loss_chunk=None), precision)
     assert len(calls) == 2 * 4 and all(calls)  # 2 layers x 4 steps of the fused run, with the padding mask
 
 

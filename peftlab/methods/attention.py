@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from peftlab.models.arch import Family
 
 EXTENSIONS = "_peftlab_attention"  # attribute of an attention module holding its Extensions
+SDPA_BASE = "_peftlab_sdpa_base"  # attribute of an attention module: what computes SDPA under the hook
 PREFIX = "peftlab_"
 BASES = ("sdpa", "eager")
 
@@ -157,10 +158,12 @@ def _make_hook(base_name: str):
         sdpa = _sdpa_base()
 
         def peftlab_sdpa(module, query, key, value, attention_mask, **kwargs):
-            ext = module.__dict__.get(EXTENSIONS)
+            own = module.__dict__
+            base = own.get(SDPA_BASE) or sdpa
+            ext = own.get(EXTENSIONS)
             if ext is None:
-                return sdpa(module, query, key, value, attention_mask, **kwargs)
-            return _extended(ext, sdpa, True, module, query, key, value, attention_mask, kwargs)
+                return base(module, query, key, value, attention_mask, **kwargs)
+            return _extended(ext, base, True, module, query, key, value, attention_mask, kwargs)
 
         return peftlab_sdpa
 
@@ -260,6 +263,25 @@ def use_attention_hook(model: nn.Module) -> str:
     name = _register(base)
     model.set_attn_implementation(name)
     return name
+
+
+def use_sdpa_base(model: nn.Module, fn) -> int:
+    """Under the hook on SDPA (``peftlab_sdpa``), compute every attention module's SDPA with ``fn``
+    (the signature of transformers' ``sdpa_attention_forward``, e.g. the training levers' faster
+    one) instead; the extensions run around it as before. Returns how many modules took it (0 for
+    a model not on ``peftlab_sdpa``)."""
+    if model.config._attn_implementation != PREFIX + "sdpa":
+        return 0
+    from peftlab.models.arch import family_of
+
+    try:
+        family = family_of(model)
+    except ModelError:  # a family peftlab has no table for: its attention stays SDPA
+        return 0
+    modules = attention_modules(model, family, kinds=tuple(family.attention))
+    for _, module in modules:
+        module.__dict__[SDPA_BASE] = fn
+    return len(modules)
 
 
 def extensions(attention: nn.Module) -> Extensions:

@@ -103,8 +103,6 @@ def takes(query: torch.Tensor, key: torch.Tensor, mask: Optional[torch.Tensor], 
     """Whether the block path computes this attention call (see the module's docstring)."""
     if query.device.type != "cpu" or not torch.is_grad_enabled() or dropout > 0 or torch.compiler.is_compiling():
         return False  # compiled: inductor has its own plan for SDPA
-    if not (query.requires_grad or key.requires_grad):
-        return False
     b, h, t, _ = query.shape
     dtype = _dtype(query, key)
     if key.shape[2] != t or t < 2 * BLOCK or dtype not in (torch.float32, torch.bfloat16, torch.float16):

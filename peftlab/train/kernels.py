@@ -109,6 +109,7 @@ class FastDropout(nn.Dropout):
 ATTENTION = "fastdrop_sdpa"
 BLOCKS = "blocks_sdpa"
 BLOCKS_AND_DROPOUT = "blocks_fastdrop_sdpa"
+PEFTLAB_SDPA = "peftlab_sdpa"  # peftlab.methods.attention's hook on SDPA
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
@@ -185,19 +186,25 @@ def use_fast_attention_dropout(model: nn.Module) -> bool:
 
 def use_fast_attention(model: nn.Module, drop: bool = False, blocks: bool = False) -> bool:
     """Route the model's attention through ``_attention`` (``drop``: FastDropout on its weights in
-    training; ``blocks``: causal blocks on CPU) when it runs transformers' stock SDPA (a method with
-    its own attention function stays in charge); True when switched."""
+    training; ``blocks``: causal blocks on CPU) when it runs transformers' stock SDPA, or peftlab's
+    attention hook on SDPA (the methods' extensions then run around it); True when switched."""
     if not (drop or blocks):
-        return False
-    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False
     import functools
 
+    fn = functools.partial(_attention, drop=drop, blocks=blocks)
+    impl = getattr(model.config, "_attn_implementation", None)
+    if impl == PEFTLAB_SDPA:  # a method's extensions on SDPA: they run around this SDPA instead
+        from peftlab.methods.attention import use_sdpa_base
+
+        return use_sdpa_base(model, fn) > 0
+    if impl != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return False
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     name = BLOCKS_AND_DROPOUT if drop and blocks else BLOCKS if blocks else ATTENTION
-    AttentionInterface.register(name, functools.partial(_attention, drop=drop, blocks=blocks))
+    AttentionInterface.register(name, fn)
     AttentionMaskInterface.register(name, sdpa_mask)  # masks exactly as for "sdpa"
     model.set_attn_implementation(name)
     return model.config._attn_implementation == name
