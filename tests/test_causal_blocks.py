@@ -40,11 +40,34 @@ def test_blocks_are_sdpa_in_float32(t, masked):
     want = _sdpa(q, k, v, mask)
     want_grads = torch.autograd.grad(want, (q, k, v), grad)
     assert takes(q, k, mask, 0.0, causal=not masked)
+    before = [x.detach().clone() for x in (q, k, v)]
     got = block_causal_attention(q, k, v, mask, q.shape[-1] ** -0.5)
+    assert all(torch.equal(x, y) for x, y in zip((q, k, v), before))  # float32 inputs are not scaled in place
     got_grads = torch.autograd.grad(got, (q, k, v), grad)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_before_the_keys_are_seen_by_every_query(dtype):
+    """Prefix tuning's n rows before the keys (every query attends them), a padded batch, the mask
+    bottom-right aligned: SDPA's values and gradients (bf16: within its rounding)."""
+    t, n = 150, 7
+    q, _, _ = _qkv(t, dtype)
+    _, k, v = _qkv(n + t, dtype, seed=3)
+    mask = torch.nn.functional.pad(_padded_mask(2, t, [t, t - 20]), (n, 0), value=True)
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    want = _sdpa(q, k, v, mask)
+    want_grads = torch.autograd.grad(want, (q, k, v), grad)
+    assert takes(q, k, mask, 0.0, causal=False)
+    assert not takes(q, k, None, 0.0, causal=True)  # without a mask SDPA aligns top-left: not ours
+    got = block_causal_attention(q, k, v, mask, q.shape[-1] ** -0.5)
+    got_grads = torch.autograd.grad(got, (q, k, v), grad)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=0.05, atol=0.05)
+    torch.testing.assert_close(got, want, **tol)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, **tol)
 
 
 def test_bfloat16_errors_are_sdpas_own():

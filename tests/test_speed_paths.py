@@ -243,12 +243,12 @@ def test_compile_with_fast_dropout_has_no_graph_breaks(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-@pytest.mark.parametrize("case", ["lora-all-linear-llama", "llama-adapter-llama"])
+@pytest.mark.parametrize("case", ["lora-all-linear-llama", "llama-adapter-llama", "prefix-llama"])
 def test_causal_blocks_train_like_the_plain_path(case, precision, monkeypatch):
     """With blocks of 4 queries the tiny LLaMA's 9 positions take ``causal_blocks`` in every layer
     (4 heads on 2 key/value heads), the padded batch through its boolean mask; the plain path
-    (fused_kernels off) keeps SDPA. LLaMA-Adapter's gated prompt attention (peftlab's attention
-    hook) adds onto the blocks' output as onto SDPA's."""
+    (fused_kernels off) keeps SDPA. Under peftlab's attention hook LLaMA-Adapter's gated prompt
+    attention adds onto the blocks' output, and prefix tuning's rows come before the keys."""
     from peftlab.train import causal_blocks
 
     monkeypatch.setattr(causal_blocks, "BLOCK", 4)

@@ -16,9 +16,10 @@ layer: 9 MiB at 4x512x8 heads in bf16), and the output, dP and the gradients as 
 
 Measured against a float64 reference on bf16 inputs, its errors are SDPA's own (relative 5.7e-3 on
 the output, 8.2e-3 on dQ, against SDPA's 5.5e-3 and 8.0e-3). ``takes`` says when it applies: CPU,
-autograd recording, no attention dropout, q and k of the same length (no cache), causal with no
-mask or a boolean mask that attends nothing above the diagonal and something in every row (a
-padded batch's), and a memory budget for the kept probabilities; otherwise SDPA runs as before.
+autograd recording, no attention dropout, causal with no mask and as many keys as queries, or a
+boolean mask that attends nothing above the diagonal of the last T keys and something in every row
+(a padded batch's; prefix tuning's n rows before the keys, visible to every query, ride along as
+keys [0, n)), and a memory budget for the kept probabilities; otherwise SDPA runs as before.
 """
 
 from __future__ import annotations
@@ -32,21 +33,24 @@ MAX_KEPT_BYTES = 256 << 20  # the kept probabilities of one layer; beyond this S
 
 
 class _BlockCausal(torch.autograd.Function):
+    """Queries [a, b) meet keys [0, n + b): the n keys before the queries' own (a prefix's rows; 0
+    without) and their own up to the block's diagonal square, where the upper triangle is masked."""
+
     @staticmethod
     def forward(ctx, q, k, v, mask, scale: float):
         with torch.autocast("cpu", enabled=False):
-            t = q.shape[2]
+            t, n = q.shape[2], k.shape[2] - q.shape[2]
             out = torch.empty_like(q)
-            qf, kf = q.float(), k.float()
+            qf, kf = q.float() * scale, k.float()  # the scale on q: a pass over (T, D), not (T, T)
             probs = []
             for a in range(0, t, BLOCK):
                 b = min(a + BLOCK, t)
-                s = torch.matmul(qf[:, :, a:b], kf[:, :, :b].transpose(-2, -1)).mul_(scale)  # (B, H, c, b)
-                s[..., a:].masked_fill_(_upper(b - a, q.device), float("-inf"))
+                s = torch.matmul(qf[:, :, a:b], kf[:, :, : n + b].transpose(-2, -1))  # (B, H, c, n + b)
+                s[..., n + a :].masked_fill_(_upper(b - a, q.device), float("-inf"))
                 if mask is not None:
-                    s.masked_fill_(~mask[:, :, a:b, :b], float("-inf"))
+                    s.masked_fill_(~mask[:, :, a:b, : n + b], float("-inf"))
                 p = torch.softmax(s, dim=-1).to(q.dtype)
-                torch.matmul(p, v[:, :, :b], out=out[:, :, a:b])
+                torch.matmul(p, v[:, :, : n + b], out=out[:, :, a:b])
                 probs.append(p)
         ctx.save_for_backward(q, k, v, out, *probs)
         ctx.scale = scale
@@ -55,23 +59,23 @@ class _BlockCausal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, *probs = ctx.saved_tensors
-        scale, t = ctx.scale, q.shape[2]
+        scale, t, n = ctx.scale, q.shape[2], k.shape[2] - q.shape[2]
         with torch.autocast("cpu", enabled=False):
             grad_out = grad_out.to(q.dtype).contiguous()
-            dq = torch.empty_like(q)
+            dq = torch.empty_like(q, dtype=torch.float32)
             dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
             dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-            delta = (grad_out.float() * out.float()).sum(-1, keepdim=True)  # (B, H, T, 1)
             gf, vf = grad_out.float(), v.float()
+            delta = (gf * out.float()).sum(-1, keepdim=True)  # (B, H, T, 1)
             for i, a in enumerate(range(0, t, BLOCK)):
                 b = min(a + BLOCK, t)
-                p, g = probs[i], grad_out[:, :, a:b]
-                dv[:, :, :b] += torch.matmul(p.transpose(-2, -1), g)
-                dp = torch.matmul(gf[:, :, a:b], vf[:, :, :b].transpose(-2, -1))  # float32, as S
-                ds = dp.sub_(delta[:, :, a:b]).mul_(p).mul_(scale).to(q.dtype)
-                torch.matmul(ds, k[:, :, :b], out=dq[:, :, a:b])
-                dk[:, :, :b] += torch.matmul(ds.transpose(-2, -1), q[:, :, a:b])
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+                p, g, keys = probs[i], grad_out[:, :, a:b], slice(0, n + b)
+                dv[:, :, keys] += torch.matmul(p.transpose(-2, -1), g)
+                dp = torch.matmul(gf[:, :, a:b], vf[:, :, keys].transpose(-2, -1))  # float32, as S
+                ds = dp.sub_(delta[:, :, a:b]).mul_(p).to(q.dtype)  # dS / s: the scale goes on dQ, dK
+                dq[:, :, a:b] = torch.matmul(ds, k[:, :, keys])
+                dk[:, :, keys] += torch.matmul(ds.transpose(-2, -1), q[:, :, a:b])
+        return dq.mul_(scale).to(q.dtype), dk.mul_(scale).to(k.dtype), dv.to(v.dtype), None, None
 
 
 _UPPER: dict = {}
@@ -89,11 +93,13 @@ _checked: list = [None, None, False]  # (the last mask, its version, its verdict
 
 
 def _causal_mask_ok(mask: torch.Tensor) -> bool:
-    """A (B, 1|H, T, T) boolean mask that attends nothing above the diagonal (so the blocks may skip
-    those keys) and something in every row (a row of -inf would be NaN, where SDPA has its own rule)."""
+    """A (B, 1|H, T, n + T) boolean mask that attends nothing above the diagonal of its last T keys
+    (bottom-right aligned, so the blocks may skip those keys) and something in every row (a row of
+    -inf would be NaN, where SDPA has its own rule)."""
     if _checked[0] is mask and _checked[1] == mask._version:
         return _checked[2]
-    ok = bool(not mask.triu(1).any() and mask.any(-1).all())
+    t = mask.shape[-2]
+    ok = bool(not mask[..., -t:].triu(1).any() and mask.any(-1).all())
     _checked[:] = [mask, mask._version, ok]
     return ok
 
@@ -104,14 +110,15 @@ def takes(query: torch.Tensor, key: torch.Tensor, mask: Optional[torch.Tensor], 
     if query.device.type != "cpu" or not torch.is_grad_enabled() or dropout > 0 or torch.compiler.is_compiling():
         return False  # compiled: inductor has its own plan for SDPA
     b, h, t, _ = query.shape
+    kv = key.shape[2]
     dtype = _dtype(query, key)
-    if key.shape[2] != t or t < 2 * BLOCK or dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if kv < t or t < 2 * BLOCK or dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
-    if b * h * t * (t + BLOCK) // 2 * dtype.itemsize > MAX_KEPT_BYTES:
+    if b * h * t * (t + BLOCK + 2 * (kv - t)) // 2 * dtype.itemsize > MAX_KEPT_BYTES:
         return False
     if mask is None:
-        return causal
-    return (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[-2:] == (t, t)
+        return causal and kv == t  # SDPA's is_causal with more keys than queries aligns top-left
+    return (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[-2:] == (t, kv)
             and _causal_mask_ok(mask))
 
 
