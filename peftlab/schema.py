@@ -88,7 +88,7 @@ class TrainSpec:
     strategy: Literal["auto", "fsdp"] = "auto"  # auto: DDP when launched on several processes; fsdp: shard
     # speed levers (peftlab.train.fast); each trains the same weights as the plain path
     compile: bool = False  # torch.compile the model (inductor, CPU and GPU); the first steps compile
-    fused_kernels: bool = True  # one-kernel forms of composed ops: LoRA's update, T5's tanh-GELU, RMSNorm
+    fused_kernels: bool = True  # one-kernel forms of composed ops: LoRA's update, T5's tanh-GELU, RMSNorm; causal attention by blocks on CPU
     fast_dropout: bool = False  # dropout with a cheaper random mask (same rate, another random stream)
     # under bf16/fp16 autocast, store frozen linear weights in that dtype (what autocast casts them to
     # on every call anyway): less memory, no per-step casts; they stay so after training
