@@ -103,7 +103,8 @@ def test_it_declines_what_sdpa_does_better_or_it_cannot_do(monkeypatch):
     assert not takes(q, k, None, 0.0, causal=False)  # bidirectional: nothing to skip
     assert not takes(q, k, None, 0.1, causal=True)  # attention dropout
     with torch.no_grad():
-        assert not takes(q, k, None, 0.0, causal=True)  # inference: nothing kept for a backward
+        assert not takes(q, k, None, 0.0, causal=True)  # inference: SDPA
+        assert takes(q, k, None, 0.0, causal=True, training=True)  # a checkpointed layer's first pass
     assert takes(q.detach(), k.detach(), None, 0.0, causal=True)  # v alone may need the backward
     short_q, short_k, _ = _qkv(2 * causal_blocks.BLOCK - 1)
     assert not takes(short_q, short_k, None, 0.0, causal=True)  # one block: SDPA
@@ -128,3 +129,23 @@ def test_only_the_values_needing_grad_is_enough():
     (want,) = torch.autograd.grad(_sdpa(q, k, v, None), (v,), grad)
     (got,) = torch.autograd.grad(block_causal_attention(q, k, v, None, q.shape[-1] ** -0.5), (v,), grad)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_checkpointed_layer_recomputes_what_it_computed():
+    """Gradient checkpointing runs a training layer's forward without grad, then again with it: both
+    passes take the blocks (``training``), so the recomputed output is the first one to the bit."""
+    import types
+
+    from peftlab.train import kernels
+
+    q, k, v = _qkv(160)
+    module = types.SimpleNamespace(training=True, num_key_value_groups=1, is_causal=True)
+    args = (q, k, v, None)  # (B, H, T, D), as transformers hands them over
+    with torch.no_grad():
+        first, _ = kernels._attention(module, *args, blocks=True)
+    again, _ = kernels._attention(module, *args, blocks=True)
+    assert torch.equal(first, again.detach())
+    module.training = False
+    with torch.no_grad():
+        stock, _ = kernels._attention(module, *args, blocks=True)  # eval without grad: SDPA
+    torch.testing.assert_close(stock, first, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ layer: 9 MiB at 4x512x8 heads in bf16), and the output, dP and the gradients as 
 
 Measured against a float64 reference on bf16 inputs, its errors are SDPA's own (relative 5.7e-3 on
 the output, 8.2e-3 on dQ, against SDPA's 5.5e-3 and 8.0e-3). ``takes`` says when it applies: CPU,
-autograd recording, no attention dropout, causal with no mask and as many keys as queries, or a
+autograd recording or a module in training, no attention dropout, causal with no mask and as many keys as queries, or a
 boolean mask that attends nothing above the diagonal of the last T keys and something in every row
 (a padded batch's; prefix tuning's n rows before the keys, visible to every query, ride along as
 keys [0, n)), and a memory budget for the kept probabilities; otherwise SDPA runs as before.
@@ -24,6 +24,7 @@ keys [0, n)), and a memory budget for the kept probabilities; otherwise SDPA run
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -89,26 +90,31 @@ def _upper(n: int, device) -> torch.Tensor:
     return _UPPER[key]
 
 
-_checked: list = [None, None, False]  # (the last mask, its version, its verdict): layers share one
+_checked: list = [lambda: None, None, False]  # (a weak reference to the last mask, its version, the
+# verdict): every layer of a forward gets the same mask, checked once; a weak reference pins no memory
 
 
 def _causal_mask_ok(mask: torch.Tensor) -> bool:
     """A (B, 1|H, T, n + T) boolean mask that attends nothing above the diagonal of its last T keys
     (bottom-right aligned, so the blocks may skip those keys) and something in every row (a row of
     -inf would be NaN, where SDPA has its own rule)."""
-    if _checked[0] is mask and _checked[1] == mask._version:
+    if _checked[0]() is mask and _checked[1] == mask._version:
         return _checked[2]
     t = mask.shape[-2]
     ok = bool(not mask[..., -t:].triu(1).any() and mask.any(-1).all())
-    _checked[:] = [mask, mask._version, ok]
+    _checked[:] = [weakref.ref(mask), mask._version, ok]
     return ok
 
 
 def takes(query: torch.Tensor, key: torch.Tensor, mask: Optional[torch.Tensor], dropout: float,
-          causal: bool) -> bool:
-    """Whether the block path computes this attention call (see the module's docstring)."""
-    if query.device.type != "cpu" or not torch.is_grad_enabled() or dropout > 0 or torch.compiler.is_compiling():
+          causal: bool, training: bool = False) -> bool:
+    """Whether the block path computes this attention call (see the module's docstring): with
+    autograd recording, or for a module in training mode (so a checkpointed layer's first forward,
+    without grad, and its recomputation take the same path and agree to the bit)."""
+    if query.device.type != "cpu" or dropout > 0 or torch.compiler.is_compiling():
         return False  # compiled: inductor has its own plan for SDPA
+    if not (training or torch.is_grad_enabled()):
+        return False
     b, h, t, _ = query.shape
     kv = key.shape[2]
     dtype = _dtype(query, key)

@@ -129,7 +129,7 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         causal = q_len > 1 and attention_mask is None and (
             is_causal if is_causal is not None else getattr(module, "is_causal", True))
         groups = getattr(module, "num_key_value_groups", 1)
-        if causal_blocks.takes(query, key, attention_mask, dropout, causal):
+        if causal_blocks.takes(query, key, attention_mask, dropout, causal, training=module.training):
             if groups > 1:
                 key, value = repeat_kv(key, groups), repeat_kv(value, groups)
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
