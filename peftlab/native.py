@@ -38,7 +38,9 @@ from typing import Optional
 
 import torch
 
-_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("dropout.c", "cross_entropy.c")]
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCES = [_CSRC / name for name in ("dropout.c", "cross_entropy.c")]
+_HEADERS = [_CSRC / "bf16.h"]
 _MIN_SPLIT = 1 << 17  # elements: below this one thread (a thread hand-off costs ~20 us)
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -80,7 +82,7 @@ def _compiler() -> Optional[str]:
 
 
 def _build() -> ctypes.CDLL:
-    source = b"".join(path.read_bytes() for path in _SOURCES)
+    source = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
     key = hashlib.sha256(source + _cpu_key().encode()).hexdigest()[:16]
     target = _cache_dir() / f"kernels-{key}.so"
     if not target.exists():
