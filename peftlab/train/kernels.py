@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from peftlab import native
+from peftlab.train import causal_blocks
 
 _LEVELS = 1 << 16  # 16-bit uniforms
 
@@ -109,7 +110,6 @@ class FastDropout(nn.Dropout):
 ATTENTION = "fastdrop_sdpa"
 BLOCKS = "blocks_sdpa"
 BLOCKS_AND_DROPOUT = "blocks_fastdrop_sdpa"
-PEFTLAB_SDPA = "peftlab_sdpa"  # peftlab.methods.attention's hook on SDPA
 
 
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
@@ -122,28 +122,21 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
 
     special = kwargs.get("softcap") is not None or kwargs.get("output_attentions") or torch.compiler.is_compiling()
     dropping = drop and module.training and dropout > 0 and not special
-    if blocks and not dropping and not special and position_bias is None:
-        from peftlab.train import causal_blocks
-
-        q_len = query.shape[2]
-        causal = q_len > 1 and attention_mask is None and (
-            is_causal if is_causal is not None else getattr(module, "is_causal", True))
-        groups = getattr(module, "num_key_value_groups", 1)
-        if causal_blocks.takes(query, key, attention_mask, dropout, causal, training=module.training):
-            if groups > 1:
-                key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            out = causal_blocks.block_causal_attention(query, key, value, attention_mask, scale)
-            return out.transpose(1, 2).contiguous(), None
-    if not dropping:
+    q_len, kv_len = query.shape[2], key.shape[2]
+    causal = q_len > 1 and attention_mask is None and (
+        is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    take_blocks = (blocks and not dropping and not special and position_bias is None
+                   and causal_blocks.takes(query, key, attention_mask, dropout, causal, training=module.training))
+    if not (dropping or take_blocks):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, position_bias=position_bias, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    q_len, kv_len = query.shape[2], key.shape[2]
-    causal = q_len > 1 and attention_mask is None and (
-        is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    if take_blocks:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        out = causal_blocks.block_causal_attention(query, key, value, attention_mask, scale)
+        return out.transpose(1, 2).contiguous(), None
     mask = attention_mask
     if causal and kv_len > q_len:  # as sdpa_attention_forward: is_causal aligns top-left
         key, value = key[:, :, :q_len], value[:, :, :q_len]
@@ -192,13 +185,12 @@ def use_fast_attention(model: nn.Module, drop: bool = False, blocks: bool = Fals
         return False
     import functools
 
-    fn = functools.partial(_attention, drop=drop, blocks=blocks)
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl == PEFTLAB_SDPA:  # a method's extensions on SDPA: they run around this SDPA instead
-        from peftlab.methods.attention import use_sdpa_base
+    from peftlab.methods.attention import use_sdpa_base
 
-        return use_sdpa_base(model, fn) > 0
-    if impl != "sdpa" or not hasattr(model, "set_attn_implementation"):
+    fn = functools.partial(_attention, drop=drop, blocks=blocks)
+    if use_sdpa_base(model, fn):  # peftlab's hook on SDPA: the methods' extensions run around fn
+        return True
+    if getattr(model.config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
