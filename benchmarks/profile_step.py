@@ -8,7 +8,8 @@ and AdamW), takes ``--warmup`` steps, is timed over ``--reps`` steps, and one mo
 It prints the step times and the operators by self CPU time (``--rows``); with ``--per-layer N`` the
 times are also divided by N (the model's layers) for the per-layer figures. Implementation names are
 ``peftlab speed``'s: ``peftlab``, ``peftlab[VARIANT]``, ``peft``, ``peft+compile``, ``hf``.
-``--set key=value`` edits the spec as ``peftlab speed --set`` does (e.g. a smaller batch to try it).
+``--set key=value`` edits the spec as ``peftlab speed``'s ``key=value`` arguments do (e.g. a smaller
+batch to try it).
 """
 
 from __future__ import annotations
