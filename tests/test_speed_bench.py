@@ -152,6 +152,27 @@ cases:
     assert "| gen | fp32 | loop |" in (tmp_path / "gen.md").read_text()
 
 
+def test_generate_case_on_a_decoder_encodes_the_loop_as_peftlab_does(tmp_path):
+    """A decoder's prompts start with BOS and do not end with EOS in both implementations (a loop fed
+    encoder-style prompts answered something else), so in fp32 batching changes no output."""
+    spec = tmp_path / "gen.yaml"
+    spec.write_text("""
+device: cpu
+threads: 1
+reps: 1
+model: {name: mini-llama}
+cases:
+  - name: gen
+    kind: generate
+    generate: {examples: 4, batch_size: 2, max_new_tokens: 6, max_source_length: 64}
+""")
+    result = run_speed(spec, out=tmp_path / "gen.json", log=lambda line: None)
+    rows = {r["impl"]: r for r in result["rows"]}
+    assert set(rows) == {"loop", "batched"}
+    assert rows["batched"]["agreement"] == 1.0
+    assert rows["loop"]["new_tokens_per_s"] > 0
+
+
 @pytest.mark.parametrize(
     "text, match",
     [

@@ -69,10 +69,6 @@ def prompt_ids(tokenizer, texts: Sequence[str], max_len: int, *, causal: bool = 
     return out, truncated, longest
 
 
-def _ids_with_eos(tokenizer, texts: Sequence[str], max_len: int) -> tuple[list[list[int]], int, int]:
-    return prompt_ids(tokenizer, texts, max_len)
-
-
 def encode_pairs(tokenizer, sources: Sequence[str], targets: Sequence[str], max_source: int, max_target: int,
                  *, causal: bool = False, tail: str = "", task_ids: Optional[Sequence[int]] = None) -> Encoded:
     """Tokenise (source, target) pairs; truncation is counted, never silent (see ``Encoded``).

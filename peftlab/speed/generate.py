@@ -24,17 +24,25 @@ import torch
 from peftlab.speed import build
 
 
-def _sources(model_shape, gen, tokenizer) -> list[str]:
+def _sources(gen, tokenizer, causal: bool) -> tuple[list[str], int]:
+    """The split's sources as a run's evaluation gives them (a decoder reads the task's decoder prompt),
+    and how many tokens of the prompt's fixed ending a truncation keeps."""
+    from peftlab.data.seq2seq import tail_tokens
     from peftlab.tasks import default_task
 
-    return [e.source for e in default_task().examples(gen.split, gen.examples)]
+    task = default_task()
+    examples = task.examples(gen.split, gen.examples)
+    texts = [(task.render_for_decoder(e) if causal else e).source for e in examples]
+    return texts, tail_tokens(tokenizer, task.prompt_tail)
 
 
-def _loop(model, tokenizer, sources, gen, dtype) -> list[str]:
-    """What a user without peftlab writes: one ``generate`` call per example."""
-    from peftlab.data.seq2seq import _ids_with_eos
+def _loop(model, tokenizer, sources, gen, dtype, keep_tail: int) -> list[str]:
+    """What a user without peftlab writes: one ``generate`` call per example (the prompts encoded
+    as ``generate_texts`` encodes them: an encoder's ending with EOS, a decoder's starting with BOS)."""
+    from peftlab.data.seq2seq import prompt_ids
 
-    ids, _, _ = _ids_with_eos(tokenizer, sources, gen.max_source_length)
+    ids, _, _ = prompt_ids(tokenizer, sources, gen.max_source_length, causal=not model.config.is_encoder_decoder,
+                           keep_tail=keep_tail)
     out = []
     device = next(model.parameters()).device
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -49,12 +57,12 @@ def _loop(model, tokenizer, sources, gen, dtype) -> list[str]:
     return out
 
 
-def _batched(model, tokenizer, sources, gen, precision) -> list[str]:
+def _batched(model, tokenizer, sources, gen, precision, keep_tail: int) -> list[str]:
     from peftlab.evaluate.generate import generate_texts
 
     return generate_texts(model, tokenizer, sources, max_source_length=gen.max_source_length,
                           max_new_tokens=gen.max_new_tokens, num_beams=gen.num_beams, batch_size=gen.batch_size,
-                          mixed_precision={"fp32": "no"}.get(precision, precision))
+                          mixed_precision={"fp32": "no"}.get(precision, precision), keep_tail=keep_tail)
 
 
 def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
@@ -67,10 +75,11 @@ def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
         from peftlab.errors import ConfigError
 
         raise ConfigError(f"cases.{case.name}: a generate case needs model.name (a model with a tokenizer)")
-    tok, sources = base.tokenizer, _sources(spec.model_of(case), gen, base.tokenizer)
+    tok = base.tokenizer
+    sources, tail = _sources(gen, tok, causal=not base.model.config.is_encoder_decoder)
     plain = base.model.eval()
-    impls = {"loop": lambda: _loop(plain, tok, sources, gen, dtype),
-             "batched": lambda: _batched(plain, tok, sources, gen, precision)}
+    impls = {"loop": lambda: _loop(plain, tok, sources, gen, dtype, tail),
+             "batched": lambda: _batched(plain, tok, sources, gen, precision, tail)}
     if case.methods:
         label = " + ".join(m.name for m in case.methods)
         unmerged = build.make_peftlab(plain, case, base.family).eval()
@@ -79,8 +88,8 @@ def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
         apply_methods(merged, case.methods, base.family)
         build.align_adapters(unmerged, merged)
         merged = merged_model(merged).eval()  # what `peftlab merge` writes: plain layers, updates folded in
-        impls[f"{label} unmerged"] = lambda: _batched(unmerged, tok, sources, gen, precision)
-        impls[f"{label} merged"] = lambda: _batched(merged, tok, sources, gen, precision)
+        impls[f"{label} unmerged"] = lambda: _batched(unmerged, tok, sources, gen, precision, tail)
+        impls[f"{label} merged"] = lambda: _batched(merged, tok, sources, gen, precision, tail)
     outputs, times = {}, {name: [] for name in impls}
     for name, fn in impls.items():  # warm-up, and the outputs compared below
         t = time.perf_counter()
