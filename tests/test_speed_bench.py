@@ -286,3 +286,23 @@ def test_the_gpu_session_script_names_shipped_cases_within_the_device_limit():
         assert calls and sum(int(limit) for _, _, limit in calls) <= 570
         for spec, case, _ in calls:
             assert case in {c.name for c in load_spec(ROOT / "benchmarks" / "speed" / f"{spec}.yaml").cases}, (spec, case)
+
+
+def test_profile_step_script_profiles_each_implementation(capsys):
+    """benchmarks/profile_step.py (the README's profile figures) on a shrunk spec: step times and the
+    operator table for peftlab and peft, and the per-layer division."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "profile_step.py"
+    module_spec = importlib.util.spec_from_file_location("profile_step", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    module.main([str(ROOT / "benchmarks" / "speed" / "cpu-llama-small.yaml"), "lora-r8-qv", "fp32", "peftlab", "peft",
+                 "--set", "batch.size=1", "--set", "batch.source=32", "--set", "threads=1",
+                 "--set", "model.config.num_hidden_layers=1", "--set", "model.config.vocab_size=256",
+                 "--warmup", "0", "--reps", "1", "--rows", "5", "--per-layer", "1"])
+    out = capsys.readouterr().out
+    assert "== peftlab: step" in out and "== peft: step" in out
+    assert out.count("per layer (self CPU ms / 1):") == 2 and "aten::mm" in out
+    with pytest.raises(SystemExit, match="no case 'nope'"):
+        module.main([str(ROOT / "benchmarks" / "speed" / "cpu-llama-small.yaml"), "nope", "fp32", "peftlab"])
