@@ -5,9 +5,9 @@ README's "where the time went" figures come from (run it on a quiet machine).
 
 Each implementation is built as ``peftlab speed`` builds it (the same base weights, batch, autocast
 and AdamW), takes ``--warmup`` steps, is timed over ``--reps`` steps, and one more step is profiled.
-It prints the step times and the operators by self CPU time (``--rows``); with ``--per-layer N`` the
-times are also divided by N (the model's layers) for the per-layer figures. Implementation names are
-``peftlab speed``'s: ``peftlab``, ``peftlab[VARIANT]``, ``peft``, ``peft+compile``, ``hf``.
+It prints the step times, the operators by self CPU time (``--rows``) and the matrix products'
+share of the step; with ``--per-layer N`` the times are also divided by N (the model's layers) for
+the per-layer figures. Implementation names are ``peftlab speed``'s: ``peftlab``, ``peftlab[VARIANT]``, ``peft``, ``peft+compile``, ``hf``.
 ``--set key=value`` edits the spec as ``peftlab speed``'s ``key=value`` arguments do (e.g. a smaller
 batch to try it).
 """
@@ -24,6 +24,9 @@ from torch.profiler import ProfilerActivity, profile
 from peftlab.speed import build
 from peftlab.speed.spec import load_spec
 from peftlab.speed.train_case import build_impl, step
+
+
+MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_", "aten::addbmm"}
 
 
 def main(argv=None) -> None:
@@ -71,6 +74,10 @@ def main(argv=None) -> None:
             step(impl, batch, device, dtype)
         averages = prof.key_averages()
         print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+        total = sum(e.self_cpu_time_total for e in averages)
+        products = sum(e.self_cpu_time_total for e in averages if e.key in MATRIX_PRODUCTS)
+        print(f"matrix products ({', '.join(sorted(MATRIX_PRODUCTS))}): {products / 1e3:.0f} ms "
+              f"of {total / 1e3:.0f} ms self CPU ({products / max(total, 1):.0%})")
         if args.per_layer:
             print(f"per layer (self CPU ms / {args.per_layer}):")
             top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:args.rows]

@@ -304,5 +304,6 @@ def test_profile_step_script_profiles_each_implementation(capsys):
     out = capsys.readouterr().out
     assert "== peftlab: step" in out and "== peft: step" in out
     assert out.count("per layer (self CPU ms / 1):") == 2 and "aten::mm" in out
+    assert out.count("matrix products (") == 2
     with pytest.raises(SystemExit, match="no case 'nope'"):
         module.main([str(ROOT / "benchmarks" / "speed" / "cpu-llama-small.yaml"), "nope", "fp32", "peftlab"])
