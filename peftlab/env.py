@@ -204,8 +204,31 @@ def versions() -> dict:
 
     import peftlab
 
-    return {"peftlab": peftlab.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
+    return {"peftlab": peftlab.__version__, "peftlab_commit": peftlab_commit(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def peftlab_commit() -> str | None:
+    """The commit of the peftlab checkout imported (``-dirty`` with uncommitted changes to tracked
+    files), or None for an installed copy: only a checkout whose root holds ``.git`` is asked, so a
+    virtual environment inside some other repository never reports that repository's commit."""
+    import subprocess
+
+    import peftlab
+
+    root = Path(peftlab.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def installed_version(dist: str):
@@ -254,6 +277,8 @@ def format_report(rep: dict) -> str:
     yes = lambda b: "yes" if b else "no"  # noqa: E731
     rows = [(k, rep[k] or "not installed") for k in
             ("peftlab", "torch", "transformers", "accelerate", "peft", "bitsandbytes")]
+    if rep.get("peftlab_commit"):
+        rows[0] = ("peftlab", f"{rep['peftlab']} (commit {rep['peftlab_commit']})")
     rows += [("python", rep["python"]), ("os", rep["os"]), ("device", rep["device"]),
              ("cpu", f"{rep['cpu']} ({rep['cpu_cores']} cores)"), ("cpu capability", rep["cpu_capability"]),
              ("native bf16 (cpu)", yes(rep["native_bf16_cpu"])), ("torch threads", rep["torch_threads"]),

@@ -3,6 +3,7 @@ device, the capability probes behind it (mocked: each kind of CPU/GPU this proje
 expects), the one warning for a forced slow choice, and generation following the same rule."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,28 @@ def test_hardware_record_and_report_on_this_machine():
     rep = env.report()
     assert rep["auto_precision"] in ("bf16", "fp16", "no") and rep["torch"] == torch.__version__
     assert rep["auto_precision"] == env.resolve_precision("auto", rep["device"])
+
+
+def test_runs_record_the_peftlab_commit_only_of_a_checkout(tmp_path, monkeypatch):
+    """A checkout reports its HEAD (``-dirty`` with changed tracked files); an installed copy, even in
+    a virtual environment inside some other git repository, reports None rather than that repository's."""
+    import subprocess
+
+    import peftlab
+
+    root = Path(peftlab.__file__).resolve().parents[1]
+    commit = env.peftlab_commit()
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        assert commit is not None and commit.removesuffix("-dirty") == head
+    assert env.versions()["peftlab_commit"] == commit
+    outer = tmp_path / "project"  # some user's repository, holding a venv with peftlab installed
+    installed = outer / "venv" / "lib" / "site-packages" / "peftlab"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("")
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    monkeypatch.setattr(peftlab, "__file__", str(installed / "__init__.py"))
+    assert env.peftlab_commit() is None
 
 
 def test_generation_follows_the_same_rule(monkeypatch, machine, tiny_t5):

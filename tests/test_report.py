@@ -127,6 +127,26 @@ def test_timing_section_names_runs_that_shared_the_cpu(tmp_path):
     assert "<h2>Timing</h2>" in html and "<li><code>t1/a/seed1</code>: 0.55</li>" in html
 
 
+def test_report_names_the_peftlab_commit_of_its_runs(tmp_path):
+    """Runs record the peftlab commit (``versions.peftlab_commit``): one commit is named once; a bench
+    resumed across code changes lists each commit with its count; runs without a record say nothing."""
+    root = make_bench(tmp_path)
+    assert main(["report", str(root)]) == 0 and "peftlab commit" not in (root / "report.md").read_text()
+    paths = sorted(root.glob("*/*/seed*/metrics.json"))
+    for i, path in enumerate(paths):
+        m = json.loads(path.read_text())
+        m["versions"] = {"peftlab": "0.1.0", "peftlab_commit": "abc123"}
+        path.write_text(json.dumps(m))
+    assert main(["report", str(root)]) == 0
+    assert "peftlab commit: `abc123` (every run)." in (root / "report.md").read_text()
+    m = json.loads(paths[0].read_text())
+    m["versions"]["peftlab_commit"] = "def456-dirty"
+    paths[0].write_text(json.dumps(m))
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "peftlab commits (the runs differ in code): `abc123` (10 runs), `def456-dirty` (1 run)." in md
+
+
 def test_publish_copies_the_record_without_weights_and_reports_alike(tmp_path):
     """`peftlab report BENCH --publish DEST`: DEST holds the index and each run's record (no adapter
     weights, no predictions, no run the index does not list), and its report equals the bench's own."""

@@ -71,6 +71,9 @@ def _about(res: Results) -> list[str]:
     if precisions:
         names = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "no": "fp32"}
         lines[-1] += f" Precision: {', '.join(names.get(p, p) for p in precisions)}."
+    code = _code_line(res)
+    if code:
+        lines.append(code)
     workers = ix.get("workers") or {}
     if (workers.get("runs") or 1) > 1:
         threads = f", {workers['threads_each']} CPU thread{'s' if workers['threads_each'] != 1 else ''} each" \
@@ -78,6 +81,24 @@ def _about(res: Results) -> list[str]:
         lines.append(f"{workers['runs']} runs side by side{threads}: each run's time and tokens/s are on its share "
                      f"of the machine.")
     return lines
+
+
+def _code_line(res: Results) -> str:
+    """Which peftlab made the runs: one commit, or each commit with its count (a bench resumed
+    across code changes mixes them), from each run's recorded versions (runs made before peftlab
+    recorded its commit, or by an installed copy, are counted as not recorded)."""
+    commits = {}
+    for r in res.runs:
+        if r.metrics:
+            c = (r.metrics.get("versions") or {}).get("peftlab_commit") or "not recorded"
+            commits[c] = commits.get(c, 0) + 1
+    if not commits or set(commits) == {"not recorded"}:
+        return ""
+    if len(commits) == 1:
+        return f"peftlab commit: `{next(iter(commits))}` (every run)."
+    parts = sorted(commits.items(), key=lambda kv: -kv[1])
+    return ("peftlab commits (the runs differ in code): "
+            + ", ".join(f"`{c}` ({n} run{'s' if n != 1 else ''})" for c, n in parts) + ".")
 
 
 SHARED_CPU = 0.9  # a CPU run's cpu_share below this: other work shared its cores (quiet runs read ~0.99)
