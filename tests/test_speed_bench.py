@@ -131,21 +131,26 @@ def test_peak_memory_comes_from_a_fresh_process(tiny_spec):
     assert mem["kind"] == "cpu_peak_rss" and mem["peak_bytes"] >= mem["rss_built_bytes"] >= mem["rss_start_bytes"] > 0
 
 
-def test_generate_case_runs(tmp_path):
+def _generate_rows(tmp_path, model: str, case: str) -> dict:
+    """A one-case generate spec on ``model`` run on one thread: its rows by implementation."""
     spec = tmp_path / "gen.yaml"
-    spec.write_text("""
+    spec.write_text(f"""
 device: cpu
 threads: 1
 reps: 1
-model: {name: mini-t5}
+model: {{name: {model}}}
 cases:
   - name: gen
     kind: generate
-    methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
+{case}""")
+    result = run_speed(spec, out=tmp_path / "gen.json", log=lambda line: None)
+    return {r["impl"]: r for r in result["rows"]}
+
+
+def test_generate_case_runs(tmp_path):
+    rows = _generate_rows(tmp_path, "mini-t5", """    methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
     generate: {examples: 4, batch_size: 2, max_new_tokens: 4, max_source_length: 64}
 """)
-    result = run_speed(spec, out=tmp_path / "gen.json", log=lambda line: None)
-    rows = {r["impl"]: r for r in result["rows"]}
     assert set(rows) == {"loop", "batched", "lora unmerged", "lora merged"}
     assert rows["batched"]["vs_loop"] > 0 and rows["lora merged"]["vs_base_batched"] > 0
     assert rows["batched"]["agreement"] is not None and rows["lora merged"]["agreement"] is not None
@@ -155,19 +160,8 @@ cases:
 def test_generate_case_on_a_decoder_encodes_the_loop_as_peftlab_does(tmp_path):
     """A decoder's prompts start with BOS and do not end with EOS in both implementations (a loop fed
     encoder-style prompts answered something else), so in fp32 batching changes no output."""
-    spec = tmp_path / "gen.yaml"
-    spec.write_text("""
-device: cpu
-threads: 1
-reps: 1
-model: {name: mini-llama}
-cases:
-  - name: gen
-    kind: generate
-    generate: {examples: 4, batch_size: 2, max_new_tokens: 6, max_source_length: 64}
+    rows = _generate_rows(tmp_path, "mini-llama", """    generate: {examples: 4, batch_size: 2, max_new_tokens: 6, max_source_length: 64}
 """)
-    result = run_speed(spec, out=tmp_path / "gen.json", log=lambda line: None)
-    rows = {r["impl"]: r for r in result["rows"]}
     assert set(rows) == {"loop", "batched"}
     assert rows["batched"]["agreement"] == 1.0
     assert rows["loop"]["new_tokens_per_s"] > 0
