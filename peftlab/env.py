@@ -21,6 +21,7 @@ training (no loss scaling there) and, for generation only, falls back to what ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -209,10 +210,12 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+@functools.lru_cache(maxsize=None)
 def peftlab_commit() -> str | None:
     """The commit of the peftlab checkout imported (``-dirty`` with uncommitted changes to tracked
     files), or None for an installed copy: only a checkout whose root holds ``.git`` is asked, so a
-    virtual environment inside some other repository never reports that repository's commit."""
+    virtual environment inside some other repository never reports that repository's commit. Asked
+    once a process (the code it imported does not change under it)."""
     import subprocess
 
     import peftlab

@@ -148,7 +148,11 @@ def test_runs_record_the_peftlab_commit_only_of_a_checkout(tmp_path, monkeypatch
     (installed / "__init__.py").write_text("")
     subprocess.run(["git", "init", "-q", str(outer)], check=True)
     monkeypatch.setattr(peftlab, "__file__", str(installed / "__init__.py"))
-    assert env.peftlab_commit() is None
+    env.peftlab_commit.cache_clear()  # asked once a process: forget this checkout's answer
+    try:
+        assert env.peftlab_commit() is None
+    finally:
+        env.peftlab_commit.cache_clear()
 
 
 def test_generation_follows_the_same_rule(monkeypatch, machine, tiny_t5):

@@ -87,18 +87,16 @@ def _code_line(res: Results) -> str:
     """Which peftlab made the runs: one commit, or each commit with its count (a bench resumed
     across code changes mixes them), from each run's recorded versions (runs made before peftlab
     recorded its commit, or by an installed copy, are counted as not recorded)."""
-    commits = {}
-    for r in res.runs:
-        if r.metrics:
-            c = (r.metrics.get("versions") or {}).get("peftlab_commit") or "not recorded"
-            commits[c] = commits.get(c, 0) + 1
+    from collections import Counter
+
+    commits = Counter((r.metrics.get("versions") or {}).get("peftlab_commit") or "not recorded"
+                      for r in res.runs if r.metrics)
     if not commits or set(commits) == {"not recorded"}:
         return ""
     if len(commits) == 1:
         return f"peftlab commit: `{next(iter(commits))}` (every run)."
-    parts = sorted(commits.items(), key=lambda kv: -kv[1])
     return ("peftlab commits (the runs differ in code): "
-            + ", ".join(f"`{c}` ({n} run{'s' if n != 1 else ''})" for c, n in parts) + ".")
+            + ", ".join(f"`{c}` ({n} run{'s' if n != 1 else ''})" for c, n in commits.most_common()) + ".")
 
 
 SHARED_CPU = 0.9  # a CPU run's cpu_share below this: other work shared its cores (quiet runs read ~0.99)
