@@ -8,6 +8,10 @@ instead of keeping it (no mask memory at all). The drop rate is ``round(p·2^16)
 ``peftlab.train.kernels.keep_mask``; the seed of each call is drawn from torch's default generator,
 so ``torch.manual_seed`` makes runs repeatable.
 
+Gated activation (``csrc/gated.c``): a gated FFN's ``act(a) * b`` (tanh-GELU or SiLU), and the
+FFN's dropout when it is peftlab's (the same mask as the dropout kernel's), in one read of a and b
+and one write forward; backward reads the gradient, a and b once and writes both gradients once.
+
 Cross-entropy (``csrc/cross_entropy.c``): per row of logits, the loss and, in place, its gradient
 softmax - onehot, in one read and one write of the row (float32 arithmetic in a cached scratch row;
 torch's path is five passes: upcast, log-softmax, exp, the label's -1, the cast back).
@@ -39,8 +43,8 @@ from typing import Optional
 import torch
 
 _CSRC = Path(__file__).parent / "csrc"
-_SOURCES = [_CSRC / name for name in ("dropout.c", "cross_entropy.c")]
-_HEADERS = [_CSRC / "bf16.h"]
+_SOURCES = [_CSRC / name for name in ("dropout.c", "cross_entropy.c", "gated.c")]
+_HEADERS = [_CSRC / name for name in ("bf16.h", "exp.h", "mask.h")]
 _MIN_SPLIT = 1 << 17  # elements: below this one thread (a thread hand-off costs ~20 us)
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -105,6 +109,14 @@ def _build() -> ctypes.CDLL:
     for fn in (lib.peftlab_cross_entropy_f32, lib.peftlab_cross_entropy_bf16):
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
         fn.restype = ctypes.c_int
+    for fn in (lib.peftlab_gated_f32, lib.peftlab_gated_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int, ctypes.c_uint64,
+                                                                       ctypes.c_uint32, ctypes.c_float]
+        fn.restype = None
+    for fn in (lib.peftlab_gated_backward_f32, lib.peftlab_gated_backward_bf16):
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 2 + [ctypes.c_int, ctypes.c_uint64,
+                                                                       ctypes.c_uint32, ctypes.c_float]
+        fn.restype = None
     return lib
 
 
@@ -151,10 +163,51 @@ def dropout(x: torch.Tensor, seed: int, cut: int, scale: float) -> torch.Tensor:
     n = x.numel()
     fn = getattr(library(), _KERNELS[x.dtype])
     src, dst = x.data_ptr(), out.data_ptr()
-    threads = min(torch.get_num_threads(), max(1, n // _MIN_SPLIT))
-    step = ((n + threads - 1) // threads + 3) // 4 * 4  # a multiple of 4: one hash per 4 elements
+    threads, step = _threads_step(n)
     _split(lambda a, b: fn(src, dst, a, b, seed, cut, scale), n, threads, step)
     return out
+
+
+_GATED = {torch.float32: "f32", torch.bfloat16: "bf16"}
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+def handles_gated(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``gated`` takes ``a`` and ``b``: CPU tensors of one shape and dtype (float32 or
+    bfloat16), the kernels built."""
+    return (a.device.type == "cpu" and b.device.type == "cpu" and a.dtype in _GATED and b.dtype == a.dtype
+            and a.shape == b.shape and library() is not None)
+
+
+def _threads_step(n: int) -> tuple[int, int]:
+    threads = min(torch.get_num_threads(), max(1, n // _MIN_SPLIT))
+    return threads, ((n + threads - 1) // threads + 3) // 4 * 4  # a multiple of 4: one hash per 4 elements
+
+
+def gated(a: torch.Tensor, b: torch.Tensor, act: str, seed: int = 0, cut: int = 0, scale: float = 1.0) -> torch.Tensor:
+    """``act(a) * b`` (``act`` one of ``GATED_ACTIVATIONS``), then where ``cut`` > 0 dropped as
+    ``dropout(·, seed, cut, scale)`` drops: 0 or the value times ``scale``."""
+    a, b = a.contiguous(), b.contiguous()
+    out = torch.empty_like(a)
+    fn = getattr(library(), f"peftlab_gated_{_GATED[a.dtype]}")
+    pa, pb, po, gelu = a.data_ptr(), b.data_ptr(), out.data_ptr(), GATED_ACTIVATIONS.index(act)
+    threads, step = _threads_step(a.numel())
+    _split(lambda lo, hi: fn(pa, pb, po, lo, hi, gelu, seed, cut, scale), a.numel(), threads, step)
+    return out
+
+
+def gated_backward(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, act: str, seed: int = 0, cut: int = 0,
+                   scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of ``gated(a, b, act, seed, cut, scale)`` with respect to a and b, given ``g``
+    (the gradient of its output; cast to a's dtype)."""
+    g, a, b = g.to(a.dtype).contiguous(), a.contiguous(), b.contiguous()
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    fn = getattr(library(), f"peftlab_gated_backward_{_GATED[a.dtype]}")
+    ptrs = (g.data_ptr(), a.data_ptr(), b.data_ptr(), da.data_ptr(), db.data_ptr())
+    gelu = GATED_ACTIVATIONS.index(act)
+    threads, step = _threads_step(a.numel())
+    _split(lambda lo, hi: fn(*ptrs, lo, hi, gelu, seed, cut, scale), a.numel(), threads, step)
+    return da, db
 
 
 _CE_KERNELS = {torch.float32: "peftlab_cross_entropy_f32", torch.bfloat16: "peftlab_cross_entropy_bf16"}

@@ -95,8 +95,8 @@ class TrainSpec:
     cast_frozen: bool = False
     # cross-entropy through the output layer this many label positions at a time, never the full
     # (positions x vocabulary) logits; positions labelled -100 (padding, a decoder's prompt) are
-    # skipped. None = the model's own loss; auto = 1024 on a decoder whose output layer allows it
-    # (peftlab.train.head_loss.resolve_loss_chunk), the model's own loss elsewhere
+    # skipped. None = the model's own loss; auto = 1024 where the output layer allows it (a plain
+    # bias-free linear layer: peftlab.train.head_loss.resolve_loss_chunk), the model's own loss elsewhere
     loss_chunk: Union[int, Literal["auto"], None] = "auto"
 
     def __post_init__(self):

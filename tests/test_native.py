@@ -17,7 +17,7 @@ _GAMMA = 0x9E3779B97F4A7C15
 
 
 def _uniform(seed: int, i: int) -> int:
-    """u_i of ``csrc/dropout.c``'s header, in Python integers."""
+    """u_i of ``csrc/mask.h`` (the dropout kernels' mask), in Python integers."""
     z = (seed + (i // 4 + 1) * _GAMMA) & _M
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M

@@ -87,6 +87,7 @@ CASES = {  # id -> (family, methods, model config overrides)
     "lora-dropout+alignment-t5": ("t5", lambda: [LoraConfig(r=4, alpha=8, dropout=0.1), AlignmentConfig()], {}),
     "lora-all-linear-llama": ("llama", lambda: [LoraConfig(r=4, alpha=6, targets=("all-linear",))], {}),
     "full-untied-t5": ("t5", lambda: [FullFineTuneConfig()], {"tie_word_embeddings": False}),
+    "full-tied-t5": ("t5", lambda: [FullFineTuneConfig()], {"tie_word_embeddings": True}),  # head = embedding, scaled input
     "p-tuning-llama": ("llama", lambda: [PTuningConfig(num_virtual_tokens=3, hidden=8)], {}),
     "prompt-tuning-t5": ("t5", lambda: [PromptTuningConfig(num_virtual_tokens=3)], {}),
     "prefix-llama": ("llama", lambda: [PrefixConfig(length=3, projection=8)], {}),
@@ -131,16 +132,16 @@ def test_fused_lora_trains_like_the_plain_path(case, precision):
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 @pytest.mark.parametrize("case", ["lora-all-linear-llama", "lora-t5"])
 def test_the_default_levers_train_like_the_plain_path(case, precision):
-    """What a run gets without asking: fused kernels, and on the decoder the chunked loss (auto)."""
+    """What a run gets without asking: fused kernels and the chunked loss (auto)."""
     _compare(case, TrainSpec(), precision)
 
 
-def test_loss_chunk_auto_takes_the_chunked_path_on_plain_decoder_heads_only():
+def test_loss_chunk_auto_takes_the_chunked_path_on_plain_output_layers_only():
     from peftlab.train.head_loss import AUTO_CHUNK, resolve_loss_chunk
 
     llama, t5 = _model("llama", [LoraConfig(r=4)]), _model("t5", [LoraConfig(r=4)])
     assert resolve_loss_chunk(llama, "auto") == AUTO_CHUNK
-    assert resolve_loss_chunk(t5, "auto") is None  # labels are the target only: the model's own loss
+    assert resolve_loss_chunk(t5, "auto") == AUTO_CHUNK  # encoder-decoders too (the target's positions)
     assert resolve_loss_chunk(t5, 7) == 7 and resolve_loss_chunk(llama, None) is None  # as given
     wrapped = _model("llama", [LoraConfig(r=4)])
 
@@ -168,7 +169,7 @@ def test_loss_chunk_auto_takes_the_chunked_path_on_plain_decoder_heads_only():
 
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
-@pytest.mark.parametrize("case", ["lora-t5", "lora-all-linear-llama", "full-untied-t5", "p-tuning-llama",
+@pytest.mark.parametrize("case", ["lora-t5", "lora-all-linear-llama", "full-untied-t5", "full-tied-t5", "p-tuning-llama",
                                   "prompt-tuning-t5", "prefix-llama"])
 def test_chunked_head_loss_trains_like_the_model_loss(case, precision):
     """Chunks of 4 rows over 15 (T5) / 22 (LLaMA, shifted) label positions, padding skipped; with

@@ -18,27 +18,7 @@
 #include <string.h>
 
 #include "bf16.h"
-
-/* exp(t) for t <= 0 (t = x - max); NaN stays NaN. n = round(t / ln 2) by the 1.5 * 2^23 trick
-   (floorf would stop gcc vectorising the loop), r = t - n ln 2 in two steps, e^r by polynomial. */
-static inline float exp_nonpos(float t) {
-    const float lo = -87.33654f; /* log(FLT_MIN): below, the result is 0 (torch gives a denormal) */
-    float c = t < lo ? lo : t;
-    float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = c - n * 0.693359375f;   /* ln 2 = C1 + C2, C1 exact in 9 bits: r exact */
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23; /* c >= lo: a normal power of two */
-    float two_n;
-    memcpy(&two_n, &bits, 4);
-    return t < lo ? 0.0f : (t != t ? t : p * two_n);
-}
+#include "exp.h"
 
 /* the largest of e[0..V), compiled as if no NaN (so the loop vectorises; exp_row finds NaNs) */
 __attribute__((optimize("finite-math-only", "no-signed-zeros")))

@@ -7,6 +7,7 @@ micro-batch; the speed benchmark (``peftlab speed``) times exactly this function
 * ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
   (``peftlab.methods.lora._FusedLora``), T5's tanh-GELU and the RMSNorms of T5 and LLaMA (one
   reduction and one explicit backward instead of autograd through six ops; ``peftlab.train.kernels``),
+  a gated FFN's activation, product and dropout on CPU (``peftlab.train.gated``),
   and on CPU causal self-attention by blocks of queries (``peftlab.train.causal_blocks``: the keys
   past each block are never multiplied; SDPA's flash kernel runs at half the matmul rate there).
 * ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.train.kernels``):
@@ -18,7 +19,8 @@ micro-batch; the speed benchmark (``peftlab speed``) times exactly this function
   shared with a non-linear module (T5's tied embedding) are left alone: an embedding's output
   is not autocast.
 * ``loss_chunk``: the output layer and cross-entropy by chunks of rows, positions labelled -100
-  skipped (``peftlab.train.head_loss``); ``auto``, the default, on decoders only.
+  skipped (``peftlab.train.head_loss``); ``auto``, the default, wherever the output layer is a plain
+  bias-free linear layer (decoders and encoder-decoders).
 * ``compile``: ``torch.compile`` of the model (inductor on CPU and GPU); the first steps compile.
 """
 
@@ -40,7 +42,7 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
     ``mixed_precision`` resolved ("bf16", "fp16" or "no", not "auto")."""
     from peftlab.methods.base import AdapterModule
 
-    from peftlab.train import kernels
+    from peftlab.train import gated, kernels
 
     for module in model.modules():
         if isinstance(module, AdapterModule):
@@ -48,6 +50,7 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
     if spec.fused_kernels:
         kernels.fuse_activations(model)
         kernels.fuse_rms_norms(model)
+        gated.fuse_gated_ffns(model)
     if spec.fast_dropout:
         kernels.use_fast_dropout(model)
     kernels.use_fast_attention(getattr(model, "module", model), drop=spec.fast_dropout, blocks=spec.fused_kernels)

@@ -20,10 +20,12 @@ own loss does (its logits come out of an autocast ``F.linear``; cross-entropy up
 The model still runs its own forward: a pre-hook on the output layer captures its input and hands
 it an empty slice, so the layer costs nothing and every method that hooks into the model works.
 
-``train.loss_chunk: auto`` (the default) takes this path on decoders, where it pays most: their
-labels mask the prompt (-100), so the model's own loss computes the logits of every prompt position
-for nothing, and a small model's output layer is a large share of its FLOPs (mini-llama: 2.1M of
-8.4M weights). Encoder-decoders label only the target and keep their own loss under ``auto``.
+``train.loss_chunk: auto`` (the default) takes this path wherever the output layer allows it. It pays
+most on decoders: their labels mask the prompt (-100), so the model's own loss computes the logits
+of every prompt position for nothing, and a small model's output layer is a large share of its
+FLOPs (mini-llama: 2.1M of 8.4M weights). An encoder-decoder labels only its target, so there is
+little to skip, but the one read and write of the logits still beats torch's passes (and the
+(N, V) zeros of its backward): T5-small's fp32 LoRA step ~0.1 s faster of ~2.1 s on the 2-core EPYC.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class HeadCapture:
 
 def resolve_loss_chunk(model: nn.Module, setting, precision: str = "no") -> Optional[int]:
     """``train.loss_chunk`` for ``model`` (unwrapped) trained under autocast ``precision``: a number
-    or None as given; ``auto``: ``AUTO_CHUNK`` on a decoder whose logits are its output layer's
+    or None as given; ``auto``: ``AUTO_CHUNK`` on a model whose logits are its output layer's
     plain product, that layer an unsharded, unhooked, bias-free ``nn.Linear`` (LLaMA-Adapter v2's
     bias and scale on it keep the model's loss) whose weight the hidden states can meet (float32,
     or any dtype under autocast); otherwise None, the model's own loss. ``head_loss_fn`` refuses
@@ -110,8 +112,6 @@ def resolve_loss_chunk(model: nn.Module, setting, precision: str = "no") -> Opti
     if setting != "auto":
         return setting
     config = model.config
-    if getattr(config, "is_encoder_decoder", False):
-        return None
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
