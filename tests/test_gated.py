@@ -175,3 +175,24 @@ def test_ffns_with_another_activation_keep_transformers_forward(monkeypatch):
     monkeypatch.setattr(native, "gated", lambda *a, **k: pytest.fail("the kernel ran for relu"))
     x = torch.randn(1, 3, ffn.gate_proj.in_features)
     torch.testing.assert_close(ffn(x), ffn.down_proj(F.relu(ffn.gate_proj(x)) * ffn.up_proj(x)))
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_ffns_the_kernel_does_not_take_compute_transformers_ffn_once(family, monkeypatch):
+    """Off CPU or in another dtype the switched FFN finishes with transformers' ops on the projections
+    it already computed: the same values and dropout draws as transformers' forward, each projection
+    called once."""
+    _, plain = _ffn(family, **({"dropout_rate": 0.3} if family == "t5" else {}))
+    _, fused = _ffn(family, **({"dropout_rate": 0.3} if family == "t5" else {}))
+    plain.train(), fused.train()
+    gated.fuse_gated_ffns(fused)
+    monkeypatch.setattr(native, "handles_gated", lambda a, b: False)
+    gate = fused.wi_0 if family == "t5" else fused.gate_proj
+    calls = []
+    gate.register_forward_hook(lambda m, args, out: calls.append(1))
+    x = torch.randn(2, 6, gate.in_features)
+    torch.manual_seed(3)
+    want = plain(x)
+    torch.manual_seed(3)
+    got = fused(x)
+    assert torch.equal(got, want) and len(calls) == 1

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from peftlab import native
+from peftlab.train.kernels import FastDropout, drop_cut, drop_mask_scale
 
 # FFN class name -> (gate, up, down, activation, dropout) attribute names (dropout None: the FFN has
 # none) and whether its forward casts h to the down projection's weight dtype (T5 keeps wo in float32
@@ -52,9 +53,7 @@ ACTIVATIONS = {
 class _GatedProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, act: str, p: float):
-        from peftlab.train.kernels import _LEVELS, drop_mask_scale
-
-        seed, cut, scale = (native.draw_seed(), round(p * _LEVELS), drop_mask_scale(p)) if p > 0 else (0, 0, 1.0)
+        seed, cut, scale = (native.draw_seed(), drop_cut(p), drop_mask_scale(p)) if p > 0 else (0, 0, 1.0)
         ctx.act, ctx.seed, ctx.cut, ctx.scale = act, seed, cut, scale
         ctx.save_for_backward(a, b)
         return native.gated(a, b, act, seed, cut, scale)
@@ -77,19 +76,18 @@ def _hooked(module) -> bool:
 
 
 def _gated_forward(self, x: torch.Tensor) -> torch.Tensor:
-    from peftlab.train.kernels import FastDropout
-
-    gate, up, down, act_name, drop_name, cast_down = GATED_FFNS[self._gated_base.__name__]
+    gate, up, down, act_name, drop_name, cast_down = self._gated_names
     act_module = getattr(self, act_name)
     drop = getattr(self, drop_name) if drop_name else None
     act = ACTIVATIONS.get(type(act_module).__name__)
     if act is None or torch.compiler.is_compiling() or _hooked(act_module) or _hooked(drop):
         return self._gated_base.forward(self, x)  # something watches a module the kernel would skip
     a, b = getattr(self, gate)(x), getattr(self, up)(x)
-    if not native.handles_gated(a, b):
-        return self._gated_base.forward(self, x)
     p = drop.p if drop is not None and drop.training else 0.0
-    if p >= 1.0:
+    if not native.handles_gated(a, b):  # GPU, another dtype: transformers' ops on the projections already made
+        h = act_module(a) * b
+        h = drop(h) if drop is not None else h
+    elif p >= 1.0:
         h = torch.zeros_like(a)
     elif p == 0.0 or type(drop) is FastDropout:
         h = gated_product(a, b, act, p)
@@ -108,7 +106,8 @@ _FUSED_FFN_CLASSES: dict[type, type] = {}
 def _fused_ffn_class(cls: type) -> type:
     if cls not in _FUSED_FFN_CLASSES:
         _FUSED_FFN_CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {
-            "forward": _gated_forward, "_gated_base": cls, "__module__": __name__})
+            "forward": _gated_forward, "_gated_base": cls, "_gated_names": GATED_FFNS[cls.__name__],
+            "__module__": __name__})
     return _FUSED_FFN_CLASSES[cls]
 
 

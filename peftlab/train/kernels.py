@@ -39,16 +39,20 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     n = 1
     for s in shape:
         n *= s
-    cut = round(p * _LEVELS)
+    cut = drop_cut(p)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)  # full 64 bits
     uniforms = words.view(torch.int16)[:n].view(shape)  # in [-2^15, 2^15)
     return uniforms >= cut - (_LEVELS >> 1), drop_mask_scale(p)
 
 
+def drop_cut(p: float) -> int:
+    """The 16-bit threshold of rate ``p``: an element is dropped where its uniform is below it."""
+    return round(p * _LEVELS)
+
+
 def drop_mask_scale(p: float) -> float:
     """The scale ``keep_mask`` gives kept values for rate ``p``: the inverse of the kept fraction."""
-    cut = round(p * _LEVELS)
-    return _LEVELS / (_LEVELS - cut)
+    return _LEVELS / (_LEVELS - drop_cut(p))
 
 
 def _apply_mask(x: torch.Tensor, kept: torch.Tensor, scale: float) -> torch.Tensor:
@@ -74,7 +78,7 @@ class _Dropout(torch.autograd.Function):
         scale = 1.0 if unscaled else drop_mask_scale(p)
         ctx.scale = scale
         if native.handles(x):
-            ctx.seed, ctx.cut = native.draw_seed(), round(p * _LEVELS)
+            ctx.seed, ctx.cut = native.draw_seed(), drop_cut(p)
             return native.dropout(x, ctx.seed, ctx.cut, scale)
         ctx.seed = None
         kept, _ = keep_mask(x.shape, p, x.device)
