@@ -254,6 +254,13 @@ def _env(args) -> int:
 
 
 def _data(args) -> int:
+    if args.data_command == "corpus":
+        from peftlab.pretrain.packages import build_dir
+
+        manifest = build_dir(args.spec, args.out, cache=args.cache, pinned=args.pinned)
+        print(json.dumps({"out": str(args.out), "files": len(manifest["files"]), "bytes": manifest["bytes"],
+                          "fingerprint": manifest["fingerprint"]}))
+        return 0
     if args.data_command == "instruct":
         from peftlab.data.instruct import build_instruct
 

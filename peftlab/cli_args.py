@@ -131,6 +131,15 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", type=Path, required=True)
         sp.add_argument("--include-tests", action="store_true", help="also mine test directories")
 
+    co = dsub.add_parser("corpus", help="build a pretraining corpus: the stdlib plus pinned PyPI packages, "
+                                         "licence-checked and deduplicated (configs/pretrain/corpus-v2.yaml)")
+    co.add_argument("spec", type=Path, help="the corpus spec (packages and held-out packages, pinned)")
+    co.add_argument("--out", type=Path, required=True, help="directory for files/ and manifest.json (replaced whole)")
+    co.add_argument("--cache", type=Path, default=None,
+                    help="where downloaded wheels are kept (default ~/.cache/peftlab/wheels)")
+    co.add_argument("--pinned", type=Path, default=None,
+                    help="a committed corpus manifest whose wheel SHA-256s the downloads must match")
+
     ins = dsub.add_parser("instruct", help="build a dolly-format instruction set (document / implement / name "
                                             "functions) from Python sources")
     ins.add_argument("sources", nargs="+", type=Path)

@@ -170,3 +170,59 @@ def _windows(docs: Iterable[list[int]], size: int) -> Iterator[list[int]]:
             yield buffer[start:start + size]
             start += size
         del buffer[:start]
+
+
+# ------------------------------------------------------------------ array forms (large corpora)
+# The same examples as pack_causal / pack_span_corruption (tested equal), built with numpy from
+# documents held as integer arrays: a 100M-token corpus as Python lists would need ~4 GB.
+
+
+def _stream(docs: Iterable[np.ndarray], head: Sequence[int], tail: Sequence[int]) -> np.ndarray:
+    head, tail = np.asarray(head, dtype=np.int32), np.asarray(tail, dtype=np.int32)
+    parts = [p for doc in docs for p in (head, np.asarray(doc, dtype=np.int32), tail)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def pack_causal_array(docs: Iterable[np.ndarray], seq_len: int, bos_id: int, eos_id: int) -> np.ndarray:
+    """``pack_causal`` as one ``(windows, seq_len)`` int32 array."""
+    if seq_len < 1:
+        raise ValueError(f"window size must be positive, got {seq_len}")
+    stream = _stream(docs, [bos_id], [eos_id])
+    n = len(stream) // seq_len
+    return stream[: n * seq_len].reshape(n, seq_len)
+
+
+def span_corrupt_array(chunk: np.ndarray, sentinel_ids: np.ndarray, eos_id: int, rng: np.random.Generator,
+                       noise_density: float = 0.15, mean_span_length: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """``span_corrupt`` on an array, vectorised: the same mask (same draws from ``rng``), the same output."""
+    mask = random_spans_noise_mask(len(chunk), noise_density, mean_span_length, rng)
+    starts = mask & ~np.concatenate(([False], mask[:-1]))
+    n_spans = int(starts.sum())
+    if n_spans > len(sentinel_ids):
+        raise ValueError(f"{n_spans}+ noise spans but only {len(sentinel_ids)} sentinels; "
+                         "use shorter sequences or a longer mean_span_length")
+    span_of = np.cumsum(starts) - 1
+    inputs = np.where(starts, sentinel_ids[np.maximum(span_of, 0)], chunk)[~mask | starts]
+    noise = np.flatnonzero(mask)
+    targets = np.insert(chunk[noise], np.flatnonzero(starts[noise]), sentinel_ids[:n_spans])
+    return np.append(inputs, eos_id).astype(np.int32), np.append(targets, eos_id).astype(np.int32)
+
+
+def pack_span_corruption_array(docs: Iterable[np.ndarray], inputs_length: int, sentinel_ids: Sequence[int],
+                               eos_id: int, rng: np.random.Generator, noise_density: float = 0.15,
+                               mean_span_length: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """``pack_span_corruption`` as two int32 arrays, ``(n, inputs_length)`` and ``(n, target length)``."""
+    raw_length, targets_length = compute_input_and_target_lengths(inputs_length, noise_density, mean_span_length)
+    stream = _stream(docs, [], [eos_id])
+    n = len(stream) // raw_length
+    chunks = stream[: n * raw_length].reshape(n, raw_length)
+    sentinels = np.asarray(sentinel_ids, dtype=np.int32)
+    inputs = np.empty((n, inputs_length), dtype=np.int32)
+    targets = np.empty((n, targets_length), dtype=np.int32)
+    for i, chunk in enumerate(chunks):
+        x, y = span_corrupt_array(chunk, sentinels, eos_id, rng, noise_density, mean_span_length)
+        if len(x) != inputs_length or len(y) != targets_length:
+            raise ValueError(f"inputs_length={inputs_length} is too short for span corruption: "
+                             f"got {len(x)} inputs, {len(y)} targets")
+        inputs[i], targets[i] = x, y
+    return inputs, targets

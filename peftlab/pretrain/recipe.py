@@ -38,6 +38,10 @@ class PretrainConfig:
     tokenizer: Optional[str] = None  # directory of an existing tokenizer; None = train one here
     vocab_size: int = 8192
     corpus: Optional[tuple[str, ...]] = None  # source roots; None = this interpreter's stdlib
+    # a corpus spec (peftlab.pretrain.packages; relative paths are relative to the config file): the
+    # stdlib plus pinned PyPI packages. Built once into corpus_dir (default ~/.cache/peftlab/corpus-<spec hash>)
+    corpus_spec: Optional[str] = None
+    corpus_dir: Optional[str] = None
     inputs_length: int = 256  # T5 encoder input / causal window, in tokens
     noise_density: float = 0.15
     mean_span_length: float = 3.0
@@ -96,8 +100,8 @@ class PackedPlan:
     def make_batch(self, rows: list[int], epoch: int = 0) -> dict[str, torch.Tensor]:
         inputs, labels = self.tensors(epoch)
         idx = torch.tensor(rows)
-        x = inputs[idx]
-        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels[idx]}
+        x = inputs[idx].long()  # held as int32 (half the memory of a large corpus)
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels[idx].long()}
 
     def iterate(self, epoch: int = 0, index: int = 0):
         while True:
@@ -107,12 +111,12 @@ class PackedPlan:
             epoch, index = epoch + 1, 0
 
 
-def _plan(cfg: PretrainConfig, docs: list[list[int]], tok, seed: int, batch_size: int) -> PackedPlan:
-    from peftlab.pretrain.objectives import pack_causal, pack_span_corruption
+def _plan(cfg: PretrainConfig, docs: list[np.ndarray], tok, seed: int, batch_size: int) -> PackedPlan:
+    from peftlab.pretrain.objectives import pack_causal_array, pack_span_corruption_array
     from peftlab.pretrain.tokenizer import sentinel_ids
 
     if cfg.objective == "causal":
-        windows = torch.tensor(list(pack_causal(docs, cfg.inputs_length, tok.bos_token_id, tok.eos_token_id)))
+        windows = torch.from_numpy(pack_causal_array(docs, cfg.inputs_length, tok.bos_token_id, tok.eos_token_id))
         if len(windows) == 0:
             raise DataError("pretraining corpus is shorter than one window")
         return PackedPlan(lambda epoch: (windows, windows), batch_size, seed)
@@ -120,11 +124,11 @@ def _plan(cfg: PretrainConfig, docs: list[list[int]], tok, seed: int, batch_size
 
     def make_epoch(epoch: int):
         rng = np.random.default_rng([seed, epoch])
-        pairs = list(pack_span_corruption(docs, cfg.inputs_length, sentinels, tok.eos_token_id, rng,
-                                          cfg.noise_density, cfg.mean_span_length))
-        if not pairs:
+        inputs, targets = pack_span_corruption_array(docs, cfg.inputs_length, sentinels, tok.eos_token_id, rng,
+                                                     cfg.noise_density, cfg.mean_span_length)
+        if len(inputs) == 0:
             raise DataError("pretraining corpus is shorter than one span-corruption chunk")
-        return torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
 
     return PackedPlan(make_epoch, batch_size, seed)
 
@@ -155,7 +159,7 @@ def _tokenizer(cfg: PretrainConfig, corpus, train_idx: list[int], out: Path):
     return tok
 
 
-def _model(cfg: PretrainConfig, tok, seed: int):
+def model_from_config(cfg: PretrainConfig, tok, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     arch = {k: v for k, v in cfg.architecture.items() if k != "model_type"}
@@ -186,7 +190,6 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
 
 def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: bool, progress: bool,
               command: Optional[str], halt_at: Optional[int]) -> dict:
-    from peftlab.pretrain.corpus import build_corpus
     from peftlab.pretrain.tokenizer import encode_sources
     from peftlab.train.loop import LoopOptions, _make_accelerator, evaluate_loss, jsonl_writer, train
 
@@ -194,26 +197,27 @@ def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: b
     if not resume and any(work.glob("step-*")):
         raise ConfigError(f"{work} holds checkpoints of an earlier run: pass --resume, or choose another --out/--work")
     t_start = time.time()
-    corpus = build_corpus([Path(p) for p in cfg.corpus] if cfg.corpus else None)
+    corpus, manifest = _corpus(cfg)
     held = [i for i, d in enumerate(corpus.digests) if heldout(d, cfg.heldout_percent)]
     train_idx = [i for i in range(len(corpus.files)) if not heldout(corpus.digests[i], cfg.heldout_percent)]
     if not held or not train_idx:
         raise DataError(f"corpus of {len(corpus.files)} files is too small to hold out {cfg.heldout_percent}%")
     tok = _tokenizer(cfg, corpus, train_idx, out)
     texts = lambda idx: (corpus.files[i].read_bytes().decode("utf-8") for i in idx)  # noqa: E731
-    train_docs, held_docs = list(encode_sources(tok, texts(train_idx))), list(encode_sources(tok, texts(held)))
+    as_arrays = lambda idx: [np.asarray(d, dtype=np.int32) for d in encode_sources(tok, texts(idx))]  # noqa: E731
+    train_docs, held_docs = as_arrays(train_idx), as_arrays(held)
     corpus_tokens = sum(map(len, train_docs))
     log.info("corpus: %d files (%d held out), %d training tokens", len(corpus.files), len(held), corpus_tokens)
     spec = cfg.train
     plan = _plan(cfg, train_docs, tok, spec.seed, spec.batch_size)
     held_plan = _plan(cfg, held_docs, tok, spec.seed + 1, spec.batch_size)
-    model = _model(cfg, tok, spec.seed)
+    model = model_from_config(cfg, tok, spec.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s parameters", cfg.name, f"{n_params:,}")
     accel = _make_accelerator(spec)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
-    random_twin_loss = evaluate_loss(_model(cfg, tok, spec.seed).to(accel.device), held_plan, accel, cfg.eval_batches)
+    random_twin_loss = evaluate_loss(model_from_config(cfg, tok, spec.seed).to(accel.device), held_plan, accel, cfg.eval_batches)
     if not resume:
         (out / rundir.TRAIN_LOG).unlink(missing_ok=True)
     result = train(model, plan, spec, eval_plan=None, log_row=jsonl_writer(out / rundir.TRAIN_LOG),
@@ -231,7 +235,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: b
     stats = {
         "name": cfg.name, "objective": cfg.objective, "parameters": n_params, "vocab_size": len(tok),
         "corpus": {**corpus.summary(), "heldout_files": len(held), "train_files": len(train_idx),
-                   "train_tokens": corpus_tokens},
+                   "train_tokens": corpus_tokens, **({"spec": cfg.corpus_spec} if manifest else {})},
         "steps": result.steps, "tokens_seen": result.tokens, "train_seconds": result.train_seconds,
         "tokens_per_second": result.tokens_per_second, "final_train_loss": final_loss,
         "heldout_loss": held_loss, "random_init_heldout_loss": random_twin_loss,
@@ -241,8 +245,61 @@ def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: b
         "command": command or "peftlab pretrain " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         "config": to_dict(cfg), "versions": versions(),
     }
+    if manifest:
+        stats["corpus"]["per_source"] = _tokens_per_source(manifest, train_idx, train_docs)
+        rundir.write_json(out / "corpus_manifest.json", _compact_manifest(manifest, stats["corpus"]["per_source"]))
     save_model(model, tok, out, stats)
     return stats
+
+
+def _corpus(cfg: PretrainConfig):
+    """(Corpus, manifest or None): the corpus spec's build (made once, then reused), or source roots."""
+    from peftlab.pretrain.corpus import Corpus, build_corpus
+
+    if not cfg.corpus_spec:
+        return build_corpus([Path(p) for p in cfg.corpus] if cfg.corpus else None), None
+    from peftlab.pretrain.packages import build_dir, corpus_files, load_corpus_spec, read_manifest, spec_dict
+
+    spec_path = Path(cfg.corpus_spec)
+    spec = load_corpus_spec(spec_path)
+    where = Path(cfg.corpus_dir) if cfg.corpus_dir else default_corpus_dir(spec_path)
+    if not (where / "manifest.json").is_file():
+        build_dir(spec_path, where, log=log.info)
+    manifest = read_manifest(where)
+    if manifest["spec"] != spec_dict(spec):
+        raise ConfigError(f"{where} was built from another corpus spec than {spec_path}: rebuild it with "
+                          f"`peftlab data corpus {spec_path} --out {where}`, or set corpus_dir elsewhere")
+    return Corpus(files=corpus_files(where), digests=[f["sha256"] for f in manifest["files"]]), manifest
+
+
+def default_corpus_dir(spec_path: Path) -> Path:
+    import hashlib
+
+    digest = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()[:12]
+    return Path.home() / ".cache" / "peftlab" / f"corpus-{Path(spec_path).stem}-{digest}"
+
+
+def _tokens_per_source(manifest: dict, train_idx: list[int], train_docs: list) -> dict:
+    """Training tokens (and files) per corpus source: the stdlib and each package."""
+    out: dict[str, dict] = {}
+    for i, doc in zip(train_idx, train_docs):
+        row = out.setdefault(manifest["files"][i]["source"], {"files": 0, "tokens": 0})
+        row["files"] += 1
+        row["tokens"] += len(doc)
+    return out
+
+
+def _compact_manifest(manifest: dict, per_source: dict) -> dict:
+    """What is committed beside the model: per package (pin, wheel SHA-256, licence, files kept,
+    tokens trained on, what was dropped and why), the held-out packages, the file-set fingerprint."""
+    from peftlab.pretrain.packages import normalize_name
+
+    packages = [{**{k: v for k, v in p.items()}, "train_tokens": per_source.get(normalize_name(p["pin"]), {}).get("tokens", 0)}
+                for p in manifest["packages"]]
+    stdlib = manifest["stdlib"] and {**manifest["stdlib"], "train_tokens": per_source.get("stdlib", {}).get("tokens", 0)}
+    return {k: manifest[k] for k in ("corpus_version", "spec", "fingerprint", "bytes")} | {
+        "files": len(manifest["files"]), "stdlib": stdlib, "packages": packages, "heldout": manifest["heldout"],
+        "heldout_files": len(manifest["heldout_files"])}
 
 
 def save_model(model, tok, out: Path, stats: dict) -> None:
@@ -297,9 +354,15 @@ def logits_check(model, tok) -> dict:
 
 
 def load_pretrain_config(path: Path, overrides=()) -> PretrainConfig:
+    """The recipe at ``path``; a relative ``corpus_spec`` is taken relative to the recipe's folder."""
+    import dataclasses
+
     from peftlab.config import load_config
 
-    return load_config(PretrainConfig, path, overrides)
+    cfg = load_config(PretrainConfig, path, overrides)
+    if cfg.corpus_spec and not Path(cfg.corpus_spec).is_absolute():
+        cfg = dataclasses.replace(cfg, corpus_spec=str((Path(path).parent / cfg.corpus_spec).resolve()))
+    return cfg
 
 
 def dump_stats(stats: dict) -> str:
