@@ -219,7 +219,10 @@ class NearDuplicates:
     file (kept or forbidden) a new one nearly duplicates."""
 
     def __init__(self, threshold: float, num_perm: int, shingle: int):
-        from datasketch import MinHashLSH
+        try:
+            from datasketch import MinHashLSH
+        except ImportError:
+            raise ConfigError("building a corpus needs datasketch: pip install 'peftlab[pretrain]'") from None
 
         self.threshold, self.num_perm, self.shingle = threshold, num_perm, shingle
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
