@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 INDEX = "bench.json"
 SPEC_COPY = "bench.yaml"
 BATCH_FIT = "batch_fit.json"  # in DIR/<task>/<method>/: the batch size fitted for that pair
+TUNING = "tuning.json"  # in DIR/<task>/<method>/: the learning rates tried, their validation scores, the choice
 
 
 # ------------------------------------------------------------------------------------- running
@@ -66,8 +67,9 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
     with rundir.owned(out), rundir.stop_on_signals():  # one bench per directory; SIGTERM stops it cleanly
         rundir.write_text(out / SPEC_COPY, Path(path).read_text(encoding="utf-8"))
         index = _index(bench, out)
-        if bench.spec.workers > 1:
-            _side_by_side(bench, path, overrides, out, index)
+        if bench.spec.workers > 1:  # tuning runs first: the others train at the rates they choose
+            _side_by_side(bench, path, overrides, out, index, "tune")
+            _side_by_side(bench, path, overrides, out, index, "main")
         for i, planned in enumerate(bench.runs):
             if index["runs"][i]["state"] != "pending":  # done side by side
                 continue
@@ -102,13 +104,15 @@ def _logged(bench: Bench, i: int, index: dict, out: Path) -> None:
     rundir.write_json(out / INDEX, index)
 
 
-def _side_by_side(bench: Bench, path: Path, overrides: tuple[str, ...], out: Path, index: dict) -> None:
-    """Every run not already complete, ``workers`` at a time (``peftlab.child.side_by_side``), no
-    progress bars (their lines would interleave); the index is written as each ends."""
+def _side_by_side(bench: Bench, path: Path, overrides: tuple[str, ...], out: Path, index: dict, stage: str) -> None:
+    """Every run of ``stage`` not already complete, ``workers`` at a time (``peftlab.child.side_by_side``),
+    no progress bars (their lines would interleave); the index is written as each ends."""
     from peftlab.child import Job, side_by_side, worker_slots
 
     jobs = []
     for i, planned in enumerate(bench.runs):
+        if planned.stage != stage:
+            continue
         reused = _reusable(bench, planned, out)
         if reused is not None:
             index["runs"][i].update(reused)
@@ -144,8 +148,9 @@ def _index(bench: Bench, out: Path) -> dict:
         "budget": to_dict(bench.spec.budget), "batch_size": to_dict(bench.spec.batch_size),
         "report": to_dict(bench.spec.report), "seeds": list(bench.spec.seeds), "evals": dict(bench.spec.evals),
         "methods": [{"label": m, "dir": slug(m)} for m in bench.method_labels], "tasks": tasks,
-        "runs": [{"method": r.method, "task": r.task, "seed": r.seed, "dir": r.rel, "state": "pending"}
-                 for r in bench.runs],
+        "runs": [{"method": r.method, "task": r.task, "seed": r.seed, "dir": r.rel, "state": "pending",
+                  **({"stage": "tune", "lr": r.lr} if r.stage == "tune" else {})} for r in bench.runs],
+        "tuning": to_dict(bench.spec.tuning) if bench.spec.tuning else None,
         "started": _first_started(out), **hardware(), "versions": versions(),
     }
 
@@ -171,9 +176,11 @@ def _one(bench: Bench, planned: PlannedRun, out: Path, progress: bool) -> dict:
     try:
         cfg = planned.config
         if bench.spec.batch_size.fit:
-            cfg = _with_batch(cfg, _fitted(bench, planned, run_dir.parent))
+            cfg = _with_batch(cfg, _fitted(bench, planned, out / planned.pair))
+        cfg = _with_tuned_lr(bench, planned, cfg, out)
         how = _train(cfg, run_dir, progress)
-        _evaluate(bench, run_dir)
+        if planned.stage == "main":
+            _evaluate(bench, run_dir)
         return {"state": "complete", "how": how, "batch_size": cfg.train.batch_size, "error": None}
     except PeftlabError as e:  # a bad run (data, model, numerics) does not stop the others
         log.error("%s: %s", run_dir, e)
@@ -212,13 +219,18 @@ def _reusable(bench: Bench, planned: PlannedRun, out: Path) -> Optional[dict]:
     if rundir.read_status(run_dir).get("state") != "complete":
         return None
     if bench.spec.batch_size.fit:
-        record = run_dir.parent / BATCH_FIT
+        record = out / planned.pair / BATCH_FIT
         if not record.is_file():
             return None
         cfg = _with_batch(cfg, int(json.loads(record.read_text())["batch_size"]))
+    try:
+        cfg = _with_tuned_lr(bench, planned, cfg, out)
+    except PeftlabError:  # tuning not finished: the run's process will say so
+        return None
     if not _same_config(run_dir, cfg):
         return None
-    if any(not is_current(run_dir, name, edits) for name, edits in bench.spec.evals.items()):
+    if planned.stage == "main" and any(not is_current(run_dir, name, edits)
+                                       for name, edits in bench.spec.evals.items()):
         return None  # an evaluation to make: the run's process reuses the training and scores it
     return {"state": "complete", "how": "reused", "batch_size": cfg.train.batch_size, "error": None}
 
@@ -231,6 +243,55 @@ def _evaluate(bench: Bench, run_dir: Path) -> None:
         if not is_current(run_dir, name, edits):
             log.info("%s: evaluation %s", run_dir, name)
             evaluate_on(run_dir, name, edits)
+
+
+def _with_tuned_lr(bench: Bench, planned: PlannedRun, cfg, out: Path):
+    """A main run of a tuned row trains at the rate its tuning runs chose (``tuning.json``)."""
+    if bench.spec.tuning is None or planned.stage != "main" or not bench.spec.methods[planned.method_index].grid():
+        return cfg
+    tuned = [r for r in bench.runs if r.stage == "tune" and r.pair == planned.pair]
+    choice = choose_lr([(r.lr, _tuning_result(out / r.rel, r.config)) for r in tuned])
+    rundir.write_json(out / planned.pair / TUNING, choice)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=choice["chosen"]))
+
+
+def _tuning_result(run_dir: Path, cfg) -> Optional[dict]:
+    """A finished tuning run's validation scores: the mean of its tasks' primary metrics, its
+    validation loss and seconds; None if it did not finish (a rate so high that training diverged)."""
+    if rundir.read_status(run_dir).get("state") != "complete":
+        state = rundir.read_status(run_dir).get("state")
+        if state in (None, "running", "interrupted"):
+            raise TuningError(f"{run_dir}: the tuning run has not finished ({state or 'not started'}); its row's "
+                              f"seeds train at the rate the tuning runs choose")
+        return None
+    m = json.loads((run_dir / rundir.METRICS).read_text())
+    primaries = [(m.get("task_metrics") or {}).get(t.describe(), {}).get(t.primary_metric) for t in cfg.data.tasks]
+    score = sum(primaries) / len(primaries) if all(isinstance(p, (int, float)) for p in primaries) else None
+    return {"score": score, "eval_loss": m.get("eval_loss"), "train_seconds": m.get("train_seconds"),
+            "metric": " + ".join(f"{t.describe()} {t.primary_metric}" for t in cfg.data.tasks)}
+
+
+def choose_lr(results: list[tuple[float, Optional[dict]]]) -> dict:
+    """The learning rate with the best validation score; where every finished run scored the same
+    (a flat metric: the majority class everywhere), the lowest validation loss. Says which."""
+    done = [(lr, r) for lr, r in results if r is not None and r["score"] is not None]
+    if not done:
+        raise TuningError(f"every tuning run failed (learning rates {[lr for lr, _ in results]}): widen or lower "
+                          f"the grid")
+    scores = [r["score"] for _, r in done]
+    flat = max(scores) - min(scores) < 1e-9 and all(r.get("eval_loss") is not None for _, r in done)
+    if flat:
+        lr, best = min(done, key=lambda x: x[1]["eval_loss"])
+        by = f"validation loss (the validation {done[0][1]['metric']} was {scores[0]:.2f} at every rate)"
+    else:
+        lr, best = max(done, key=lambda x: (x[1]["score"], -(x[1].get("eval_loss") or 0.0)))
+        by = f"validation {best['metric']}"
+    return {"grid": [lr for lr, _ in results], "results": [r for _, r in results], "chosen": lr, "chosen_by": by,
+            "tuning_runs": len(results), "tuning_seconds": sum((r or {}).get("train_seconds") or 0.0 for _, r in results)}
+
+
+class TuningError(PeftlabError):
+    """A row's learning rate cannot be chosen (its tuning runs have not finished, or all failed)."""
 
 
 def _with_batch(cfg, batch_size: int):

@@ -24,9 +24,26 @@ class MethodEntry:
     methods: list[MethodConfig]  # applied in order; [] (or [zero_shot]) = the base model as is
     label: Optional[str] = None  # row name in the report; default from the methods ("LoRA r=8")
     overrides: dict[str, Any] = field(default_factory=dict)  # run-config fields for this row (dotted keys)
+    # learning rates the bench's tuning stage tries for this row; None = its method's default grid
+    lr_grid: Optional[list[float]] = None
+
+    def __post_init__(self):
+        if self.lr_grid is not None and (not self.lr_grid or any(not (isinstance(v, (int, float)) and v > 0)
+                                                                  for v in self.lr_grid)):
+            raise FieldError("lr_grid", f"give positive learning rates, got {self.lr_grid!r}")
 
     def display_name(self) -> str:
         return self.label or " + ".join(m.describe() for m in self.methods) or "zero-shot"
+
+    def grid(self) -> tuple[float, ...]:
+        """The learning rates to tune over: the entry's own, else the first of its methods that names a
+        grid (a training-only modifier such as S²-Attn defers to the others); () = nothing to tune."""
+        if self.lr_grid is not None:
+            return tuple(float(v) for v in self.lr_grid)
+        for m in self.methods:
+            if type(m).lr_grid is not None:
+                return tuple(type(m).lr_grid)
+        return ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,26 @@ class BatchFit:
             raise FieldError("memory_fraction", f"must be in (0, 1], got {self.memory_fraction}")
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """Each method's learning rate chosen on the validation split with the same effort for every
+    method: ``runs`` runs per method × task (one per value of its grid) at seed ``seed``, scored on the
+    validation split; then every seed trains at the chosen rate (``peftlab.study``)."""
+
+    runs: int = 4  # grid values per method: every tuned row's grid must have exactly this many
+    steps: Optional[int] = None  # each tuning run's optimizer steps; None = the bench's budget
+    seed: int = 0  # train.seed of the tuning runs
+    max_examples: Optional[int] = None  # validation rows each tuning run scores; None = eval.max_examples
+
+    def __post_init__(self):
+        if self.runs < 1:
+            raise FieldError("runs", f"must be >= 1, got {self.runs}")
+        if self.steps is not None and self.steps < 1:
+            raise FieldError("steps", f"must be >= 1, got {self.steps}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise FieldError("max_examples", f"must be >= 1, got {self.max_examples}")
+
+
 REPORT_COLUMNS = ("trainable_params", "trainable_pct", "peak_memory_mib", "train_seconds", "tokens_per_second")
 
 
@@ -115,6 +152,8 @@ class BenchSpec:
     # more test sets for every run, scored from its saved adapter after training (peftlab.evals):
     # name -> data.* edits of the run's config, e.g. {cross-project: {data.task.test_source: accelerate}}
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # learning rates tuned on the validation split before the seeds train (None: each row's own rate)
+    tuning: Optional[Tuning] = None
 
     def __post_init__(self):
         from peftlab.evals import check_eval
@@ -151,8 +190,15 @@ class PlannedRun:
     seed: int
     method_index: int
     task_index: int
-    config: Any  # RunConfig (batch size as the base says; fitted later when asked)
+    config: Any  # RunConfig (batch size as the base says; fitted later when asked; lr tuned later when asked)
     rel: str  # run directory relative to the bench directory: <task>/<method>/seed<k>
+    stage: str = "main"  # "tune": a tuning run (scored on the validation split), "main": a run of the results
+    lr: Optional[float] = None  # a tuning run's learning rate
+
+    @property
+    def pair(self) -> str:
+        """The task × method directory this run belongs to (``<task>/<method>``)."""
+        return self.rel.split("/seed")[0] if self.stage == "main" else self.rel.split("/tune/")[0]
 
 
 @dataclass(frozen=True)
@@ -275,28 +321,66 @@ def load_bench(path: Path, overrides: tuple[str, ...] = ()) -> Bench:
     _check_labels(spec, source, lines)
     base_data, base_lines, base_source = _base(spec, data, lines, path)
     runs = []
+
+    def layered(seed: int, ti: int, mi: int):
+        """The run config of one (seed, task, method): base, spec overrides, task, method, budget, seed."""
+        task, entry = spec.tasks[ti], spec.methods[mi]
+        layers = _Layers()
+        layers.put((), base_data, base_source, base_lines, () if base_source != source else ("base",))
+        layers.put_overrides(data.get("overrides") or {}, source, lines, ("overrides",))
+        layers.put(("data", "task"), data["tasks"][ti]["task"], source, lines, ("tasks", ti, "task"))
+        layers.put_overrides(data["tasks"][ti].get("overrides") or {}, source, lines,
+                             ("tasks", ti, "overrides"))
+        layers.put(("methods",), data["methods"][mi]["methods"], source, lines, ("methods", mi, "methods"))
+        layers.put(("label",), entry.display_name(), source, lines, ("methods", mi))
+        layers.put_overrides(data["methods"][mi].get("overrides") or {}, source, lines,
+                             ("methods", mi, "overrides"))
+        steps, seconds = spec.budget.steps, spec.budget.seconds
+        layers.put(("train", "max_steps"), steps, source, lines, ("budget",))
+        layers.put(("train", "max_seconds"), seconds, source, lines, ("budget",))
+        layers.put(("train", "seed"), seed, source, lines, ("seeds",))
+        return _run_config(layers, source, entry.display_name(), task.display_name())
+
+    if spec.tuning is not None:
+        runs += _tuning_runs(spec, layered, source, lines)
     for seed in spec.seeds:
         for ti, task in enumerate(spec.tasks):
             for mi, entry in enumerate(spec.methods):
-                layers = _Layers()
-                layers.put((), base_data, base_source, base_lines, () if base_source != source else ("base",))
-                layers.put_overrides(data.get("overrides") or {}, source, lines, ("overrides",))
-                layers.put(("data", "task"), data["tasks"][ti]["task"], source, lines, ("tasks", ti, "task"))
-                layers.put_overrides(data["tasks"][ti].get("overrides") or {}, source, lines,
-                                     ("tasks", ti, "overrides"))
-                layers.put(("methods",), data["methods"][mi]["methods"], source, lines, ("methods", mi, "methods"))
-                layers.put(("label",), entry.display_name(), source, lines, ("methods", mi))
-                layers.put_overrides(data["methods"][mi].get("overrides") or {}, source, lines,
-                                     ("methods", mi, "overrides"))
-                steps, seconds = spec.budget.steps, spec.budget.seconds
-                layers.put(("train", "max_steps"), steps, source, lines, ("budget",))
-                layers.put(("train", "max_seconds"), seconds, source, lines, ("budget",))
-                layers.put(("train", "seed"), seed, source, lines, ("seeds",))
-                cfg = _run_config(layers, source, entry.display_name(), task.display_name())
                 rel = f"{slug(task.display_name())}/{slug(entry.display_name())}/seed{seed}"
-                runs.append(PlannedRun(entry.display_name(), task.display_name(), seed, mi, ti, cfg, rel))
+                runs.append(PlannedRun(entry.display_name(), task.display_name(), seed, mi, ti,
+                                       layered(seed, ti, mi), rel))
     _check_evals(spec, runs, source, lines)
     return Bench(path, spec, runs)
+
+
+def _tuning_runs(spec: BenchSpec, layered, source: str, lines: dict) -> list[PlannedRun]:
+    """One run per learning rate of each trained row's grid, on each task, scored on the validation
+    split (no decoding grid, floors or evaluations: the choice is the learning rate's alone)."""
+    import dataclasses
+
+    tuning, runs = spec.tuning, []
+    for mi, entry in enumerate(spec.methods):
+        grid = entry.grid()
+        if grid and len(grid) != tuning.runs:
+            raise ConfigError(f"{_loc(source, _line(lines, ('methods', mi)))}: methods.{mi}: "
+                              f"{entry.display_name()!r} has {len(grid)} learning rates to tune ({list(grid)}); "
+                              f"every method gets tuning.runs = {tuning.runs} (equal effort): give lr_grid "
+                              f"{tuning.runs} values")
+    for ti, task in enumerate(spec.tasks):
+        for mi, entry in enumerate(spec.methods):
+            base = layered(tuning.seed, ti, mi)
+            for lr in entry.grid():
+                train = dataclasses.replace(base.train, lr=lr, seed=tuning.seed,
+                                            max_steps=tuning.steps if tuning.steps else base.train.max_steps,
+                                            max_seconds=None if tuning.steps else base.train.max_seconds)
+                evaluation = dataclasses.replace(base.eval, select={}, floors=False,
+                                                 max_examples=tuning.max_examples or base.eval.max_examples)
+                data = dataclasses.replace(base.data, test_split=base.data.eval_split)
+                cfg = dataclasses.replace(base, train=train, eval=evaluation, data=data)
+                rel = f"{slug(task.display_name())}/{slug(entry.display_name())}/tune/lr{lr:g}"
+                runs.append(PlannedRun(entry.display_name(), task.display_name(), tuning.seed, mi, ti, cfg, rel,
+                                       stage="tune", lr=lr))
+    return runs
 
 
 def _check_evals(spec: BenchSpec, runs: list[PlannedRun], source: str, lines: dict) -> None:

@@ -312,3 +312,55 @@ def test_sigterm_stops_every_run_side_by_side_and_a_rerun_resumes_them(tmp_path)
         assert pid is None or not _alive(pid)
     index = run_bench(spec, out, progress=False, report=False)
     assert {r["how"] for r in index["runs"]} == {"resumed"}
+
+
+def test_tuning_spends_equal_runs_per_method_chooses_on_validation_and_is_reused(tmp_path):
+    from peftlab.study import choose_lr
+
+    methods = ("  - {label: LoRA, methods: [{name: lora, r: 4}], lr_grid: [0.001, 0.01]}\n"
+               "  - {label: IA3, methods: [ia3], lr_grid: [0.003, 0.03]}\n"
+               "  - {label: zero-shot, methods: [zero_shot]}\n")
+    spec = write_spec(tmp_path, methods=methods, seeds="[0, 1]",
+                      extra="isolate: false\ntuning: {runs: 2, steps: 1}\n")
+    bench = load_bench(spec)
+    tune = [r for r in bench.runs if r.stage == "tune"]
+    # equal effort: 2 rates for each trained method on each task, nothing for zero-shot; tuning comes first
+    assert sorted((r.task, r.method, r.lr) for r in tune) == sorted(
+        (t, m, lr) for t in ("code2doc", "sentiment") for m, grid in (("LoRA", (0.001, 0.01)), ("IA3", (0.003, 0.03)))
+        for lr in grid)
+    assert bench.runs[:len(tune)] == tune
+    for r in tune:  # scored on the validation split, one step, no decoding grid
+        assert r.config.data.test_split == "valid" and r.config.train.max_steps == 1 and r.config.train.lr == r.lr
+        assert r.config.eval.select == {} and r.rel.endswith(f"/tune/lr{r.lr:g}")
+    out = tmp_path / "out"
+    index = run_bench(spec, out, progress=False)
+    assert all(r["state"] == "complete" for r in index["runs"])
+    for task in ("code2doc", "sentiment"):
+        for method, grid in (("lora", [0.001, 0.01]), ("ia3", [0.003, 0.03])):
+            choice = json.loads((out / task / method / "tuning.json").read_text())
+            assert choice["grid"] == grid and choice["chosen"] in grid and choice["tuning_runs"] == 2
+            assert choice == choose_lr(list(zip(grid, choice["results"])))
+            for seed in (0, 1):  # every seed trained at the chosen rate
+                assert f"lr: {choice['chosen']}" in (out / task / method / f"seed{seed}" / "config.yaml").read_text()
+        assert not (out / task / "zero-shot" / "tuning.json").exists()
+    report = (out / "report.md").read_text()
+    assert "## Learning rates" in report and "Tuning cost: 8 runs" in report
+    assert "/tune/" not in report.split("## Learning rates")[0]  # tuning runs are not results
+    again = run_bench(spec, out, progress=False, report=False)  # finished tuning and seed runs are reused
+    assert {r["how"] for r in again["runs"]} == {"reused"}
+
+
+def test_tuning_refuses_unequal_grids_and_chooses_by_loss_where_the_metric_is_flat(tmp_path):
+    from peftlab.study import choose_lr
+
+    methods = "  - {label: LoRA, methods: [{name: lora, r: 4}], lr_grid: [0.001]}\n  - {name: ia3}\n"
+    spec = write_spec(tmp_path, methods=methods, extra="tuning: {runs: 4}\n")
+    with pytest.raises(ConfigError, match=r"bench.yaml:\d+: methods.0: 'LoRA' has 1 learning rates.*equal effort"):
+        load_bench(spec)
+    flat = choose_lr([(0.1, {"score": 50.0, "eval_loss": 0.9, "metric": "m", "train_seconds": 1.0}),
+                      (0.01, {"score": 50.0, "eval_loss": 0.7, "metric": "m", "train_seconds": 1.0}),
+                      (1.0, None)])
+    assert flat["chosen"] == 0.01 and flat["chosen_by"].startswith("validation loss")
+    best = choose_lr([(0.1, {"score": 51.0, "eval_loss": 0.9, "metric": "m", "train_seconds": 1.0}),
+                      (0.01, {"score": 50.0, "eval_loss": 0.7, "metric": "m", "train_seconds": 1.0})])
+    assert best["chosen"] == 0.1 and best["chosen_by"] == "validation m"

@@ -50,6 +50,10 @@ class MethodConfig(NamedConfig):
     families: ClassVar[tuple[str, ...] | None] = None
     # True when the method trains the base model's own weights (full fine-tuning).
     trains_base: ClassVar[bool] = False
+    # Learning rates a bench tries for this method when its spec gives none (``tuning``): half-decade
+    # steps around where the method's papers train. () = nothing to tune (zero-shot); None = this
+    # method leaves the choice to the others it is composed with (a training-only modifier)
+    lr_grid: ClassVar[tuple[float, ...] | None] = (3e-4, 1e-3, 3e-3, 1e-2)
 
     def apply(self, model: nn.Module, family: "Family") -> list[nn.Module]:
         """Inject this method into ``model`` in place; return the injected modules."""

@@ -15,6 +15,7 @@ from peftlab.methods.base import MethodConfig
 class FullFineTuneConfig(MethodConfig):
     name = "full"
     trains_base = True
+    lr_grid = (3e-5, 1e-4, 3e-4, 1e-3)  # every weight moves: an order of magnitude below the adapters
 
     def describe(self) -> str:
         return "full fine-tune"
@@ -23,6 +24,7 @@ class FullFineTuneConfig(MethodConfig):
 @dataclass(frozen=True)
 class ZeroShotConfig(MethodConfig):
     name = "zero_shot"
+    lr_grid = ()  # nothing trains
 
     def describe(self) -> str:
         return "zero-shot"

@@ -88,6 +88,7 @@ class IA3Linear(AdapterModule):
 @dataclass(frozen=True)
 class IA3Config(MethodConfig):
     name = "ia3"
+    lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # one scale per channel: larger steps (the paper: 3e-3)
     targets: tuple[str, ...] = ("k", "v", "ffn_out")  # roles, leaf names or "re:<regex>"
     feedforward: tuple[str, ...] = ("ffn_out",)  # targets whose input is scaled (the rest: output)
     stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack

@@ -74,6 +74,7 @@ class AdaptionPrompt(OutputAdder):
 @dataclass(frozen=True)
 class LlamaAdapterConfig(MethodConfig):
     name = "llama_adapter"
+    lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # zero-init gates start shut: the paper trains at 9e-3
     families = ("llama",)  # decoder-only (RoPE queries, causal self-attention)
     length: int = 10  # K: adaption prompt vectors per layer
     layers: Optional[int] = None  # L: the top L layers get prompts; None = all but the lowest 2

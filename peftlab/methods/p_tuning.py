@@ -79,6 +79,7 @@ class PromptEncoder(VirtualTokens):
 @dataclass(frozen=True)
 class PTuningConfig(MethodConfig):
     name = "p_tuning"
+    lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # a prompt encoder: between prompt tuning and the adapters
     num_virtual_tokens: int = 20  # n: number of virtual tokens
     encoder: Literal["mlp", "lstm"] = "mlp"  # prompt encoder: 3-layer ReLU MLP, or the paper's bi-LSTM + MLP
     hidden: Optional[int] = None  # k: encoder width; None = the model width d

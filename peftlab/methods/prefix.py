@@ -109,6 +109,7 @@ class PrefixKV(KVExtender):
 @dataclass(frozen=True)
 class PrefixConfig(MethodConfig):
     name = "prefix"
+    lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # Li & Liang: 5e-5 to 8e-5 on GPT-2 with a reparametrisation; small models take more
     length: int = 20  # P: prefix rows per attention layer (peft's num_virtual_tokens)
     projection: int = 0  # hidden width h of the reparametrisation MLP; 0 = train the rows directly
     encoder_self: bool = True  # T5: prefix the encoder self-attention

@@ -51,6 +51,7 @@ class SoftPrompt(VirtualTokens):
 @dataclass(frozen=True)
 class PromptTuningConfig(MethodConfig):
     name = "prompt_tuning"
+    lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)  # soft prompts train at large rates (Lester et al.: 0.3 with Adafactor)
     num_virtual_tokens: int = 20  # n: soft-prompt length (the paper's sweet spot is 20-100 on T5)
     init: Literal["random", "vocab", "text"] = "random"  # how P starts (see the module docstring)
     init_text: Optional[str] = None  # init "text": the text whose token embeddings start P

@@ -184,6 +184,7 @@ class SparseCore(AttentionCore):
 @dataclass(frozen=True)
 class SparseAttentionConfig(MethodConfig):
     slot: ClassVar[str] = ""  # attention.<slot>: the core on each sparse layer
+    lr_grid = None  # changes how attention trains, not what: the methods it is composed with pick the rate
     layers: tuple[int, ...] = ()  # indices of the blocks whose self-attention is sparse; () = every block
     train_embeddings: bool = False  # LongLoRA's "+embed": also train the input embeddings (tied LM head too)
     train_norms: bool = False  # LongLoRA's "+norm": also train every RMSNorm (blocks and final)

@@ -136,6 +136,40 @@ def _status(res: Results) -> list[str]:
     return out
 
 
+def _tuning_lines(res: Results) -> list[str]:
+    """Each tuned row's grid with its validation scores, the rate chosen and why, and what tuning cost."""
+    tuning = res.index.get("tuning")
+    if not tuning:
+        return []
+    out = [f"Learning rates chosen on the validation split, {tuning['runs']} run{'s' if tuning['runs'] != 1 else ''} "
+           f"per method and task (equal effort), seed {tuning['seed']}, "
+           + (f"{tuning['steps']:,} steps each" if tuning.get("steps") else "the bench's budget each")
+           + "; then every seed at the chosen rate.", "",
+           "| Task | Method | Learning rate: validation score (loss) | Chosen | Chosen by | Tuning s |",
+           "|---|---|---|---:|---|---:|"]
+    total_runs, total_s = 0, 0.0
+    for t in res.tasks:
+        for m in res.index["methods"]:
+            path = res.root / t["dir"] / m["dir"] / "tuning.json"
+            if not path.is_file():
+                continue
+            choice = json.loads(path.read_text())
+            tried = []
+            for lr, r in zip(choice["grid"], choice["results"]):
+                if r is None or r.get("score") is None:
+                    tried.append(f"{lr:g}: failed")
+                else:
+                    loss = f" ({r['eval_loss']:.3f})" if r.get("eval_loss") is not None else ""
+                    tried.append(f"{lr:g}: {r['score']:.2f}{loss}")
+            total_runs += choice["tuning_runs"]
+            total_s += choice["tuning_seconds"]
+            out.append(f"| {t['label']} | {m['label']} | {'; '.join(tried)} | {choice['chosen']:g} | "
+                       f"{choice['chosen_by']} | {choice['tuning_seconds']:,.0f} |")
+    out.append("")
+    out.append(f"Tuning cost: {total_runs} runs, {total_s / 3600:.2f} h of training.")
+    return out
+
+
 def _batch_lines(res: Results) -> list[str]:
     if not (res.index.get("batch_size") or {}).get("fit"):
         return []
@@ -162,6 +196,9 @@ def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root
         if i == last:
             for name, path in plots.items():
                 parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
+    tuning = _tuning_lines(res)
+    if tuning:
+        parts += ["## Learning rates", "", *tuning, ""]
     batch = _batch_lines(res)
     if batch:
         parts += ["## Batch sizes", "", *batch, ""]
@@ -191,6 +228,12 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 body.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'
                             f"<figcaption>{escape(_caption(name))}</figcaption></figure>")
+    tuning = _tuning_lines(res)
+    if tuning:
+        rows = [line.strip("|").split(" | ") for line in tuning if line.startswith("| ") and "---" not in line][1:]
+        table = Table(["Task", "Method", "Learning rate: validation score (loss)", "Chosen", "Chosen by", "Tuning s"],
+                      [[c.strip() for c in r] for r in rows], right=[False, False, False, True, False, True])
+        body += ["<h2>Learning rates</h2>", f"<p>{_inline(tuning[0])}</p>", table.html(), f"<p>{_inline(tuning[-1])}</p>"]
     batch = _batch_lines(res)
     if batch:
         rows = [line.strip("|").split(" | ") for line in batch[2:]]

@@ -130,6 +130,8 @@ def collect(bench_dir: Path) -> Results:
         raise RunDirError(f"{bench_dir / 'bench.json'}:{e.lineno}: damaged ({e.msg})") from None
     runs = []
     for entry in index["runs"]:
+        if entry.get("stage") == "tune":  # tuning runs scored the validation split: the tuning section's
+            continue
         d = bench_dir / entry["dir"]
         metrics = _read_json(d / "metrics.json") if _complete(d) else None
         runs.append(Run(entry["method"], entry["task"], entry["seed"], d, "complete" if metrics else entry["state"],
