@@ -189,3 +189,42 @@ def test_scaling_choice_is_the_lowest_predicted_loss_among_eligible_sizes():
     assert losses["mid"] == pytest.approx(scaling.predicted_loss(10e6, 3000 * 36000))
     with pytest.raises(ValueError):
         scaling.choose(rows, 10, min_tokens=1e12)
+
+
+@pytest.mark.parametrize("name", ["mini-t5", "mini-llama"])
+def test_pretrain_on_a_corpus_spec_and_score_the_held_out_packages_per_byte(world, tmp_path, name):
+    """The v2 recipe end to end on a tiny built corpus: the model directory carries the compact
+    manifest (per package: licence, files, tokens), and the held-out packages score in bits per byte."""
+    import transformers
+
+    from peftlab.pretrain.heldout import bits_per_byte, heldout_texts
+    from peftlab.pretrain.recipe import load_pretrain_config, pretrain
+
+    spec, cache, _ = world
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text("packages: [pkga==1.0, pkgb==2.0]\nheldout: [heldpkg==1.0]\nstdlib: false\n")
+    corpus = tmp_path / "corpus"
+    build_dir(spec_file, corpus, cache=cache, log=lambda s: None)
+    arch = (["architecture.d_model=32", "architecture.d_kv=8", "architecture.d_ff=64", "architecture.num_layers=1",
+             "architecture.num_decoder_layers=1", "architecture.num_heads=4"] if name == "mini-t5" else
+            ["architecture.hidden_size=32", "architecture.intermediate_size=64", "architecture.num_hidden_layers=1",
+             "architecture.num_attention_heads=4", "architecture.num_key_value_heads=2"])
+    root = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+    cfg = load_pretrain_config(root / f"{name}-v2.yaml", [
+        f"corpus_spec={spec_file}", f"corpus_dir={corpus}", "vocab_size=400", "inputs_length=32", "heldout_percent=50",
+        "eval_batches=1", "train.batch_size=2", "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1",
+        "train.mixed_precision=no", "train.num_threads=null", *arch])
+    out = tmp_path / name
+    stats = pretrain(cfg, out, progress=False, command="test")
+    compact = json.loads((out / "corpus_manifest.json").read_text())
+    assert [p["pin"] for p in compact["packages"]] == ["pkga==1.0", "pkgb==2.0"]
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    assert compact["files"] == len(manifest["files"]) >= 2 and compact["heldout_files"] == 1
+    assert compact["fingerprint"] == manifest["fingerprint"] and "files" not in compact["packages"][0]
+    assert sum(p["train_tokens"] for p in compact["packages"]) == stats["corpus"]["train_tokens"] > 0
+    texts = heldout_texts(manifest, cache)
+    assert len(texts) == 1 and "heldfun" in texts[0]
+    scored = bits_per_byte(out, texts)
+    assert scored["bytes"] == len(texts[0].encode()) or scored["objective"] == "span_corruption"
+    assert 0 < scored["bits_per_byte"] < 20 and scored["tokens"] > 0
+    assert transformers.AutoConfig.from_pretrained(out).vocab_size == stats["vocab_size"]

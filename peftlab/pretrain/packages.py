@@ -59,7 +59,7 @@ class CorpusSpec:
     num_perm: int = 128  # MinHash permutations
     shingle: int = 5  # words per shingle
     min_function_lines: int = 4  # verbatim-function leak check: functions at least this long
-    stdlib: bool = True  # read this interpreter's stdlib first (its train-split files)
+    stdlib: bool = True  # read this interpreter's stdlib first (its train-split files; its valid/test ones never)
 
     def __post_init__(self):
         from peftlab.config import FieldError
@@ -335,21 +335,23 @@ def build(spec: CorpusSpec, cache: Path, out: Path, *, pinned: Optional[dict] = 
     kept: list[dict] = []
     stdlib_rows = {"files_read": 0, "kept": 0, "dropped": {}}
     source_rows = []
+    # the stdlib's valid/test files are what code→doc and the suite evaluate: forbidden whether or
+    # not the corpus reads the stdlib's other files
+    std = list(stdlib if stdlib is not None else stdlib_files())
+    train = []
+    for path, data in std:
+        text = _text(data)
+        if text is None:
+            continue
+        digest = file_digest(data)
+        if split_of_digest(digest) != "train":
+            k = key()
+            seen_exact.setdefault(digest, "forbidden:stdlib-eval")
+            near.add(k, near.minhash(text))
+            forbidden_functions.add_file(text)
+        else:
+            train.append((path, data, text))
     if spec.stdlib:
-        std = list(stdlib if stdlib is not None else stdlib_files())
-        train = []
-        for path, data in std:
-            text = _text(data)
-            if text is None:
-                continue
-            digest = file_digest(data)
-            if split_of_digest(digest) != "train":  # what code→doc and the suite evaluate
-                k = key()
-                seen_exact.setdefault(digest, "forbidden:stdlib-eval")
-                near.add(k, near.minhash(text))
-                forbidden_functions.add_file(text)
-            else:
-                train.append((path, data, text))
         stdlib_rows["files_read"] = len(std)
         source_rows.append(("stdlib", train, stdlib_rows))
     packages = []
