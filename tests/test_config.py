@@ -90,7 +90,11 @@ def test_shipped_configs_all_load():
     paths = sorted(root.glob("*.yaml")) + sorted(root.glob("*/*.yaml"))
     assert paths
     for p in paths:
-        if p.name.startswith("pretrain-"):
+        if p.parent.name == "pretrain" and p.name.startswith("corpus-"):  # corpus specs (peftlab data corpus)
+            from peftlab.pretrain.packages import load_corpus_spec
+
+            load_corpus_spec(p)
+        elif p.name.startswith("pretrain-") or p.parent.name == "pretrain":
             from peftlab.pretrain.recipe import load_pretrain_config
 
             load_pretrain_config(p)
