@@ -5,8 +5,10 @@ interrupted there (same config) is resumed, so an interrupted comparison picks u
 One comparison owns ``OUT`` at a time (``peftlab.rundir.acquire``): a second one into the same
 ``--out`` is refused, where it would retrain, set aside and overwrite the same runs. The table
 goes to the terminal and to ``OUT/results.md`` / ``results.json``, and a figure to
-``OUT/results.png``. Each run trains in a fresh process (``peftlab.child``; ``isolate=False``: in
-this one, one after another), so the peak-memory column is each run's own. The task metrics shown are those the runs have; the floors the runs recorded
+``OUT/results.png``; under it, a few test rows side by side — input, reference, each run's output —
+go to ``OUT/excerpt.md`` / ``excerpt.json`` too (``peftlab.excerpt``). Each run trains in a fresh
+process (``peftlab.child``; ``isolate=False``: in this one, one after another), so the peak-memory
+column is each run's own. The task metrics shown are those the runs have; the floors the runs recorded
 (best constant or majority class, BM25 retrieval: ``peftlab.evaluate.floors``) are rows of the same
 table, and a method that does not beat every floor of its task is marked.
 """
@@ -19,6 +21,7 @@ from typing import Sequence
 
 from peftlab import rundir
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.excerpt import build_excerpt, excerpt_markdown, write_excerpt
 
 HEAD = [
     ("method", "Method", "{}"),
@@ -121,12 +124,16 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
         floors = floor_rows(rows)
         table = markdown_table(rows + floors)
         print(table)
+        excerpt = build_excerpt(rows)
+        if excerpt["rows"]:
+            print("\n" + excerpt_markdown(excerpt))
         meta = _meta(overrides)
         used = ", ".join(sorted({_PRECISION_NAMES[r["precision"]] for r in rows if r.get("precision")})) or "unrecorded"
         where = f"{meta['device']} ({meta['cpu_capability']}), {used}, {meta['date']}"
         rundir.write_text(out / "results.md", f"{table}\n\n{meta['command']}  \n{where}\n")
         rundir.write_json(out / "results.json", {"meta": meta, "rows": rows, "floors": floors})
         plot(rows + floors, out / "results.png")
+        write_excerpt(out, excerpt)
     return rows
 
 

@@ -93,6 +93,7 @@ def _eval(args) -> int:
         from peftlab.errors import ConfigError
 
         raise ConfigError(f"--max-examples: must be >= 1, got {args.max_examples} (omit it for the run's own)")
+    decoding = _decoding(args)
     if args.overrides or args.name:
         from peftlab.config import parse_override
         from peftlab.errors import ConfigError
@@ -107,16 +108,22 @@ def _eval(args) -> int:
         for text in args.overrides:
             path, value = parse_override(text)
             edits[".".join(map(str, path))] = value
-        record = evaluate_on(args.run_dir, args.name, edits)
+        record = evaluate_on(args.run_dir, args.name, edits, decoding)
         print(json.dumps({k: record[k] for k in ("name", "test_examples", "task_metrics", "beats_floors")
                           if k in record}, indent=2))
         return 0
     if args.perplexity or args.window is not None or args.stride is not None:
         from peftlab.finished import perplexity_run
 
+        if decoding:
+            from peftlab.errors import ConfigError
+
+            raise ConfigError("eval: perplexity decodes nothing; drop --num-beams / --no-repeat-ngram-size / "
+                              "--max-new-tokens")
+
         print(json.dumps(perplexity_run(args.run_dir, args.perplexity, args.window, args.stride), indent=2))
         return 0
-    print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples), indent=2))
+    print(json.dumps(evaluate_run(args.run_dir, args.split, args.max_examples, decoding), indent=2))
     return 0
 
 
@@ -124,12 +131,7 @@ def _generate(args) -> int:
     from peftlab.errors import DataError
     from peftlab.finished import generate_docs, generate_one
 
-    decoding = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("num_beams", args.num_beams),
-                                  ("temperature", args.temperature), ("top_p", args.top_p), ("seed", args.seed))
-                if v is not None}
-    if args.sample:
-        decoding["do_sample"] = True
-    _check_decoding(decoding)
+    decoding = _decoding(args)
     if args.prompt is not None or args.instruction is not None:
         print(generate_one(args.run_dir, prompt=args.prompt, decoding=decoding, instruction=args.instruction,
                            input=args.input))
@@ -146,13 +148,27 @@ def _generate(args) -> int:
     return 0
 
 
-def _check_decoding(d: dict) -> None:
+_DECODING_FLAGS = ("max_new_tokens", "num_beams", "no_repeat_ngram_size", "temperature", "top_p", "seed")
+
+
+def _decoding(args) -> dict:
+    """The decoding flags given (``eval``, ``generate``), checked: settings over the run's own choice."""
+    decoding = {k: getattr(args, k) for k in _DECODING_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "sample", False):
+        decoding["do_sample"] = True
+        decoding.setdefault("num_beams", 1)  # sampling replaces the run's beam search unless asked for both
+    _check_decoding(decoding, args.command)
+    return decoding
+
+
+def _check_decoding(d: dict, command: str) -> None:
     from peftlab.errors import ConfigError
 
     for key, ok, what in (("max_new_tokens", lambda v: v >= 1, ">= 1"), ("num_beams", lambda v: v >= 1, ">= 1"),
+                          ("no_repeat_ngram_size", lambda v: v >= 0, ">= 0"),
                           ("temperature", lambda v: v > 0, "> 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]")):
         if key in d and not ok(d[key]):
-            raise ConfigError(f"generate --{key.replace('_', '-')}: must be {what}, got {d[key]}")
+            raise ConfigError(f"{command} --{key.replace('_', '-')}: must be {what}, got {d[key]}")
 
 
 def _merge(args) -> int:

@@ -17,10 +17,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="run directory (default runs/<config name>)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("eval", help="re-score a finished run from its saved adapter")
-    e.add_argument("run_dir", type=Path)
-    e.add_argument("--split", default=None)
-    e.add_argument("--max-examples", type=int, default=None)
+    e = sub.add_parser("eval", help="re-score a finished run from its saved adapter",
+                       description="Re-score a finished run from its saved adapter on a fresh base model. "
+                                   + _RUNS_DECODING)
+    e.add_argument("run_dir", type=Path, help="a finished run directory")
+    e.add_argument("--split", default=None, help="the split to score (default: the run's data.test_split)")
+    e.add_argument("--max-examples", type=int, default=None, help="rows scored (default: the run's eval.max_examples)")
     e.add_argument("--perplexity", metavar="PATH", default=None,
                    help="causal runs: perplexity on a file, a directory of .py/.txt, or stdlib (held-out files) "
                         "instead of re-scoring a split")
@@ -30,9 +32,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default=None, help="the name of a --set evaluation (RUN/evals/NAME.json)")
     e.add_argument("--window", type=int, default=None, help="perplexity: tokens per window")
     e.add_argument("--stride", type=int, default=None, help="perplexity: tokens between window starts")
+    decoding_options(e)
 
-    g = sub.add_parser("generate", help="document a function (--code) or continue a prompt (--prompt) with a finished run")
-    g.add_argument("run_dir", type=Path)
+    g = sub.add_parser("generate",
+                       help="document a function (--code) or continue a prompt (--prompt) with a finished run",
+                       description="Document a function, continue a prompt or answer an instruction with a finished "
+                                   "run. " + _RUNS_DECODING)
+    g.add_argument("run_dir", type=Path, help="a finished run directory")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--code", type=Path,
                      help="a Python file: its one function, or each of its functions, is documented (code->doc runs)")
@@ -40,11 +46,12 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--instruction", help="an instruction, put into an instruction run's prompt template")
     g.add_argument("--input", default="", help="with --instruction: its input / context")
     g.add_argument("--func-name", default=None, help="document only this function of the file")
-    g.add_argument("--max-new-tokens", type=int, default=None)
-    g.add_argument("--num-beams", type=int, default=None, help="beam search width (1 = greedy)")
-    g.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-p", type=float, default=None)
+    decoding_options(g)
+    g.add_argument("--sample", action="store_true",
+                   help="sample instead of greedy/beam search (one beam unless --num-beams says otherwise)")
+    g.add_argument("--temperature", type=float, default=None, help="with --sample: the sampling temperature")
+    g.add_argument("--top-p", type=float, default=None,
+                   help="with --sample: keep the smallest set of tokens with this much probability (nucleus)")
     g.add_argument("--seed", type=int, default=None, help="sampling seed")
 
     mg = sub.add_parser("merge", help="write a finished run as a plain HF model (LoRA or IA3 merged in)")
@@ -146,3 +153,21 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("--out", type=Path, required=True)
     ins.add_argument("--include-tests", action="store_true", help="also mine test directories")
     return p
+
+
+_RUNS_DECODING = ("Each task decodes as the run chose on its validation split (eval.select; metrics.json's "
+                  "\"decoding\"), or with its config's eval settings where it chose nothing; --num-beams, "
+                  "--no-repeat-ngram-size and --max-new-tokens override that.")
+
+
+def decoding_options(p: argparse.ArgumentParser) -> None:
+    """The decoding flags of the commands that use a finished run (``eval``, ``generate``)."""
+    p.add_argument("--num-beams", type=int, default=None, metavar="N",
+                   help="beam search width, 1 = greedy (default: the run's choice on validation, else its "
+                        "eval.num_beams)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N",
+                   help="never repeat an n-gram of this many tokens, 0 = off (default: the run's choice on "
+                        "validation, else its eval.no_repeat_ngram_size)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="most tokens generated per output (default: the run's choice on validation, else its "
+                        "eval.max_new_tokens)")

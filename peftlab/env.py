@@ -319,10 +319,29 @@ def command_line(default: str = "python") -> str:
     return "peftlab " + " ".join(shlex.quote(a) for a in argv) if argv is not None else default
 
 
-def configure_logging() -> None:
-    """peftlab's commands log at INFO, one message a line; rouge_score's absl INFO lines ("Using
-    default tokenizer.", once per scoring call) are kept out of it."""
-    import logging
+# Other libraries' warnings that tell a peftlab user nothing, by library and opening words: peft
+# imports bitsandbytes, which on an AVX512-BF16 CPU tries an optional kernel from the hub and
+# falls back on its own when the hub's copy is not trusted.
+_NOISE = (("bitsandbytes", "Failed to load CPU gemm_4bit_forward"),)
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+def configure_logging() -> None:
+    """peftlab's commands log at INFO, one message a line: peftlab's own lines, and other libraries'
+    warnings and errors. Their INFO lines say nothing to the user (matplotlib's "generated new
+    fontManager" on a first run; rouge_score's absl "Using default tokenizer." once per scoring
+    call, kept from being logged at all), nor do the warnings in ``_NOISE``."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(shown_on_terminal)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def shown_on_terminal(record: logging.LogRecord) -> bool:
+    """Whether a log record reaches the terminal of a peftlab command (see ``configure_logging``)."""
+    library = record.name.split(".")[0]
+    if library in ("peftlab", "__main__"):  # __main__: peftlab's modules run as child processes
+        return True
+    message = record.getMessage()
+    return record.levelno >= logging.WARNING and not any(
+        library == lib and message.startswith(words) for lib, words in _NOISE)

@@ -4,12 +4,13 @@
 
 The run's config with the ``data.*`` edits applied gives the test rows (here: every function of
 another package instead of the stdlib's test files); the model is the one the run trained, and each
-task decodes as the run chose on its validation split (``metrics.json``'s ``decoding``), no
-selection again: only the test rows change. The floors (best constant / majority class, BM25
-retrieval) are computed on the same new rows, so a method that does not beat them is marked there
-too. ``RUN/evals/NAME.json`` holds the scores, floors, edits and row count (keyed by the run's own
-task names), ``RUN/evals/NAME.predictions.jsonl`` the outputs. A bench's ``evals:`` section runs
-this for every run (``peftlab.study``), and ``peftlab report`` shows each as its own results table.
+task decodes as the run chose on its validation split (``metrics.json``'s ``decoding``; ``peftlab
+eval --num-beams``... overrides it), no selection again: only the test rows change. The floors
+(best constant / majority class, BM25 retrieval) are computed on the same new rows, so a method
+that does not beat them is marked there too. ``RUN/evals/NAME.json`` holds the scores, floors,
+edits and row count (keyed by the run's own task names), ``RUN/evals/NAME.predictions.jsonl`` the
+outputs. A bench's ``evals:`` section runs this for every run (``peftlab.study``), and ``peftlab
+report`` shows each as its own results table.
 
 Why it matters: on the stdlib's test split, retrieval is a strong floor (the stdlib repeats itself);
 on another project it collapses, and what remains is what a method learned.
@@ -17,7 +18,6 @@ on another project it collapses, and what remains is what a method learned.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -90,9 +90,10 @@ def edited_config(cfg, name: str, overrides: dict[str, Any], where: str):
     return new
 
 
-def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any]) -> dict:
+def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: Optional[dict] = None) -> dict:
     """Score a finished run on the test rows of its config with ``overrides`` (dotted keys) applied;
-    writes and returns the record (see the module docstring)."""
+    writes and returns the record (see the module docstring). ``decoding``: settings over the run's
+    chosen ones (``peftlab eval --num-beams``...), recorded per task as ``decoding``."""
     from peftlab.evaluate.floors import beats, task_floors
     from peftlab.rundata import load_examples
     from peftlab.run import load_trained, score
@@ -104,15 +105,12 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any]) -> dict:
     d, causal = new.data, loaded.family.kind == "causal"
     names = [t.describe() for t in cfg.data.tasks]  # the run's task names, as its metrics.json keys them
     test = load_examples(d, d.test_split, new.eval.max_examples, causal)
-    chosen = _chosen_decodings(run_dir, names)
+    chosen = run_decodings(run_dir, cfg, decoding)
     per_task, preds = {}, []
     for t, task_name in enumerate(names):
-        task_cfg = dataclasses.replace(new, eval=dataclasses.replace(new.eval, select={}, **chosen.get(task_name, {})))
-        scores, rows = score(loaded.model, loaded.tokenizer, task_cfg, [(i, e) for i, e in test if i == t])
-        metrics = dict(scores["task_metrics"][d.tasks[t].describe()])
-        if chosen.get(task_name):
-            metrics["decoding"] = chosen[task_name]
-        per_task[task_name] = metrics
+        scores, rows = score(loaded.model, loaded.tokenizer, new, [(i, e) for i, e in test if i == t],
+                             decodings={d.tasks[t].describe(): chosen[task_name]})
+        per_task[task_name] = dict(scores["task_metrics"][d.tasks[t].describe()])
         preds += [{**({"task": task_name} if len(names) > 1 else {}), **{k: v for k, v in r.items() if k != "task"}}
                   for r in rows]
     record = {"name": name, "overrides": dict(overrides), "test_split": d.test_split,
@@ -132,8 +130,13 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any]) -> dict:
     return record
 
 
-def _chosen_decodings(run_dir: Path, names: list[str]) -> dict[str, dict]:
-    """Each task's decoding as the run chose it on validation (none recorded: the run's own settings)."""
-    metrics: Optional[dict] = rundir.read_metrics(run_dir)
-    per_task = (metrics or {}).get("task_metrics") or {}
-    return {n: dict(per_task[n]["decoding"]) for n in names if isinstance(per_task.get(n, {}).get("decoding"), dict)}
+def run_decodings(run_dir: Path, cfg, overrides: Optional[dict] = None) -> dict[str, dict]:
+    """Each task's decoding settings (over its ``eval`` section), by task name: as the run chose
+    them on its validation split (metrics.json; a task that chose nothing keeps the run's ``eval``
+    settings), with ``overrides`` (the user's ``--num-beams``...) on top."""
+    from peftlab.evaluate.select import recorded_decodings
+
+    names = [t.describe() for t in cfg.data.tasks]
+    metrics = rundir.read_metrics(run_dir) if (Path(run_dir) / rundir.METRICS).is_file() else {}
+    chosen = recorded_decodings(metrics, names)
+    return {n: {**chosen.get(n, {}), **(overrides or {})} for n in names}

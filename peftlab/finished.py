@@ -19,8 +19,12 @@ from peftlab.schema import RunConfig
 log = logging.getLogger(__name__)
 
 
-def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optional[int] = None) -> dict:
-    """Re-score a finished run on ``split`` from its saved adapter on a fresh base model."""
+def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optional[int] = None,
+                 decoding: Optional[dict] = None) -> dict:
+    """Re-score a finished run on ``split`` from its saved adapter on a fresh base model, each task
+    decoding as the run chose on validation (no selection again); ``decoding``: settings over that."""
+    from peftlab.evals import run_decodings
+
     run_dir = Path(run_dir)
     rundir.require_writable(run_dir, "peftlab eval writes its predictions there")
     cfg, loaded = load_trained(run_dir)
@@ -28,11 +32,11 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
     n = max_examples if max_examples is not None else cfg.eval.max_examples
     causal = loaded.family.kind == "causal"
     examples = load_examples(cfg.data, split, n, causal=causal)
-    valid = load_examples(cfg.data, cfg.data.eval_split, cfg.data.max_eval_examples, causal) if cfg.eval.select else []
     change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
     if change:
         log.warning("%s", change["message"])
-    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples, valid)
+    chosen = run_decodings(run_dir, cfg, decoding)
+    scores, rows = score(loaded.model, loaded.tokenizer, cfg, examples, decodings=chosen)
     tag = f".{change['tag']}" if change else ""  # never overwrite the predictions of the data it saw
     _write_predictions(run_dir, rows, f"predictions.{split}.eval{tag}.jsonl")
     return {"split": split, **scores, **({"data_changed": change["message"]} if change else {})}
@@ -60,8 +64,8 @@ def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[
                  instruction: Optional[str] = None, input: str = "") -> str:
     """One output of a trained run: document the one function in ``code`` (or the one named
     ``func_name``; a code→doc run), continue ``prompt`` (text given as is) or answer
-    ``instruction`` (+ ``input``) in an instruction run's template. ``decoding`` overrides the
-    run's eval settings (beams, sampling...)."""
+    ``instruction`` (+ ``input``) in an instruction run's template. It decodes as the run chose on
+    validation (``eval.select``; else its eval settings); ``decoding`` overrides that (beams, sampling...)."""
     from peftlab.errors import ConfigError
 
     if sum(x is not None for x in (code, prompt, instruction)) != 1:
@@ -75,16 +79,18 @@ def generate_one(run_dir: Path, code: Optional[str] = None, func_name: Optional[
         if not hasattr(task, "render"):
             raise ConfigError(f"generate --instruction: this run's task is {task.describe()}, not an instruction "
                               f"task; use --prompt")
-        (out,) = _generate(cfg, loaded, [task.render(instruction, input)], task.prompt_tail, decoding)
+        (out,) = _generate(cfg, loaded, [task.render(instruction, input)], task.prompt_tail,
+                           _settings(run_dir, cfg, decoding))
     else:
-        (out,) = _generate(cfg, loaded, [prompt], "", decoding)
+        (out,) = _generate(cfg, loaded, [prompt], "", _settings(run_dir, cfg, decoding))
     return out
 
 
 def generate_docs(run_dir: Path, code: str, func_name: Optional[str] = None, *, where: str = "<code>",
                   only_one: bool = False, decoding: Optional[dict] = None) -> list[tuple[str, str]]:
     """``(name, documentation)`` for each function in ``code`` (one model load, one batch);
-    ``func_name`` picks one. Text that is not Python, or holds no function, is refused."""
+    ``func_name`` picks one. Text that is not Python, or holds no function, is refused. Decoded as
+    in ``generate_one``."""
     from peftlab.data.pycode import functions_in
     from peftlab.errors import ConfigError
 
@@ -102,10 +108,27 @@ def generate_docs(run_dir: Path, code: str, func_name: Optional[str] = None, *, 
     if not hasattr(task, "example_from_code"):
         raise ConfigError(f"generate --code: this run's task is {task.describe()}, not code2doc; use --prompt")
     texts = [task.example_from_code(c, n.rsplit(".", 1)[-1]).source for n, c in funcs]
-    return list(zip((n for n, _ in funcs), _generate(cfg, loaded, texts, task.prompt_tail, decoding)))
+    return list(zip((n for n, _ in funcs), _generate(cfg, loaded, texts, task.prompt_tail,
+                                                     _settings(run_dir, cfg, decoding))))
 
 
-def _generate(cfg: RunConfig, loaded, texts: list[str], tail: str, decoding: Optional[dict]) -> list[str]:
+def _settings(run_dir: Path, cfg: RunConfig, overrides: Optional[dict]) -> dict:
+    """The decoding of the run's first task (the one generate renders for): its choice on
+    validation, the user's flags on top. The choice is said, since it is not what the config reads."""
+    from peftlab.evals import run_decodings
+
+    chosen = run_decodings(Path(run_dir), cfg)[cfg.data.tasks[0].describe()]
+    if chosen:
+        log.info("decoding as the run chose on validation: %s%s", _listed(chosen),
+                 f"; overridden: {_listed(overrides)}" if overrides else "")
+    return {**chosen, **(overrides or {})}
+
+
+def _listed(settings: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
+
+
+def _generate(cfg: RunConfig, loaded, texts: list[str], tail: str, settings: dict) -> list[str]:
     import dataclasses
 
     from peftlab.data.seq2seq import prompt_ids, tail_tokens
@@ -114,7 +137,7 @@ def _generate(cfg: RunConfig, loaded, texts: list[str], tail: str, decoding: Opt
     model, tok = loaded.model, loaded.tokenizer
     ids, _, _ = prompt_ids(tok, texts, cfg.data.max_source_length, causal=not model.config.is_encoder_decoder,
                            keep_tail=tail_tokens(tok, tail))
-    dec = dataclasses.replace(Decoding.of(cfg.eval), **(decoding or {}))
+    dec = dataclasses.replace(Decoding.of(cfg.eval), **settings)
     return generate_ids(model, tok, ids, dec, batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision)
 
 

@@ -59,12 +59,14 @@ def run_methods(cfg: RunConfig) -> list:
     return out
 
 
-def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=()) -> tuple[dict, list[dict]]:
+def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=(),
+          decodings: Optional[dict[str, dict]] = None) -> tuple[dict, list[dict]]:
     """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
 
     One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
     ``task_metrics``. With ``eval.select``, a generation task's decoding is chosen on its
-    ``valid_rows`` first (``peftlab.evaluate.select``)."""
+    ``valid_rows`` first (``peftlab.evaluate.select``). ``decodings`` (by task name: settings over
+    ``eval``'s, e.g. a finished run's recorded choice) fixes every task's decoding: none is chosen."""
     from peftlab.data.seq2seq import tail_tokens
     from peftlab.evaluate.generate import Decoding
     from peftlab.evaluate.select import score_selected
@@ -76,9 +78,12 @@ def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=()) -> tuple[dict, 
         examples = [e for i, e in rows if i == t]
         if not examples:
             continue
-        valid = sample_rows([e for i, e in valid_rows if i == t], cfg.eval.select_examples) if cfg.eval.select else []
+        chosen = None if decodings is None else decodings.get(task.describe(), {})
+        selects = cfg.eval.select and chosen is None
+        valid = sample_rows([e for i, e in valid_rows if i == t], cfg.eval.select_examples) if selects else []
         metrics, preds = score_selected(
-            model, tokenizer, task, examples, valid, space=cfg.eval.select, max_source_length=cfg.data.max_source_length,
+            model, tokenizer, task, examples, valid, space=cfg.eval.select, chosen=chosen,
+            max_source_length=cfg.data.max_source_length,
             decoding=Decoding.of(cfg.eval), batch_size=cfg.eval.batch_size,
             mixed_precision=cfg.train.mixed_precision, keep_tail=tail_tokens(tokenizer, task.prompt_tail),
             task_id=t if multi and wants_task_ids(cfg) else None,

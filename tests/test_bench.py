@@ -33,6 +33,14 @@ def test_compare_runs_each_config_and_writes_the_table(tmp_path, capsys):
         assert (tmp_path / "out" / f).stat().st_size > 0
     meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]
     assert {"command", "device", "versions", "date"} <= set(meta)
+    # under the table: the first test rows side by side, also written as a results file
+    assert out.index("| Function | Reference | zero | LoRA r=8 + hyper alignment |") > out.index("| zero |")
+    excerpt = json.loads((tmp_path / "out" / "excerpt.json").read_text())
+    preds = [json.loads(x) for x in (tmp_path / "out" / "b_lora" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["outputs"][1] for r in excerpt["rows"]] == [p["prediction"] for p in preds[:3]]
+    assert [r["reference"] for r in excerpt["rows"]] == [p["reference"] for p in preds[:3]]
+    assert all("def " in r["input"] and '"""' not in r["input"] for r in excerpt["rows"])  # the function, no prompt
+    assert (tmp_path / "out" / "excerpt.md").read_text().startswith("| Function | Reference |")
     # a second compare reuses the finished runs (same metrics, no retraining)
     before = json.loads((tmp_path / "out" / "b_lora" / "metrics.json").read_text())
     again = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)

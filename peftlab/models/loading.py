@@ -194,12 +194,23 @@ def _from_pretrained(auto, source, **kw):
     hf_log = hf_logging.get_logger("transformers.modeling_utils")
     untied = lambda record: _UNTIED_WARNING not in record.getMessage()  # noqa: E731 (said right by _pin_tied_pairs)
     hf_log.addFilter(untied)
+    # transformers' own bar (a step per checkpoint tensor) says nothing the run's lines do not, in
+    # the middle of them; a hub download keeps huggingface_hub's bar. Without set_tqdm_hook (early
+    # transformers 5 releases) the bar stays.
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    previous = set_hook(_no_bar) if set_hook else None
     try:
         model = auto.from_pretrained(source, **kw)
     finally:
         hf_log.removeFilter(untied)
+        if set_hook:
+            set_hook(previous)
     _pin_tied_pairs(model)
     return model
+
+
+def _no_bar(factory, args, kwargs):
+    return factory(*args, **{**kwargs, "disable": True})
 
 
 def _pin_tied_pairs(model) -> None:

@@ -53,16 +53,10 @@ def gpu_info() -> dict | None:
 
 
 def versions() -> dict:
-    from peftlab.env import versions as base_versions
+    from peftlab.env import installed_version, versions as base_versions
 
-    out = base_versions()
-    try:
-        import peft
-
-        out["peft"] = peft.__version__
-    except ImportError:
-        out["peft"] = None
-    return out
+    # from the package's metadata: importing peft for its version imports bitsandbytes, and its noise
+    return {**base_versions(), "peft": installed_version("peft")}
 
 
 def describe(device) -> dict:

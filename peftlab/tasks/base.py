@@ -31,6 +31,7 @@ class Example:
     target: str  # the reference output (for classification: the label word)
     meta: dict = field(default_factory=dict)  # identifies the row in predictions.jsonl
     label: int | None = None  # classification: index into ``TaskConfig.choices()``
+    shown: str | None = None  # the input as a reader sees it (code2doc: the function, no prompt); None: source
 
 
 def sample_rows(rows: list, limit: int | None) -> list:

@@ -92,7 +92,7 @@ class Code2DocTask(TaskConfig):
 
         rows = load_code2doc_split(self.split_path(split), split, target_field=self.target_field, sample=limit)
         return [Example(render_prompt(self.template, e), e.target,
-                        {"func_name": e.func_name, "path": e.path, "line": e.line}) for e in rows]
+                        {"func_name": e.func_name, "path": e.path, "line": e.line}, shown=e.code) for e in rows]
 
     def example_from_code(self, code: str, func_name: str) -> Example:
         """One function typed by a user (``peftlab generate --code``), rendered like the data."""
