@@ -336,7 +336,14 @@ def _perplexity(model, tok, cfg: RunConfig, texts: list[str], window: Optional[i
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
+    """A run's saved ``config.yaml``; a method field the save predates reads as what the run was
+    trained with (``MethodConfig.legacy_defaults``), not today's default: such a run is then neither
+    reused as if made with today's config nor resumed under another function."""
+    from peftlab.methods.io import with_legacy_defaults
+
     data, lines = read_yaml(run_dir / rundir.CONFIG)
+    if isinstance(data, dict) and isinstance(data.get("methods"), list):
+        data = {**data, "methods": [with_legacy_defaults(m) for m in data["methods"]]}
     return from_dict(RunConfig, data, source=str(run_dir / rundir.CONFIG), lines=lines)
 
 

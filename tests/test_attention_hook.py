@@ -192,6 +192,50 @@ def test_kv_extender_generate_matches_no_cache(family, batches):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
 
 
+class GatedRows(RandomRows):
+    """Rows with a third output: a factor per query, g_t = σ(0.7 t - 2), or one constant per example."""
+
+    def __init__(self, heads, dim, constant=None, seed=0):
+        super().__init__(heads, dim, seed=seed)
+        self.constant = constant
+
+    def extra_kv(self, module, key):
+        k, v = super().extra_kv(module, key)
+        b, q = key.shape[0], key.shape[2]  # no cache here: as many keys as queries
+        if self.constant is not None:
+            return k, v, torch.full((b, 1, 1, 1), self.constant, dtype=key.dtype)
+        g = torch.sigmoid(0.7 * torch.arange(q, dtype=key.dtype) - 2)
+        return k, v, g.view(1, 1, q, 1).expand(b, 1, q, 1)
+
+
+@both
+@impls
+def test_a_gate_per_query_is_the_attention_over_rows_scaled_for_that_query(family, impl, batches):
+    """Query t sees g_t k and g_t v on the gated rows (UniPELT's causal prefix gate). With one block
+    (one decoder block on T5), position t's output depends on the gate at t alone, so it must equal
+    the output of a call whose gate is g_t for every query, which scales the rows themselves."""
+    layers = {"num_layers": 1, "num_decoder_layers": 1} if family == "t5" else {"num_hidden_layers": 1}
+    batch = batches[family]
+
+    def model_with(constant=None):
+        model = BUILD[family](0, **layers)
+        if impl != model.config._attn_implementation:
+            model.set_attn_implementation(impl)
+        fam = family_of(model)
+        heads, dim = kv_heads_dim(model, fam)
+        for i, (name, _) in enumerate(attention_modules(model, fam, stacks=("decoder",))):  # self: q = kv
+            attach(model, name, "plain", RandomRows(heads, dim, p=2, seed=10 + i))  # ungated rows beside them
+            attach(model, name, "gated", GatedRows(heads, dim, constant, seed=i))
+        return model
+
+    gated = logits(model_with(), batch)
+    n = gated.shape[1]
+    for t in range(n):
+        g = float(torch.sigmoid(torch.tensor(0.7 * t - 2)))
+        torch.testing.assert_close(gated[:, t], logits(model_with(g), batch)[:, t], atol=1e-5, rtol=0)
+    assert (gated - logits(model_with(1.0), batch)).abs().max() > 1e-3  # the gates matter
+
+
 @both
 def test_core_receives_the_documented_call(family, batches):
     batch = batches[family]

@@ -115,7 +115,8 @@ CASES = {"t5_unipelt": "t5", "llama_unipelt": "llama"}
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_match_adapterhub(case):
     family = CASES[case]
-    cfg = UniPELTConfig(prefix_length=5, prefix_projection=0)  # AdapterHub's rows, evaluated (see above)
+    # AdapterHub's rows, evaluated (see above), and its gates' mean over the call
+    cfg = UniPELTConfig(prefix_length=5, prefix_projection=0, gate_pooling="reference")
     hub_config_matches(case, cfg)
     model, batch, base_logits = build_base(family)
     torch.testing.assert_close(logits(model, batch), base_logits, atol=ATOL, rtol=0)
@@ -159,16 +160,22 @@ def randomize(model):
     return model
 
 
-def test_gates_scale_each_sub_module_by_the_mean_over_positions(tiny_llama):
-    """G = mean_t σ(W x_t + b): a gate pushed to 0 removes its sub-module; LoRA's α/r is gone."""
+@pytest.mark.parametrize("pooling", ["causal", "reference"])
+def test_gates_scale_each_sub_module_by_the_mean_over_positions(tiny_llama, pooling):
+    """G_t = mean_{u<=t} σ(W x_u + b) (causal; reference: G = mean_t σ(W x_t + b) over the call): a gate
+    pushed to 0 removes its sub-module; LoRA's α/r is gone."""
     model = tiny_llama()
-    apply_methods(model, [UniPELTConfig(modules=("lora", "adapter"))])
+    apply_methods(model, [UniPELTConfig(modules=("lora", "adapter"), gate_pooling=pooling)])
     randomize(model)
     base, batch = tiny_llama(), batch_of()
     lora = next(m for m in model.modules() if isinstance(m, GatedLoraLinear))
     x = torch.randn(2, 5, lora.in_features)
     with torch.no_grad():
-        g = torch.sigmoid(x @ lora.gate.weight.T + lora.gate.bias).mean(dim=1, keepdim=True)  # (B, 1, 1)
+        s = torch.sigmoid(x @ lora.gate.weight.T + lora.gate.bias)  # (B, T, 1)
+        if pooling == "causal":
+            g = s.cumsum(dim=1) / torch.arange(1, 6)[None, :, None]  # (B, T, 1)
+        else:
+            g = s.mean(dim=1, keepdim=True)  # (B, 1, 1)
         expected = x @ lora.weight.T + g * (x @ lora.lora_a.T @ lora.lora_b.T)
         torch.testing.assert_close(lora(x), expected, atol=1e-5, rtol=0)
         for m in model.modules():
@@ -208,13 +215,13 @@ def test_gated_lora_is_never_merged_or_exported(tmp_path):
         export_peft(model, tmp_path / "x", "tiny")
 
 
-def test_decoder_gates_pool_over_the_call():
-    """On a decoder the gates read the whole call: the first step of cached generation is the forward
-    of the prompt alone, a later step reads its new token alone, and neither is what the forward of
-    the whole sequence gives (its gates pool over every position, later ones too; module docstring)
-    -- unless every gate is constant, which this checks too."""
+def test_reference_decoder_gates_pool_over_the_call():
+    """With the references' pooling the gates of a decoder read the whole call: the first step of
+    cached generation is the forward of the prompt alone, a later step reads its new token alone, and
+    neither is what the forward of the whole sequence gives (its gates pool over every position,
+    later ones too; module docstring) -- unless every gate is constant, which this checks too."""
     model = BUILD["llama"]()
-    apply_methods(model, [UniPELTConfig(**SMALL)])
+    apply_methods(model, [UniPELTConfig(**SMALL, gate_pooling="reference")])
     randomize(model)
     ids = batch_of()["input_ids"]
 
@@ -235,6 +242,130 @@ def test_decoder_gates_pool_over_the_call():
     out, full = steps()
     for k, s in enumerate(out.scores):
         torch.testing.assert_close(s, full[:, ids.shape[1] - 1 + k], atol=1e-5, rtol=0)
+
+
+def causal_model(family, **kw):
+    model = BUILD[family]()
+    apply_methods(model, [UniPELTConfig(**SMALL, **kw)])
+    return randomize(model)
+
+
+def padded_prompt(family):
+    """Two prompts of 6 tokens, the second with 2 padding tokens (left on LLaMA, as generate wants it)."""
+    ids = batch_of(length=6)["input_ids"]
+    mask = torch.ones_like(ids)
+    if family == "llama":
+        mask[1, :2] = 0
+    else:
+        mask[1, 4:] = 0
+    return ids, mask
+
+
+def full_forward(model, family, ids, mask, sequences):
+    """Logits of the uncached forward of the whole generated sequences: (B, new tokens, V), position k
+    being what predicts the k-th new token."""
+    if family == "t5":
+        return logits(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": sequences[:, :-1]})
+    full_mask = torch.cat((mask, mask.new_ones(mask.shape[0], sequences.shape[1] - ids.shape[1])), dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp_min(0)  # generate's positions under left padding
+    out = logits(model, {"input_ids": sequences, "attention_mask": full_mask, "position_ids": positions})
+    return out[:, ids.shape[1] - 1 : -1]
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_cached_generation_equals_the_full_forward(family):
+    """Causal gates carry their running sums through the KV cache: each step of greedy generation
+    scores exactly what the uncached forward of the whole sequence gives, and the tokens are the
+    ones generation without a cache picks."""
+    model, (ids, mask) = causal_model(family), padded_prompt(family)
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, output_scores=True,
+              return_dict_in_generate=True)
+    with torch.no_grad():
+        cached = model.generate(**kw, use_cache=True)
+        uncached = model.generate(**kw, use_cache=False)
+    full = full_forward(model, family, ids, mask, cached.sequences)
+    assert len(cached.scores) == full.shape[1] == 5
+    for k, s in enumerate(cached.scores):
+        torch.testing.assert_close(s, full[:, k], atol=1e-5, rtol=0)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert torch.equal(cached.sequences[:, -5:] if family == "llama" else cached.sequences[:, 1:], full.argmax(-1))
+
+
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_beam_search_reorders_the_running_sums_with_the_cache(family):
+    """Each beam's score is the sum of its tokens' log-probabilities under the full forward, which
+    only holds if the gates' sums follow the cache's rows when beam search reorders them (no beam
+    ends early: min_new_tokens; no length penalty)."""
+    model, (ids, mask) = causal_model(family), padded_prompt(family)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4, num_beams=3,
+                             do_sample=False, length_penalty=0.0, output_scores=True, return_dict_in_generate=True)
+    full = torch.log_softmax(full_forward(model, family, ids, mask, out.sequences), dim=-1)
+    tokens = out.sequences[:, -full.shape[1]:]
+    torch.testing.assert_close(out.sequences_scores, full.gather(-1, tokens[..., None]).sum((1, 2)), atol=1e-4, rtol=0)
+
+
+def test_a_cropped_cache_continues_from_its_last_kept_position():
+    from transformers import DynamicCache
+
+    model = causal_model("llama")
+    ids = batch_of(length=9)["input_ids"]
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :7], use_cache=True).past_key_values
+        cache.crop(-2)  # what assisted decoding does after rejecting drafted tokens: 5 positions left
+        stepped = model(input_ids=ids[:, 5:], cache=cache).logits
+    torch.testing.assert_close(stepped, logits(model, {"input_ids": ids})[:, 5:], atol=1e-5, rtol=0)
+    with pytest.raises(ModelError, match="cache that this model's own forward returned"):
+        base_cache = BUILD["llama"]()(input_ids=ids[:, :5], use_cache=True).past_key_values
+        model(input_ids=ids[:, 5:], cache=base_cache)
+    assert isinstance(cache, DynamicCache)
+
+
+def test_a_4d_mask_is_refused_and_padding_is_left_out_of_every_gate():
+    model = causal_model("llama")
+    ids = batch_of(n=1, length=6)["input_ids"]
+    with pytest.raises(ModelError, match="4-D attention mask"):
+        model(input_ids=ids, attention_mask=torch.ones(1, 1, 6, 6, dtype=torch.bool))
+    junk = torch.cat((ids, ids.flip(1)), dim=1)  # the same 6 tokens, then 6 of padding
+    padded = logits(model, {"input_ids": junk, "attention_mask": torch.tensor([[1] * 6 + [0] * 6])})
+    torch.testing.assert_close(padded[:, :6], logits(model, {"input_ids": ids}), atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_recomputes_with_the_same_masks():
+    """Checkpointing recomputes the blocks in backward, after the stack returned: the gates must pool
+    with the call's mask then too, or the gradients would be another function's."""
+    grads = []
+    for checkpointing in (False, True):
+        model = causal_model("llama")
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ids = batch_of(length=8)["input_ids"]
+        mask = torch.ones_like(ids)
+        mask[1, 5:] = 0
+        model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_adapters_saved_before_gate_pooling_reload_with_the_reference_pooling(tmp_path):
+    """A manifest without ``gate_pooling`` was trained with the references' pooling, and reloads with it."""
+    import json
+
+    from peftlab.methods.io import MANIFEST
+
+    model = causal_model("llama", gate_pooling="reference")
+    save_adapter(model, tmp_path, base_model={"name": "tiny"})
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["methods"][0].pop("gate_pooling") == "reference"
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    fresh = BUILD["llama"]()
+    state = load_adapter(fresh, tmp_path, base_model={"name": "tiny"})
+    assert state.configs[0].gate_pooling == "reference"
+    batch = batch_of()
+    torch.testing.assert_close(logits(fresh, batch), logits(model, batch), atol=1e-6, rtol=0)
+    assert UniPELTConfig().gate_pooling == "causal"  # what a config written today means
 
 
 @pytest.mark.parametrize("family", ["t5", "llama"])
@@ -273,6 +404,7 @@ def test_composes_with_prefix_tuning_and_refuses_a_second_lora(tiny_t5):
     (dict(nonlinearity="sigmoidd"), "nonlinearity"), (dict(adapter_sublayers=("mlp",)), "adapter_sublayers"),
     (dict(adapter_init="xavier"), "adapter_init"),
     (dict(encoder_self=False, decoder_self=False, cross=False), "encoder_self"),
+    (dict(gate_pooling="mean"), "gate_pooling"),
 ])
 def test_config_errors_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -293,3 +425,36 @@ def test_shipped_config_applies_to_mini_t5():
     adapter = 8 * (2 * 256 * 16 + 16 + 256 + 257)
     assert (c.d_model, c.num_layers, c.num_decoder_layers) == (256, 4, 4)
     assert state.counts(loaded.model) == {"unipelt": lora + prefix + adapter}
+
+
+def test_torch_compile_traces_the_pools_without_graph_breaks():
+    """The stack hooks record masks and leave running sums on the cache the forward makes inside:
+    dynamo traces both (no graph break) and the compiled loss is the eager one."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = causal_model("llama").train()
+    ids = batch_of(length=8)["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": ids}
+    eager = model(**batch).loss
+    compiled = torch.compile(model, backend="aot_eager")(**batch).loss
+    compiled.backward()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+    torch._dynamo.reset()
+
+
+def test_a_run_saved_before_gate_pooling_reads_as_the_reference_gate(tmp_path):
+    """A committed UniPELT run predates ``gate_pooling``: its config reads as the leaking reference
+    gate it was trained with, so a bench neither reuses it as today's causal UniPELT nor resumes it so."""
+    from peftlab.run import load_run_config
+
+    (tmp_path / "config.yaml").write_text("methods:\n- {name: unipelt, r: 4}\n- {name: lora, r: 2}\n")
+    cfg = load_run_config(tmp_path)
+    assert cfg.methods[0].gate_pooling == "reference" and cfg.methods[1].r == 2
+    (tmp_path / "config.yaml").write_text("methods:\n- {name: unipelt, r: 4, gate_pooling: causal}\n")
+    assert load_run_config(tmp_path).methods[0].gate_pooling == "causal"

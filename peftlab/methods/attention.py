@@ -22,6 +22,12 @@ call the function runs, in this order:
     cache update: cached keys never hold them, so ``generate`` works unchanged). The mask gets P
     leading columns that every query attends to (``True`` / ``0.0``), T5's ``position_bias`` gets P
     leading zero columns (extra rows have no relative position).
+    ``extra_kv`` may also return a third tensor ``g``, ``(B, 1, 1 or q, 1)``: a factor on that
+    extender's keys and values, per example or per query (UniPELT's causal prefix gate: the query at
+    t sees ``g_t k``, ``g_t v``). One per example scales the rows; one per query cannot (the rows are
+    shared by every query), so the call is widened instead: ``q' = [q, g q]``, the plain rows' keys
+    and values become ``[k, 0]``, the gated rows' ``[0, k]``, and ``out = out'_1 + g out'_2``, which
+    is exactly the attention over the gated rows, with the same softmax, on the same base function.
 (b) **One core** (``AttentionCore``, e.g. S²-Attn or a strided pattern), which replaces the
     attention computation itself. At most one per attention module: a second one is a
     ``ModelError`` naming both methods. Contract of ``AttentionCore.attend``::
@@ -195,17 +201,28 @@ def _extend_mask(mask, n: int, q: int, kv: int, causal: bool, sdpa: bool, device
 
 
 def _extended(ext: Extensions, base, sdpa: bool, module, query, key, value, mask, kwargs):
-    n_extra = 0
+    n_extra, gates, plain_query = 0, [], query
+    scaling = kwargs.get("scaling")
     if ext.kv:
         batch = key.shape[0]
-        ks, vs = [], []
+        ks, vs, gated = [], [], []
         for e in ext.kv:
-            k, v = e.extra_kv(module, key)
+            k, v, *g = e.extra_kv(module, key)
+            if g and g[0].shape[2] == 1:  # one factor per example: scale the rows themselves
+                k, v = k * g[0], v * g[0]
+            elif g:
+                gated.append(len(ks))
+                gates.append(g[0])  # (B, 1, q, 1)
             ks.append(k.expand(batch, -1, -1, -1))
             vs.append(v.expand(batch, -1, -1, -1))
         n_extra = sum(k.shape[2] for k in ks)
         kv = key.shape[2]
-        key, value = torch.cat([*ks, key], dim=2), torch.cat([*vs, value], dim=2)
+        if gates:
+            if scaling is None:  # the widened head would change SDPA's default 1/√d
+                kwargs["scaling"] = query.shape[-1] ** -0.5
+            query, key, value = _widen_for_gates(query, ks, vs, key, value, gated, gates)
+        else:
+            key, value = torch.cat([*ks, key], dim=2), torch.cat([*vs, value], dim=2)
         mask = _extend_mask(mask, n_extra, query.shape[2], kv, _is_causal(module, kwargs), sdpa, key.device)
         bias = kwargs.get("position_bias")
         if bias is not None:
@@ -215,10 +232,28 @@ def _extended(ext: Extensions, base, sdpa: bool, module, query, key, value, mask
                                        is_causal=_is_causal(module, kwargs), **kwargs)
     else:
         out, weights = base(module, query, key, value, mask, **kwargs)
-    scaling = kwargs.get("scaling")
+    if gates:  # out: (B, q, H, (1 + G) d_v) -> the plain block + each gated block times its gate
+        parts = out.chunk(len(gates) + 1, dim=-1)
+        out = parts[0] + sum(g.transpose(1, 2).to(out.dtype) * p for g, p in zip(gates, parts[1:]))
     for e in ext.out:
-        out = out + e.delta(module, query, query.shape[-1] ** -0.5 if scaling is None else scaling)
+        out = out + e.delta(module, plain_query, plain_query.shape[-1] ** -0.5 if scaling is None else scaling)
     return out, weights
+
+
+def _widen_for_gates(query, ks, vs, key, value, gated, gates):
+    """``q' = [q, g_1 q, …]`` and the rows of block b (0: the plain rows and the input's keys, i: the
+    i-th gated extender's) in block b of ``[·, 0, …]``, so ``q'·k'`` is ``g_t q·k`` on gated rows."""
+    blocks = len(gates) + 1
+    query = torch.cat([query] + [query * g.to(query.dtype) for g in gates], dim=-1)  # (B, H, q, blocks·d)
+
+    def place(t, b):  # (B, H_kv, n, d) into block b of blocks·d zeros
+        d = t.shape[-1]
+        return F.pad(t, (b * d, (blocks - 1 - b) * d))
+
+    where = {i: j + 1 for j, i in enumerate(gated)}
+    key = torch.cat([place(k, where.get(i, 0)) for i, k in enumerate(ks)] + [place(key, 0)], dim=2)
+    value = torch.cat([place(v, where.get(i, 0)) for i, v in enumerate(vs)] + [place(value, 0)], dim=2)
+    return query, key, value
 
 
 # ------------------------------------------------------------------------------------------------

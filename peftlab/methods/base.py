@@ -50,6 +50,10 @@ class MethodConfig(NamedConfig):
     families: ClassVar[tuple[str, ...] | None] = None
     # True when the method trains the base model's own weights (full fine-tuning).
     trains_base: ClassVar[bool] = False
+    # Fields added after adapters of the method were first saved, with the value such an adapter was
+    # trained with where it differs from today's default: ``load_adapter`` fills them into an older
+    # manifest, so the adapter reloads as the function it was trained as.
+    legacy_defaults: ClassVar[dict] = {}
     # Learning rates a bench tries for this method when its spec gives none (``tuning``): half-decade
     # steps around where the method's papers train. () = nothing to tune (zero-shot); None = this
     # method leaves the choice to the others it is composed with (a training-only modifier)

@@ -164,8 +164,18 @@ def _read_weights(adapter_dir: Path, manifest: dict) -> dict:
     return weights
 
 
+def with_legacy_defaults(data):
+    """A method's config as saved (a manifest's, a run's ``config.yaml``), with each field the save
+    predates set to what it was trained with (``MethodConfig.legacy_defaults``), not today's default."""
+    from peftlab.methods import get_method, method_names
+
+    if isinstance(data, dict) and data.get("name") in method_names():
+        return {**get_method(data["name"]).legacy_defaults, **data}
+    return data
+
+
 def _method_from_dict(data: dict, adapter_dir: Path):
     from peftlab.config import from_dict
     from peftlab.methods.base import MethodConfig
 
-    return from_dict(MethodConfig, data, source=str(adapter_dir / MANIFEST))
+    return from_dict(MethodConfig, with_legacy_defaults(data), source=str(adapter_dir / MANIFEST))

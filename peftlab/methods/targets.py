@@ -48,7 +48,8 @@ def linear_forward(x: torch.Tensor, weight: torch.Tensor, bias, fan_in_fan_out: 
     return out.view(x.size()[:-1] + (weight.shape[1],))
 
 
-def _stack_of(name: str, family) -> str | None:
+def stack_of(name: str, family) -> str | None:
+    """The stack (``encoder``, ``decoder``) whose blocks hold the module ``name``; None outside blocks."""
     for stack, prefix in family.stacks.items():
         if name.startswith(prefix + "."):
             return stack
@@ -96,7 +97,7 @@ def find_linears(
         wrapped = isinstance(module, AdapterModule)
         if wrapped:
             inside.append(name + ".")
-        stack = _stack_of(name, family)
+        stack = stack_of(name, family)
         # a linear that a method already wrapped (LoRA, IA3) stays a target: a second wrapper is refused
         if stack is None or not (is_linear(module) or wrapped and hasattr(module, "in_features")):
             continue

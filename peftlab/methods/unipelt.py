@@ -4,7 +4,7 @@
 LoRA, prefix tuning and a bottleneck adapter in one model, each sub-module behind its own learned
 gate, so training decides which of them each layer uses. A gate reads the input of its sub-module::
 
-    G = mean_t σ(W_G x_t + b_G)                     x: (B, T, d_in) -> G: (B, 1), one value per example
+    G = pool_t σ(W_G x_t + b_G)                     x: (B, T, d_in) -> G: (B, T, 1) or (B, 1, 1) (Pooling)
     LoRA:    h = W x + G_L · B A x                  the gate replaces LoRA's constant α/r
     prefix:  K ← [G_P P_K ; K],  V ← [G_P P_V ; V]  x: the attention's input (shared key/value gate)
     adapter: h ← z + G_A · up(f(down(z)))           z = h + y, Pfeiffer's place after the FFN
@@ -13,15 +13,24 @@ This is AdapterHub ``adapters``' ``UniPELTConfig`` (prefix length 10 through an 
 with m = d/16 and ReLU, LoRA r = 8 on q and v of every attention), which matches the paper's code:
 the mean over the positions of the call (padding included) and no α/r once gated. LoRA and the
 adapter are ``lora.py``'s and ``bottleneck.py``'s modules with a gate; the prefix is ``prefix.py``'s
-rows (MLP while training, folded when the run saves) through the attention hook point. The tests
-match AdapterHub's outputs on the same weights (``tests/test_unipelt.py``).
+rows (MLP while training, folded when the run saves) through the attention hook point.
 
-The gates pool over the call's positions, as both references do. On an encoder (the paper's setting:
-BERT on GLUE) that only makes a row's gates depend on the padding of its batch. On a decoder (LLaMA, T5's decoder) a gate of position t
-also reads later positions while training, and in cached generation the first step's gates read the
-prompt and each later step's gates read the new token alone: generation then follows the training
-function only approximately (tests show exactly where). ``modules`` switches sub-modules off (the
-paper's UniPELT (AP) is ``[adapter, prefix]``).
+Pooling (``gate_pooling``, see ``pooling.py``). The references' mean over the call reads later
+positions on a decoder (a gate at t sees the tokens teacher forcing feeds after t, so training can
+pass the answer through it) and padding everywhere (a row's outputs depend on its batch; the
+paper's setting, BERT on GLUE, is an encoder, where only this one applies). ``causal`` (default)
+pools with the mask::
+
+    decoder (LLaMA, T5's decoder):  G_t = Σ_{u≤t} m_u s_u / Σ_{u≤t} m_u     s_u = σ(W_G x_u + b_G), m: the mask
+    encoder (T5's encoder; the encoder states a cross-attention's k, v read):  G = Σ_u m_u s_u / Σ_u m_u
+
+so a gate differs per position on a decoder (the prefix gate too: query t sees G_t P_K, G_t P_V; the
+attention hook then runs calls of more than one query on keys twice as wide), and the KV cache
+carries each gate's running sum, so cached generation gives the full forward's logits exactly.
+``reference`` is AdapterHub's mean over the call, padding included: the parity tests match
+AdapterHub's outputs on the same weights with it (``tests/test_unipelt.py``). Adapters saved before
+this field existed were trained with it, and reload with it. ``modules`` switches sub-modules off
+(the paper's UniPELT (AP) is ``[adapter, prefix]``).
 
 Trainable parameters: LoRA r·(in + out) + (in + 1) per wrapped linear; adapter 2·d·m + m + d + (d + 1)
 per block; prefix S·(d + 1) for the gates of S attention sites of key/value width W, plus the rows
@@ -32,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import torch
 from torch import nn
@@ -45,10 +54,12 @@ from peftlab.methods.base import MethodConfig
 from peftlab.methods.bottleneck import ACTIVATIONS, SUBLAYERS, BottleneckAdapter, place
 from peftlab.methods.lora import LoraLinear, is_quantized
 from peftlab.methods.pfeiffer import PfeifferConfig
+from peftlab.methods.pooling import PooledGate, add_pools, reads_encoder
 from peftlab.methods.prefix import PrefixConfig, PrefixKV, PrefixMLP, _rope_at
-from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_forward, replace_module
+from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_forward, replace_module, stack_of
 
 MODULES = ("lora", "prefix", "adapter")
+POOLINGS = ("causal", "reference")
 SLOT = "unipelt_prefix"  # attention.<SLOT>: the gated prefix of an attention module
 MLP_ATTR = "unipelt_prefix_mlp"  # model.<MLP_ATTR>: the prefix reparametrisation while training
 
@@ -61,14 +72,7 @@ def gate_linear(d: int, device=None) -> nn.Linear:
     return gate
 
 
-def pooled_gate(gate: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """mean_t σ(W_G x_t + b_G): (B, T, d) -> (B, 1)."""
-    if x.dtype != gate.weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        x = x.to(gate.weight.dtype)
-    return torch.sigmoid(gate(x)).mean(dim=1)
-
-
-class GatedLoraLinear(LoraLinear):
+class GatedLoraLinear(PooledGate, LoraLinear):
     """``h = W x + G_L(x) · B A x``; cannot be merged (its scale depends on the input)."""
 
     def __init__(self, base: nn.Module, r: int, dropout: float):
@@ -86,7 +90,7 @@ class GatedLoraLinear(LoraLinear):
         a, b = self.lora_a, self.lora_b
         if not torch.is_autocast_enabled(x.device.type) and a.dtype != x.dtype:
             a, b = a.to(x.dtype), b.to(x.dtype)
-        g = pooled_gate(self.gate, x).unsqueeze(-1).to(y.dtype)  # (B, 1, 1)
+        g = self.pooled_gate(x).to(y.dtype)  # (B, T or 1, 1)
         return y + F.linear(F.linear(self.dropout(x), a), b) * g
 
     def merge(self) -> None:
@@ -94,8 +98,9 @@ class GatedLoraLinear(LoraLinear):
                          "the input")
 
 
-class GatedPrefixKV(PrefixKV):
-    """Prefix rows scaled by ``G_P`` of the attention's input (recorded by a pre-hook on the attention)."""
+class GatedPrefixKV(PooledGate, PrefixKV):
+    """Prefix rows scaled by ``G_P`` of the attention's input (recorded by a pre-hook on the attention);
+    a gate per query when it pools causally (the attention hook widens the call for it)."""
 
     method = "unipelt"
 
@@ -112,11 +117,11 @@ class GatedPrefixKV(PrefixKV):
         x, self._x = self._x, None
         if x is None:
             raise RuntimeError(f"unipelt: {type(module).__name__} ran without its input recorded")
-        g = pooled_gate(self.gate, x).to(k.dtype)[:, :, None, None]  # (B, 1, 1, 1)
-        return k * g, v * g
+        g = self.pooled_gate(x).to(k.dtype)  # (B, q or 1, 1)
+        return k, v, g.view(g.shape[0], 1, g.shape[1], 1)  # (B, 1, q or 1, 1): the hook scales k, v by it
 
 
-class GatedAdapter(BottleneckAdapter):
+class GatedAdapter(PooledGate, BottleneckAdapter):
     """A Pfeiffer adapter whose output is scaled by ``G_A`` of its input z = h + y."""
 
     def __init__(self, d: int, m: int, cfg, norm, device=None):
@@ -126,7 +131,7 @@ class GatedAdapter(BottleneckAdapter):
             nn.init.normal_(self.gate.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) * pooled_gate(self.gate, x).unsqueeze(-1).to(self.down.weight.dtype)
+        return super().forward(x) * self.pooled_gate(x).to(self.down.weight.dtype)
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,11 @@ class UniPELTConfig(MethodConfig):
     nonlinearity: str = "relu"  # the adapter's f
     adapter_sublayers: tuple[str, ...] = ("ffn",)  # Pfeiffer's place: after the FFN
     adapter_init: Literal["bert", "zero_up", "houlsby"] = "bert"  # bert: AdapterHub's UniPELT adapter
+    # causal: a decoder's gate at t pools positions <= t, an encoder's the whole input, padding left
+    # out; reference: AdapterHub's mean over the call, padding included (reads later tokens)
+    gate_pooling: Literal["causal", "reference"] = "causal"
+    # what adapters saved before gate_pooling existed were trained with (io.load_adapter)
+    legacy_defaults: ClassVar[dict] = {"gate_pooling": "reference"}
 
     def __post_init__(self):
         for name in ("modules", "lora_targets", "adapter_sublayers"):
@@ -172,6 +182,8 @@ class UniPELTConfig(MethodConfig):
                                                   f"got {list(self.adapter_sublayers)}")
         if self.adapter_init not in ("bert", "zero_up", "houlsby"):
             raise FieldError("adapter_init", f"adapter_init must be bert, zero_up or houlsby, got {self.adapter_init!r}")
+        if self.gate_pooling not in POOLINGS:
+            raise FieldError("gate_pooling", f"gate_pooling must be causal or reference, got {self.gate_pooling!r}")
         if "prefix" in self.modules and not (self.encoder_self or self.decoder_self or self.cross):
             raise FieldError("encoder_self", "encoder_self, decoder_self and cross are all false: no attention "
                                              "gets a prefix (leave prefix out of modules instead)")
@@ -186,24 +198,33 @@ class UniPELTConfig(MethodConfig):
         injected: list[nn.Module] = []
         d = getattr(model.config, family.hidden_size)
         device = next(model.parameters()).device
+        pools = add_pools(model, family, self.name) if self.gate_pooling == "causal" else {}
+
+        def pooled(module, stack, memory=False):
+            if pools:
+                module.use_pool(pools[stack], memory)
+            return module
+
         if "lora" in self.modules:
             for name, linear in find_linears(model, family, self.lora_targets, method=self.name):
                 if not (type(linear) is nn.Linear or is_fan_in_fan_out(linear) or is_quantized(linear)):
                     raise ModelError(f"unipelt: {name} is already wrapped ({type(linear).__name__})")
-                module = GatedLoraLinear(linear, self.r, self.lora_dropout)
+                module = pooled(GatedLoraLinear(linear, self.r, self.lora_dropout), stack_of(name, family),
+                                reads_encoder(name, family))
                 replace_module(model, name, module)
                 injected.append(module)
         if "prefix" in self.modules:
-            injected += self._apply_prefix(model, family, d, device)
+            injected += self._apply_prefix(model, family, d, device, pooled)
         if "adapter" in self.modules:
             adapter = PfeifferConfig(reduction_factor=self.reduction_factor, bottleneck=self.bottleneck,
                                      nonlinearity=self.nonlinearity, init=self.adapter_init)
             m = adapter.bottleneck_size(d)
             injected += place(model, family, self.name, self.adapter_sublayers,
-                              lambda stack, i, kind, norm: GatedAdapter(d, m, adapter, norm, device=device))
+                              lambda stack, i, kind, norm: pooled(GatedAdapter(d, m, adapter, norm, device=device),
+                                                                  stack))
         return injected
 
-    def _apply_prefix(self, model, family, d, device) -> list[nn.Module]:
+    def _apply_prefix(self, model, family, d, device, pooled) -> list[nn.Module]:
         if hasattr(model, MLP_ATTR):
             raise ModelError("unipelt: this model already has a UniPELT prefix")
         sites = self._prefix().sites(model, family)
@@ -215,7 +236,8 @@ class UniPELTConfig(MethodConfig):
             model.add_module(MLP_ATTR, shared)
         out = [shared] if shared is not None else []
         for i, (name, attention) in enumerate(sites):
-            ext = GatedPrefixKV(self.prefix_length, heads, dim, d, rope, shared, i).to(device)
+            ext = pooled(GatedPrefixKV(self.prefix_length, heads, dim, d, rope, shared, i).to(device),
+                         stack_of(name, family))
             attach(model, name, SLOT, ext)
             attention.register_forward_pre_hook(ext.record_input, with_kwargs=True)
             out.append(ext)

@@ -85,12 +85,14 @@ def attach(model, family, module: VirtualTokens) -> VirtualTokens:
                          f"two methods cannot both prepend tokens to one input")
     host.add_module(ATTR, module)
     module.train(host.training)  # a new module starts in training mode; follow the model's (dropout)
+    # first among the host's pre-hooks: the others (UniPELT's pools) must see the rewritten call
     if family.kind == "seq2seq":
-        host.register_forward_pre_hook(_encoder_pre_hook, with_kwargs=True)
+        host.register_forward_pre_hook(_encoder_pre_hook, with_kwargs=True, prepend=True)
         decoder = model.get_submodule(family.decoder)
-        decoder.register_forward_pre_hook(functools.partial(_cross_mask_pre_hook, n=module.n), with_kwargs=True)
+        decoder.register_forward_pre_hook(functools.partial(_cross_mask_pre_hook, n=module.n), with_kwargs=True,
+                                          prepend=True)
     else:
-        host.register_forward_pre_hook(_causal_pre_hook, with_kwargs=True)
+        host.register_forward_pre_hook(_causal_pre_hook, with_kwargs=True, prepend=True)
         host.register_forward_hook(_causal_post_hook, with_kwargs=True)
     return module
 
