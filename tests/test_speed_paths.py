@@ -60,20 +60,23 @@ def _model(family: str, methods, **config):
 
 
 def _train(model, spec: TrainSpec, batch, steps=4):
+    """(losses, trained weights, the first step's gradients)."""
     loss_of = fast.training_loss(model, spec)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     model.train()
-    losses = []
+    losses, first_grads = [], None
     for i in range(steps):
         torch.manual_seed(100 + i)  # the same dropout masks along both paths
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.mixed_precision == "bf16"):
             loss = loss_of(batch)
         loss.backward()
+        if first_grads is None:
+            first_grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-    return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, first_grads
 
 
 def _llama_adapter(**kw):
@@ -106,16 +109,20 @@ def _compare(case, fast_spec: TrainSpec, precision: str):
     def run(spec, mixed):
         return _train(_model(family, methods(), **config), dataclasses.replace(spec, mixed_precision=mixed), batch)
 
-    plain_losses, plain_w = run(PLAIN, "no")
+    plain_losses, plain_w, plain_g = run(PLAIN, "no")
     assert plain_losses[-1] < plain_losses[0], "the plain path did not train"
-    fast_losses, fast_w = run(fast_spec, precision)
+    fast_losses, fast_w, fast_g = run(fast_spec, precision)
     assert fast_w.keys() == plain_w.keys()
     if precision == "no":
         torch.testing.assert_close(torch.tensor(fast_losses), torch.tensor(plain_losses), **FP32_TOL)
-        for name in plain_w:
-            torch.testing.assert_close(fast_w[name], plain_w[name], **FP32_TOL, msg=lambda m: f"{name}: {m}")
+        # full fine-tuning has near-zero gradients (embedding rows of tokens barely used) whose float32
+        # noise Adam's first steps turn into steps of ~lr: there the gradients are compared, tightly
+        full = any(m.trains_base for m in methods())
+        got, want = (fast_g, plain_g) if full else (fast_w, plain_w)
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], **FP32_TOL, msg=lambda m: f"{name}: {m}")
         return
-    plain16_losses, plain16_w = run(PLAIN, precision)
+    plain16_losses, plain16_w, _ = run(PLAIN, precision)
     fast_l, plain16_l, plain_l = (torch.tensor(x) for x in (fast_losses, plain16_losses, plain_losses))
     loss_noise = max(float((plain16_l - plain_l).norm()), BF16_LOSS_RTOL * float(plain_l.norm()))
     assert float((fast_l - plain_l).norm()) <= BF16_SLACK * loss_noise, (fast_losses, plain16_losses, plain_losses)
@@ -236,7 +243,7 @@ def test_compile_with_fast_dropout_has_no_graph_breaks(monkeypatch):
     torch._dynamo.reset()
     counters.clear()
     model = _model("t5", [LoraConfig(r=4, targets=("q", "v"))], dropout_rate=0.1)
-    losses, _ = _train(model, TrainSpec(fast_dropout=True, compile=True, mixed_precision="no"), _batch("t5"), steps=3)
+    losses, _, _ = _train(model, TrainSpec(fast_dropout=True, compile=True, mixed_precision="no"), _batch("t5"), steps=3)
     assert any(isinstance(m, FastDropout) for m in model.modules())
     assert model.config._attn_implementation == "blocks_fastdrop_sdpa"  # fused_kernels is on by default
     assert not counters["graph_break"], dict(counters["graph_break"])
@@ -288,8 +295,8 @@ def test_cast_frozen_is_bit_identical_under_bf16(family):
     plain = dataclasses.replace(PLAIN, mixed_precision="bf16")
     batch = _batch(family)
     model = _model(family, methods)
-    losses, weights = _train(model, dataclasses.replace(plain, cast_frozen=True), batch, steps=3)
-    ref_losses, ref_weights = _train(_model(family, methods), plain, batch, steps=3)
+    losses, weights, _ = _train(model, dataclasses.replace(plain, cast_frozen=True), batch, steps=3)
+    ref_losses, ref_weights, _ = _train(_model(family, methods), plain, batch, steps=3)
     assert losses == ref_losses
     for name, w in ref_weights.items():
         assert torch.equal(weights[name], w), name
