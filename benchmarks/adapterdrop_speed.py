@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from peftlab.env import device_name, versions
+from peftlab.device import device_name
+
+from peftlab.provenance import versions
 from peftlab.methods import apply_methods, get_method
 
 

@@ -41,7 +41,7 @@ def pairs(device):
     from peft import AdaptionPromptConfig, PrefixTuningConfig, get_peft_model
 
     from peftlab.methods import apply_methods
-    from peftlab.methods.attention import use_attention_hook
+    from peftlab.methods.hooks.attention import use_attention_hook
     from peftlab.methods.llama_adapter import LlamaAdapterConfig
     from peftlab.methods.prefix import PrefixConfig
 

@@ -3,7 +3,7 @@
     python benchmarks/constant_floor.py [CONFIG] [key=value ...]   (default configs/seed000/lora_r32_align.yaml)
 
 Prints, per task, the best constant output (chosen on the validation rows) or majority class, the
-BM25 nearest-neighbour retrieval floor (``peftlab.evaluate.floors``), and for code->doc the fixed
+BM25 nearest-neighbour retrieval floor (``peftlab.lab.floors``), and for code->doc the fixed
 constants the README quotes ("Return a list of the ." -> CodeXGLUE BLEU 11.6, ROUGE-L 18.6, BLEU 0.70
 on the seed-000 sample). The same floors are in every run's metrics.json.
 """
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from peftlab.config import load_config
-from peftlab.evaluate.floors import task_floors
+from peftlab.lab.floors import task_floors
 from peftlab.evaluate.metrics import text_metrics
-from peftlab.rundata import load_examples
+from peftlab.lab.rundata import load_examples
 from peftlab.schema import RunConfig
 
 args = [a for a in sys.argv[1:] if "=" not in a]

@@ -18,9 +18,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 one() {  # one case of one spec, under its own time limit
   local spec=$1 case=$2 limit=$3
   if [ -n "${DRY:-}" ]; then
-    "$PY" -m peftlab.cli speed "benchmarks/speed/$spec.yaml" --case "$case" --dry-run || return 1
+    "$PY" -m peftlab speed "benchmarks/speed/$spec.yaml" --case "$case" --dry-run || return 1
   else
-    timeout "$limit" "$PY" -m peftlab.cli speed "benchmarks/speed/$spec.yaml" --case "$case" \
+    timeout "$limit" "$PY" -m peftlab speed "benchmarks/speed/$spec.yaml" --case "$case" \
       --out "$OUT/$spec.$case.json" || echo "gpu_session: $spec $case ended with status $? (124: its ${limit} s ran out)"
   fi
 }

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from peftlab.env import device_name, versions
+from peftlab.device import device_name
+
+from peftlab.provenance import versions
 from peftlab.methods import apply_methods
 from peftlab.methods.houlsby import HoulsbyConfig
 from peftlab.methods.hyperformer import HyperFormerConfig

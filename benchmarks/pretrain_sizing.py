@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from peftlab.env import hardware, versions
+from peftlab.device import hardware
+
+from peftlab.provenance import versions
 from peftlab.pretrain import scaling
 from peftlab.pretrain.objectives import compute_input_and_target_lengths
 from peftlab.pretrain.recipe import PretrainConfig, load_pretrain_config, model_from_config

@@ -21,9 +21,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from peftlab.speed import build
-from peftlab.speed.spec import load_spec
-from peftlab.speed.train_case import build_impl, step
+from peftlab.lab.speed import build
+from peftlab.lab.speed.spec import load_spec
+from peftlab.lab.speed.train_case import build_impl, step
 
 
 MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_", "aten::addbmm"}

@@ -18,7 +18,8 @@ import warnings
 
 import torch
 
-from peftlab.methods import apply_methods, virtual_tokens
+from peftlab.methods import apply_methods
+from peftlab.methods.hooks import virtual_tokens
 from peftlab.methods.p_tuning import PTuningConfig
 from peftlab.methods.prompt_tuning import PromptTuningConfig
 from peftlab.models.loading import load_model

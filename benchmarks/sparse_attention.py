@@ -96,7 +96,7 @@ def worker(spec: dict) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    from peftlab.env import peak_rss_bytes
+    from peftlab.device import peak_rss_bytes
 
     rss_loaded = peak_rss_bytes() / 2**20
     loss = step()  # warm-up (kernels, masks, caches)

@@ -1,11 +1,11 @@
 """The speed benchmark, as a script: ``python benchmarks/speed.py SPEC.yaml [--dry-run] [...]``.
 
-Exactly ``peftlab speed SPEC.yaml ...`` (``peftlab.speed``); the specs are in ``benchmarks/speed/``.
+Exactly ``peftlab speed SPEC.yaml ...`` (``peftlab.lab.speed``); the specs are in ``benchmarks/speed/``.
 """
 
 import sys
 
-from peftlab.speed import main
+from peftlab.lab.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["speed", *sys.argv[1:]]))

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from peftlab.evaluate.floors import floors
+from peftlab.lab.floors import floors
 from peftlab.tasks import get_task
 
 TASKS = ["code2doc", "method_name", "doc_match", "exception_type", "line_completion"]

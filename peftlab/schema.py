@@ -75,7 +75,7 @@ class TrainSpec:
     max_grad_norm: Optional[float] = 1.0
     skip_nonfinite: int = 0  # optimizer steps with a NaN/inf loss or gradient to skip before stopping
     # autocast; trainable params stay fp32. auto: bf16 where the device computes it natively (GPU >= sm80,
-    # CPU with AVX512-BF16/AMX), fp16 + loss scaling on older GPUs, else fp32 (peftlab.env.resolve_precision)
+    # CPU with AVX512-BF16/AMX), fp16 + loss scaling on older GPUs, else fp32 (peftlab.device.resolve_precision)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     seed: int = 0
     log_every: int = 10  # optimizer steps between log rows
@@ -96,7 +96,7 @@ class TrainSpec:
     # cross-entropy through the output layer this many label positions at a time, never the full
     # (positions x vocabulary) logits; positions labelled -100 (padding, a decoder's prompt) are
     # skipped. None = the model's own loss; auto = 1024 where the output layer allows it (a plain
-    # bias-free linear layer: peftlab.train.head_loss.resolve_loss_chunk), the model's own loss elsewhere
+    # bias-free linear layer: peftlab.kernels.head_loss.resolve_loss_chunk), the model's own loss elsewhere
     loss_chunk: Union[int, Literal["auto"], None] = "auto"
 
     def __post_init__(self):

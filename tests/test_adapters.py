@@ -12,7 +12,7 @@ from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods import apply_methods
-from peftlab.methods.bottleneck import BottleneckAdapter
+from peftlab.methods.hooks.bottleneck import BottleneckAdapter
 from peftlab.methods.export import export_peft, merged_model
 from peftlab.methods.houlsby import HoulsbyConfig
 from peftlab.methods.ia3 import IA3Config, IA3Linear
@@ -215,9 +215,9 @@ def test_placement_errors_name_the_field(family, cfg, match):
 def test_export_refuses_bottleneck_adapters_by_name(tiny_t5, tmp_path):
     model = tiny_t5()
     apply_methods(model, [IA3Config(), PfeifferConfig()])
-    with pytest.raises(ModelError, match="also has pfeiffer"):
+    with pytest.raises(ModelError, match="holds one method; this model has ia3, pfeiffer"):
         export_peft(model, tmp_path / "x", "tiny")
-    with pytest.raises(ModelError, match="also has pfeiffer"):
+    with pytest.raises(ModelError, match="has ia3 and also has pfeiffer .pfeiffer: its bottleneck adapters"):
         merged_model(model)
 
 

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from peftlab.methods import apply_methods
-from peftlab.methods.bottleneck import BottleneckAdapter
+from peftlab.methods.hooks.bottleneck import BottleneckAdapter
 from peftlab.methods.houlsby import HoulsbyConfig
 from peftlab.methods.parallel import ParallelAdapterConfig
 from peftlab.methods.pfeiffer import PfeifferConfig

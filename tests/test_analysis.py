@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from peftlab.analysis.layers import block_adapter_params, layer_importance
-from peftlab.analysis.subspace import phi, phi_grid, right_singular
-from peftlab.cli import main
+from peftlab.lab.analysis.layers import block_adapter_params, layer_importance
+from peftlab.lab.analysis.subspace import phi, phi_grid, right_singular
+from peftlab.lab.cli import main
 from peftlab.errors import ModelError
 from tiny_runs import make_data, train
 
@@ -75,7 +75,7 @@ def test_lora_subspace_needs_lora(tmp_path):
     run = tmp_path / "ia3"
     assert train(run, make_data(tmp_path / "d"), "methods=[{name: ia3}]", "train.mixed_precision=no") == 0
     with pytest.raises(ModelError, match="no LoRA layer"):
-        from peftlab.analysis.subspace import compare_runs
+        from peftlab.lab.analysis.subspace import compare_runs
 
         compare_runs(run, run)
 
@@ -115,12 +115,12 @@ def test_layer_importance_of_a_tiny_run(runs, tmp_path, capsys):
 
 def test_layer_reset_is_removal_for_lora(runs):
     """Reset to init puts B back to 0: every block reset gives the base model's outputs."""
-    from peftlab.analysis.layers import _initial
+    from peftlab.lab.analysis.layers import _initial
     from peftlab.config import from_dict
     from peftlab.methods.base import MethodConfig
     from peftlab.methods.io import read_manifest
     from peftlab.models.loading import load_model
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     cfg, loaded = load_trained(runs[4])
     saved = [from_dict(MethodConfig, m) for m in read_manifest(runs[4] / "adapter")["methods"]]

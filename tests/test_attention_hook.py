@@ -11,7 +11,7 @@ from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods import apply_methods, peft_state
-from peftlab.methods.attention import (
+from peftlab.methods.hooks.attention import (
     EXTENSIONS,
     AttentionCore,
     KVExtender,
@@ -323,7 +323,7 @@ def test_rows_still_apply_after_another_function_took_a_hook_name(family, batche
     taken back when a method attaches."""
     from transformers import AttentionInterface
 
-    from peftlab.train import kernels
+    from peftlab.kernels import ops as kernels
 
     batch = batches[family]
     expected = logits(with_rows(family, "sdpa"), batch)
@@ -343,8 +343,8 @@ def test_the_training_levers_attention_runs_under_the_hook(family, batches):
     module computes its core with the levers' function (the extensions around it), the same logits
     in eval (where it is SDPA), and in training with dropout the rows still apply (a model without
     them differs)."""
-    from peftlab.methods.attention import SDPA_BASE
-    from peftlab.train import kernels
+    from peftlab.methods.hooks.attention import SDPA_BASE
+    from peftlab.kernels import ops as kernels
 
     batch = batches[family]
     model = with_rows(family, "sdpa")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.bench import compare, markdown_table
+from peftlab.lab.compare import compare, markdown_table
 from peftlab.errors import ConfigError
 
 SMOKE = (Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml").read_text()
@@ -78,10 +78,10 @@ def test_compare_retrains_a_run_whose_config_was_edited(tmp_path):
 def test_compare_trains_each_run_in_its_own_process(tmp_path, monkeypatch):
     """A run happens in a child process (its peak memory its own): a train_run broken in this
     process does not reach it; a failure in the child is raised here naming the config."""
-    import peftlab.child
-    import peftlab.run
+    import peftlab.lab.child
+    import peftlab.lab.run
 
-    from peftlab.bench import CompareError
+    from peftlab.lab.compare import CompareError
 
     def broken(*a, **k):
         raise AssertionError("trained in the comparing process")
@@ -89,12 +89,12 @@ def test_compare_trains_each_run_in_its_own_process(tmp_path, monkeypatch):
     cfgs = tmp_path / "cfgs"
     cfgs.mkdir()
     (cfgs / "b_lora.yaml").write_text(SMOKE)
-    monkeypatch.setattr(peftlab.run, "train_run", broken)
+    monkeypatch.setattr(peftlab.lab.run, "train_run", broken)
     rows = compare([cfgs], tmp_path / "out", overrides=FAST, progress=False)
     assert rows[0]["steps"] == 2 and rows[0]["peak_memory_mib"] > 0
     assert not list((tmp_path / "out").glob(".*.result.json"))  # the child's outcome file is gone
 
-    monkeypatch.setattr(peftlab.child, "in_a_process", lambda *a: {"state": "failed", "error": "the run's process "
+    monkeypatch.setattr(peftlab.lab.child, "in_a_process", lambda *a: {"state": "failed", "error": "the run's process "
                                                                    "was killed by signal 9 (SIGKILL: out of memory?)"})
     with pytest.raises(CompareError, match="b_lora.yaml: the run's process was killed by signal 9"):
         compare([cfgs], tmp_path / "out2", overrides=FAST, progress=False)

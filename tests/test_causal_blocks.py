@@ -1,4 +1,4 @@
-"""Causal attention by blocks of queries (``peftlab.train.causal_blocks``) against SDPA: the same
+"""Causal attention by blocks of queries (``peftlab.kernels.causal_blocks``) against SDPA: the same
 values and gradients in float32, SDPA's own error in bfloat16, and when it declines."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peftlab.train import causal_blocks
-from peftlab.train.causal_blocks import block_causal_attention, takes
+from peftlab.kernels import causal_blocks
+from peftlab.kernels.causal_blocks import block_causal_attention, takes
 
 
 def _qkv(t: int, dtype=torch.float32, b: int = 2, h: int = 3, d: int = 16, seed: int = 0):
@@ -136,7 +136,7 @@ def test_a_checkpointed_layer_recomputes_what_it_computed():
     passes take the blocks (``training``), so the recomputed output is the first one to the bit."""
     import types
 
-    from peftlab.train import kernels
+    from peftlab.kernels import ops as kernels
 
     q, k, v = _qkv(160)
     module = types.SimpleNamespace(training=True, num_key_value_groups=1, is_causal=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -36,7 +36,7 @@ def test_train_writes_a_complete_run(smoke_run):
     m = json.loads((smoke_run / "metrics.json").read_text())
     assert METRIC_FIELDS <= set(m)
     assert m["steps"] == 4 and m["stopped_by"] == "max_steps"
-    from peftlab.env import resolve_precision
+    from peftlab.device import resolve_precision
 
     assert m["mixed_precision"] == "auto" and m["precision"] == resolve_precision("auto", "cpu")
     assert m["trainable_params"] == sum(m["trainable_params_by_method"].values())
@@ -124,7 +124,7 @@ def test_bad_input_is_one_clear_message(tmp_path, capsys, override, message):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "peftlab.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "peftlab", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout and "compare" in out.stdout
 
 
@@ -147,7 +147,7 @@ def test_merge_writes_a_plain_hf_model(lora_run, tmp_path):
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     assert main(["merge", str(lora_run), "--out", str(tmp_path / "merged")]) == 0
     merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "merged").eval()
@@ -161,7 +161,7 @@ def test_export_loads_in_peft(lora_run, tmp_path, capsys):
     from peft import PeftModel
 
     from peftlab.models.loading import load_model
-    from peftlab.run import base_model_record, load_run_config, load_trained
+    from peftlab.lab.run import base_model_record, load_run_config, load_trained
 
     assert main(["export", str(lora_run), "--out", str(tmp_path / "peft")]) == 0
     cfg = load_run_config(lora_run)

@@ -99,11 +99,11 @@ def test_shipped_configs_all_load():
 
             load_pretrain_config(p)
         elif p.parent.name == "bench":  # bench specs (peftlab bench), every run config inside checked
-            from peftlab.study import load_bench
+            from peftlab.lab.bench.run import load_bench
 
             load_bench(p)
         elif p.parent.name == "search":  # search specs (peftlab search)
-            from peftlab.search_spec import load_search
+            from peftlab.lab.search.spec import load_search
 
             load_search(p)
         else:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke-llama.yaml"
@@ -39,8 +39,8 @@ def test_decoder_loss_is_on_the_target_only(tmp_path):
     """Changing the prompt's tokens changes the loss, but the loss is averaged over target tokens:
     its count of scored tokens equals the target's (+ EOS), never the prompt's."""
     from peftlab.config import load_config
-    from peftlab.run import build
-    from peftlab.rundata import encode_rows, load_examples
+    from peftlab.lab.run import build
+    from peftlab.lab.rundata import encode_rows, load_examples
     from peftlab.schema import RunConfig
 
     cfg = load_config(RunConfig, SMOKE, FAST)
@@ -79,7 +79,7 @@ def test_merged_lora_decodes_like_unmerged(llama_run, tmp_path):
 
     from peftlab.data.seq2seq import prompt_ids
     from peftlab.evaluate.generate import Decoding, generate_ids
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     assert main(["merge", str(llama_run), "--out", str(tmp_path / "merged")]) == 0
     cfg, loaded = load_trained(llama_run)
@@ -95,7 +95,7 @@ def test_batched_generation_equals_one_by_one(llama_run):
     """Left padding and the KV cache do not change what a row generates."""
     from peftlab.data.seq2seq import prompt_ids
     from peftlab.evaluate.generate import Decoding, generate_ids
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     _, loaded = load_trained(llama_run)
     texts = ["def f(x):\n    return x + 1\n", "import os", "class A:\n    pass\n\n\ndef g():"]
@@ -116,7 +116,7 @@ def test_too_long_for_the_position_table_names_the_field(tmp_path, capsys):
 
 def test_classification_on_t5_and_llama_ranks_label_words(tmp_path):
     from peftlab.config import load_config
-    from peftlab.run import train_run
+    from peftlab.lab.run import train_run
     from peftlab.schema import RunConfig
 
     data = tmp_path / "sent"
@@ -137,7 +137,7 @@ def test_classification_on_t5_and_llama_ranks_label_words(tmp_path):
 
 def test_multi_task_run_scores_each_task(tmp_path):
     from peftlab.config import load_config
-    from peftlab.run import train_run
+    from peftlab.lab.run import train_run
     from peftlab.schema import RunConfig
 
     data = tmp_path / "yesno"
@@ -158,7 +158,7 @@ def test_relative_data_paths_are_resolved_when_the_run_is_created(tmp_path, monk
     import yaml
 
     from peftlab.config import load_config
-    from peftlab.run import train_run
+    from peftlab.lab.run import train_run
     from peftlab.schema import RunConfig
 
     data = tmp_path / "d"

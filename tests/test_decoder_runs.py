@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke-llama.yaml")
@@ -34,7 +34,7 @@ def _losses(run):
 def _torchrun(args, port):
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         "-m", "peftlab.cli", *args], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+         "-m", "peftlab", *args], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
         timeout=600)
 
 
@@ -44,7 +44,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_decoder_run(tmp_path):
     assert main(["train", SMOKE, "--out", str(full), "--quiet", *args]) == 0
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "train", SMOKE, "--out", str(killed), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab", "train", SMOKE, "--out", str(killed), "--quiet",
                              *args], env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -97,7 +97,7 @@ def test_qlora_decoder_run_then_merge_into_the_full_precision_base(tmp_path):
 
     from peftlab.methods.io import load_adapter
     from peftlab.models.loading import load_model
-    from peftlab.run import base_model_record, load_run_config
+    from peftlab.lab.run import base_model_record, load_run_config
 
     run = tmp_path / "run"
     args = [*ARGS, "model.quantize=4bit", "train.gradient_checkpointing=true", "train.max_steps=3",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -31,7 +31,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29611",
-         "-m", "peftlab.cli", "train", SMOKE, "--out", str(ddp), "--quiet", *ARGS],
+         "-m", "peftlab", "train", SMOKE, "--out", str(ddp), "--quiet", *ARGS],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -53,7 +53,7 @@ def _torchrun(args, port, env=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         "-m", "peftlab.cli", *args], env=env, capture_output=True, text=True, timeout=600,
+         "-m", "peftlab", *args], env=env, capture_output=True, text=True, timeout=600,
     )
 
 
@@ -89,7 +89,7 @@ def test_fsdp_two_processes_equal_one_process_and_save_whole_adapters(tmp_path, 
         out = subprocess.run(
             [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "--main_process_port", "29616", "-m", "peftlab.cli", "train", SMOKE, "--out", str(fsdp), "--quiet",
+             "--main_process_port", "29616", "-m", "peftlab", "train", SMOKE, "--out", str(fsdp), "--quiet",
              *ARGS, *extra], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _losses(fsdp) == pytest.approx(_losses(single), rel=1e-4)
@@ -123,7 +123,7 @@ def test_fsdp_checkpoints_are_whole_and_resume(tmp_path):
 
     part = tmp_path / "part"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29614",
-           "-m", "peftlab.cli", "train", SMOKE, "--out", str(part), "--quiet", *args]
+           "-m", "peftlab", "train", SMOKE, "--out", str(part), "--quiet", *args]
     proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

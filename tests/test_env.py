@@ -1,4 +1,4 @@
-"""Precision chooses itself (issue 13): the one rule in ``peftlab.env.resolve_precision`` for every
+"""Precision chooses itself (issue 13): the one rule in ``peftlab.dev.resolve_precision`` for every
 device, the capability probes behind it (mocked: each kind of CPU/GPU this project has seen or
 expects), the one warning for a forced slow choice, and generation following the same rule."""
 
@@ -8,19 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab import env
+from peftlab import device as dev, provenance
+from peftlab.lab import env
 from peftlab.errors import ConfigError
 
 
 @pytest.fixture
 def machine(monkeypatch):
     """``machine(cpu_bf16=..., cuda_bf16=...)``: pretend the probes found this; warnings start afresh."""
-    monkeypatch.setattr(env, "_warned", set())
+    monkeypatch.setattr(dev, "_warned", set())
 
     def pretend(cpu_bf16=False, cuda_bf16=False):
-        monkeypatch.setattr(env, "native_bf16_cpu", lambda: cpu_bf16)
-        monkeypatch.setattr(env, "cuda_native_bf16", lambda index=0: cuda_bf16)
-        monkeypatch.setattr(env, "_gpu_name", lambda index=0: "Tesla T4")
+        monkeypatch.setattr(dev, "native_bf16_cpu", lambda: cpu_bf16)
+        monkeypatch.setattr(dev, "cuda_native_bf16", lambda index=0: cuda_bf16)
+        monkeypatch.setattr(dev, "_gpu_name", lambda index=0: "Tesla T4")
 
     return pretend
 
@@ -41,29 +42,29 @@ def machine(monkeypatch):
 ])
 def test_precision_resolution(machine, device, cpu_bf16, cuda_bf16, requested, expected):
     machine(cpu_bf16=cpu_bf16, cuda_bf16=cuda_bf16)
-    assert env.resolve_precision(requested, device) == expected
+    assert dev.resolve_precision(requested, device) == expected
 
 
 def test_fp16_on_cpu_is_refused_for_training_and_falls_back_for_generation(machine):
     machine(cpu_bf16=False)
     with pytest.raises(ConfigError, match="fp16 autocast needs a GPU"):
-        env.resolve_precision("fp16", "cpu")
-    assert env.resolve_precision("fp16", "cpu", training=False) == "no"  # a GPU run re-scored on a CPU
+        dev.resolve_precision("fp16", "cpu")
+    assert dev.resolve_precision("fp16", "cpu", training=False) == "no"  # a GPU run re-scored on a CPU
     machine(cpu_bf16=True)
-    assert env.resolve_precision("fp16", "cpu", training=False) == "bf16"
+    assert dev.resolve_precision("fp16", "cpu", training=False) == "bf16"
 
 
 def test_unknown_precision_is_one_clear_error():
     with pytest.raises(ConfigError, match="train.mixed_precision: 'fp8' is not one of auto, bf16, fp16, no"):
-        env.resolve_precision("fp8", "cpu")
+        dev.resolve_precision("fp8", "cpu")
 
 
 def test_forced_slow_bf16_warns_once_saying_why_and_what_to_set(machine, caplog):
     machine(cpu_bf16=False)
-    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
+    with caplog.at_level(logging.WARNING, logger="peftlab.device"):
         for _ in range(3):
-            assert env.resolve_precision("bf16", "cpu") == "bf16"
-        env.resolve_precision("auto", "cpu")
+            assert dev.resolve_precision("bf16", "cpu") == "bf16"
+        dev.resolve_precision("auto", "cpu")
     (record,) = caplog.records
     msg = record.getMessage()
     assert "without native bf16" in msg and "neither AVX512-BF16 nor AMX" in msg and "slower" in msg
@@ -73,16 +74,16 @@ def test_forced_slow_bf16_warns_once_saying_why_and_what_to_set(machine, caplog)
 @pytest.mark.parametrize("requested, cpu_bf16", [("auto", False), ("auto", True), ("bf16", True), ("no", False)])
 def test_no_warning_for_a_fast_choice(machine, caplog, requested, cpu_bf16):
     machine(cpu_bf16=cpu_bf16)
-    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
-        env.resolve_precision(requested, "cpu")
+    with caplog.at_level(logging.WARNING, logger="peftlab.device"):
+        dev.resolve_precision(requested, "cpu")
     assert not caplog.records
 
 
 def test_forced_bf16_on_an_old_gpu_warns_once(machine, caplog):
     machine(cuda_bf16=False)
-    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
-        env.resolve_precision("bf16", "cuda")
-        env.resolve_precision("bf16", "cuda")
+    with caplog.at_level(logging.WARNING, logger="peftlab.device"):
+        dev.resolve_precision("bf16", "cuda")
+        dev.resolve_precision("bf16", "cuda")
     (record,) = caplog.records
     assert "Tesla T4" in record.getMessage() and "auto" in record.getMessage()
 
@@ -109,8 +110,8 @@ def test_native_bf16_probe(monkeypatch, name):
     caps, isa, native, described = CPUS[name]
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
-    assert env.native_bf16_cpu() is native
-    assert env.cpu_capability() == described
+    assert dev.native_bf16_cpu() is native
+    assert dev.cpu_capability() == described
 
 
 def test_probe_without_get_capabilities_uses_torchs_older_probes(monkeypatch):
@@ -118,15 +119,15 @@ def test_probe_without_get_capabilities_uses_torchs_older_probes(monkeypatch):
     for fn, value in [("_is_avx2_supported", True), ("_is_avx512_supported", True),
                       ("_is_avx512_bf16_supported", False), ("_is_amx_tile_supported", True)]:
         monkeypatch.setattr(torch.cpu, fn, lambda value=value: value)
-    assert env.native_bf16_cpu() is True  # AMX
+    assert dev.native_bf16_cpu() is True  # AMX
 
 
 def test_hardware_record_and_report_on_this_machine():
-    hw = env.hardware()
+    hw = dev.hardware()
     assert set(hw) == {"device", "cpu_capability", "native_bf16"} and isinstance(hw["native_bf16"], bool)
     rep = env.report()
     assert rep["auto_precision"] in ("bf16", "fp16", "no") and rep["torch"] == torch.__version__
-    assert rep["auto_precision"] == env.resolve_precision("auto", rep["device"])
+    assert rep["auto_precision"] == dev.resolve_precision("auto", rep["device"])
 
 
 def test_runs_record_the_peftlab_commit_only_of_a_checkout(tmp_path, monkeypatch):
@@ -137,22 +138,22 @@ def test_runs_record_the_peftlab_commit_only_of_a_checkout(tmp_path, monkeypatch
     import peftlab
 
     root = Path(peftlab.__file__).resolve().parents[1]
-    commit = env.peftlab_commit()
+    commit = provenance.peftlab_commit()
     if (root / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
         assert commit is not None and commit.removesuffix("-dirty") == head
-    assert env.versions()["peftlab_commit"] == commit
+    assert provenance.versions()["peftlab_commit"] == commit
     outer = tmp_path / "project"  # some user's repository, holding a venv with peftlab installed
     installed = outer / "venv" / "lib" / "site-packages" / "peftlab"
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("")
     subprocess.run(["git", "init", "-q", str(outer)], check=True)
     monkeypatch.setattr(peftlab, "__file__", str(installed / "__init__.py"))
-    env.peftlab_commit.cache_clear()  # asked once a process: forget this checkout's answer
+    provenance.peftlab_commit.cache_clear()  # asked once a process: forget this checkout's answer
     try:
-        assert env.peftlab_commit() is None
+        assert provenance.peftlab_commit() is None
     finally:
-        env.peftlab_commit.cache_clear()
+        provenance.peftlab_commit.cache_clear()
 
 
 def test_generation_follows_the_same_rule(monkeypatch, machine, tiny_t5):
@@ -169,8 +170,8 @@ def test_generation_follows_the_same_rule(monkeypatch, machine, tiny_t5):
 
     machine(cpu_bf16=False)
     seen = []
-    resolve = env.resolve_precision
-    monkeypatch.setattr(env, "resolve_precision", lambda *a, **k: seen.append((a, k)) or resolve(*a, **k))
+    resolve = dev.resolve_precision
+    monkeypatch.setattr(dev, "resolve_precision", lambda *a, **k: seen.append((a, k)) or resolve(*a, **k))
     out = generate_texts(tiny_t5(), Tok(), ["a", "bb"], max_source_length=8, max_new_tokens=3, mixed_precision="fp16")
     assert len(out) == 2
     assert seen == [(("fp16", torch.device("cpu")), {"training": False})]
@@ -183,12 +184,12 @@ def test_peak_rss_of_a_subprocess_is_its_own():
     import subprocess
     import sys
 
-    from peftlab.env import peak_rss_bytes
+    from peftlab.device import peak_rss_bytes
 
     ballast = bytearray(600 * 2**20)
     ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: 600 MiB resident here
     assert peak_rss_bytes() >= 600 * 2**20
-    code = "from peftlab.env import peak_rss_bytes; print(peak_rss_bytes())"
+    code = "from peftlab.device import peak_rss_bytes; print(peak_rss_bytes())"
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     del ballast
     assert child < 300 * 2**20, child  # the interpreter and peftlab's light imports, not the parent's 600 MiB

@@ -1,15 +1,15 @@
 """`peftlab eval RUN --name N --set data.*=...` and a bench's `evals:`: trained runs scored on other
-test rows from their saved adapters, without training again (peftlab.evals)."""
+test rows from their saved adapters, without training again (peftlab.lab.evals)."""
 
 import json
 
 import pytest
 
 from bench_helpers import write_spec
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from peftlab.errors import ConfigError
-from peftlab.evals import is_current, read_evals
-from peftlab.study import load_bench, run_bench
+from peftlab.lab.evals import is_current, read_evals
+from peftlab.lab.bench.run import load_bench, run_bench
 
 ONE = "  - {label: LoRA, methods: [{name: lora, r: 4}]}\n"
 EVALS = "evals: {same-test: {data.test_split: test}, valid-rows: {data.test_split: valid}}\n"

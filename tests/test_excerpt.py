@@ -1,10 +1,10 @@
 """The excerpt under a comparison's table: a few fixed test rows side by side (input, reference,
-each run's output), rendered from a fixture and built from run directories (peftlab.excerpt)."""
+each run's output), rendered from a fixture and built from run directories (peftlab.lab.excerpt)."""
 
 import json
 from pathlib import Path
 
-from peftlab.excerpt import build_excerpt, excerpt_markdown, shorten, write_excerpt
+from peftlab.lab.excerpt import build_excerpt, excerpt_markdown, shorten, write_excerpt
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "excerpt.json"
 

@@ -7,7 +7,7 @@ from peftlab.errors import ModelError
 from peftlab.methods import apply_methods
 from peftlab.methods.alignment import AlignmentConfig
 from peftlab.methods.export import export_peft, merged_model
-from peftlab.methods.lora import LoraConfig
+from peftlab.methods.lora import LoraConfig, LoraLinear
 
 
 def trained_lora(build, **lora):
@@ -48,14 +48,15 @@ def test_merged_model_saves_as_a_plain_hf_model(tmp_path, tiny_t5, t5_batch, log
 def test_methods_without_a_plain_form_are_refused(tmp_path, tiny_t5):
     model = tiny_t5()
     apply_methods(model, [LoraConfig(r=2), AlignmentConfig()])
-    with pytest.raises(ModelError, match="also has alignment"):
+    with pytest.raises(ModelError, match="holds one method; this model has lora, alignment"):
         export_peft(model, tmp_path / "x", "tiny")
-    with pytest.raises(ModelError, match="also has alignment"):
+    with pytest.raises(ModelError, match="has lora and also has alignment .alignment: it adds a hypernetwork"):
         merged_model(model)
+    assert any(isinstance(m, LoraLinear) for m in model.modules())  # refused before anything changed
 
 
 def _prompted(build, method):
-    from peftlab.methods import virtual_tokens
+    from peftlab.methods.hooks import virtual_tokens
     from peftlab.methods.p_tuning import PTuningConfig
     from peftlab.methods.prompt_tuning import PromptTuningConfig
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from tiny_runs import SMOKE, losses, make_data, snapshot, status, tiny_args, train
 
 STEPS = ["train.max_steps=6", "train.checkpoint_every=2", "train.lr=0.02"]
@@ -58,7 +58,7 @@ def save_file(tensors, filename, metadata=None):
     if os.path.basename(str(filename)) == "optimizer.safetensors" and "step-00000004" in str(filename):
         os.kill(os.getpid(), signal.SIGKILL)  # tensor files written, state.json not yet
 st.save_file = save_file
-from peftlab.cli import main
+from peftlab.lab.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -183,7 +183,7 @@ def test_a_read_only_run_directory(tmp_path, data, capsys):
 _HOLD = r"""
 import sys
 from pathlib import Path
-from peftlab import rundir
+from peftlab.lab import rundir
 rundir.acquire(Path(sys.argv[1]))
 print("holding", flush=True)
 sys.stdin.read()
@@ -240,13 +240,13 @@ def test_sigterm_is_recorded_as_interrupted_and_resume_waits_for_a_live_owner(tm
 
 
 def test_ctrl_c_is_recorded_as_interrupted(tmp_path, data, monkeypatch, capsys):
-    import peftlab.run
+    import peftlab.lab.run
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     run = tmp_path / "r"
-    monkeypatch.setattr(peftlab.run, "score", interrupted)
+    monkeypatch.setattr(peftlab.lab.run, "score", interrupted)
     assert train(run, data) == 130
     assert status(run)["state"] == "interrupted" and "its adapter is saved" in capsys.readouterr().err
     monkeypatch.undo()
@@ -255,14 +255,14 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, data, monkeypatch, capsys):
 
 _COMPARE_WAITING_FOR_A_FILE = r"""
 import os, sys, time
-import peftlab.run
-real = peftlab.run.train_run
+import peftlab.lab.run
+real = peftlab.lab.run.train_run
 def train_run(*a, **k):  # holds its --out until the test has tried a second compare
     while not os.path.exists(sys.argv[1]):
         time.sleep(0.02)
     return real(*a, **k)
-peftlab.run.train_run = train_run
-from peftlab.cli import main
+peftlab.lab.run.train_run = train_run
+from peftlab.lab.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -289,7 +289,7 @@ def test_two_trains_into_one_out_and_two_compares_into_one_out(tmp_path, data, c
         while not (out / ".peftlab.lock").exists() and first.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         assert first.poll() is None, first.stderr.read()[-2000:]
-        from peftlab.bench import compare
+        from peftlab.lab.compare import compare
 
         with pytest.raises(RunDirError, match=f"{out}: in use by pid {first.pid} .*compare"):
             compare([cfgs], out, overrides=tiny_args(data), progress=False)
@@ -303,8 +303,8 @@ def test_two_trains_into_one_out_and_two_compares_into_one_out(tmp_path, data, c
 
 
 def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, data, monkeypatch, capsys):
-    import peftlab.run
-    from peftlab.bench import compare
+    import peftlab.lab.run
+    from peftlab.lab.compare import compare
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -313,7 +313,7 @@ def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, 
     cfgs.mkdir()
     (cfgs / "a.yaml").write_text(Path(SMOKE).read_text())
     out = tmp_path / "out"
-    monkeypatch.setattr(peftlab.run, "score", interrupted)
+    monkeypatch.setattr(peftlab.lab.run, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compare([cfgs], out, overrides=tiny_args(data), progress=False, isolate=False)
     monkeypatch.undo()

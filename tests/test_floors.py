@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from peftlab.bench import BELOW_FLOOR, floor_rows, markdown_table
-from peftlab.evaluate.floors import (beats, best_constant, constant_candidates, floors, majority, nearest_neighbour,
+from peftlab.lab.compare import BELOW_FLOOR, floor_rows, markdown_table
+from peftlab.lab.floors import (beats, best_constant, constant_candidates, floors, majority, nearest_neighbour,
                                      retrieve, task_floors, terms)
 from peftlab.evaluate.generate import Decoding
 from peftlab.evaluate.select import decoding_grid, select_decoding
@@ -127,7 +127,7 @@ def test_compare_table_has_floor_rows_and_marks_methods_below_them():
 def test_task_floors_are_kept_and_keyed_on_the_rows(tmp_path, monkeypatch):
     """Every method and seed of a bench scores the same rows: floors are computed once, kept under
     PEFTLAB_CACHE/floors, and recomputed when a row (or the task's config) differs."""
-    import peftlab.evaluate.floors as fl
+    import peftlab.lab.floors as fl
     from peftlab.tasks import get_task
 
     monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path))

@@ -1,4 +1,4 @@
-"""A gated FFN's activation in one kernel (``peftlab.native.gated``, ``peftlab.train.gated``): the
+"""A gated FFN's activation in one kernel (``peftlab.kernels.native.gated``, ``peftlab.kernels.gated``): the
 kernel against torch's composed ops in value and gradient, its dropout against the dropout kernel's
 mask bit for bit, and the switched FFNs of T5 and LLaMA against transformers' forward."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from peftlab import native
-from peftlab.train import gated, kernels
+from peftlab.kernels import native
+from peftlab.kernels import gated, ops as kernels
 
 from conftest import build_llama, build_t5
 

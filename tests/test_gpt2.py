@@ -175,9 +175,9 @@ def test_cli_run_on_gpt2_trains_evaluates_generates_exports_and_merges(tmp_path,
     from peft import PeftModel
     from transformers import GPT2LMHeadModel
 
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
     from peftlab.models.loading import load_model
-    from peftlab.run import load_run_config, load_trained
+    from peftlab.lab.run import load_run_config, load_trained
 
     model_dir = tiny_gpt2_dir(tmp_path)
     run = tmp_path / "run"

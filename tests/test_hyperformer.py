@@ -359,8 +359,8 @@ def test_multi_task_run_trains_scores_and_reloads(tmp_path):
     """Two classify tasks written here, one ranked by label likelihood (task_ids in the batch) and one
     decoded (set_task before generate); per-task parameters in the metrics and the manifest."""
     from peftlab.config import load_config
-    from peftlab.run import train_run
-    from peftlab.finished import evaluate_run
+    from peftlab.lab.run import train_run
+    from peftlab.lab.finished import evaluate_run
     from peftlab.schema import RunConfig
     from tiny_runs import SMOKE, TINY_MODEL
 
@@ -386,7 +386,7 @@ def test_multi_task_run_trains_scores_and_reloads(tmp_path):
 def test_shipped_config_applies_to_mini_t5():
     """configs/methods-multitask/hyperformer.yaml on the shipped mini-t5: one embedding per task of data.task."""
     from peftlab.config import load_config
-    from peftlab.run import build
+    from peftlab.lab.run import build
     from peftlab.schema import RunConfig
     from tiny_runs import ROOT
 

@@ -168,7 +168,7 @@ def clamp_value(x, low, high):
 
 
 def test_cli_builds_the_set(tmp_path, capsys):
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
 
     assert main(["data", "instruct", str(SRCTREE), "--out", str(tmp_path / "ins")]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -181,7 +181,7 @@ def test_cli_builds_the_set(tmp_path, capsys):
 def test_loss_masks_the_prompt_and_scores_the_response(tmp_path):
     from transformers import AutoTokenizer
 
-    from peftlab.rundata import encode_rows, load_examples
+    from peftlab.lab.rundata import encode_rows, load_examples
     from peftlab.schema import DataSpec
 
     tok = AutoTokenizer.from_pretrained(ROOT / "models" / "mini-llama")
@@ -198,7 +198,7 @@ def test_loss_masks_the_prompt_and_scores_the_response(tmp_path):
 
 def test_a_few_steps_on_tiny_llama(tmp_path):
     from peftlab.config import load_config
-    from peftlab.run import train_run
+    from peftlab.lab.run import train_run
     from peftlab.schema import RunConfig
 
     rows = [{"instruction": f"What is {i} plus {i}?", "context": "", "response": f"{2 * i}",
@@ -213,8 +213,8 @@ def test_a_few_steps_on_tiny_llama(tmp_path):
     preds = [json.loads(x) for x in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 4 and all(p["category"] == "math" for p in preds)
 
-    from peftlab.cli import main
-    from peftlab.finished import generate_one
+    from peftlab.lab.cli import main
+    from peftlab.lab.finished import generate_one
 
     # --instruction renders the run's template: the same text as a --prompt written out in full
     args = dict(decoding={"max_new_tokens": 4})

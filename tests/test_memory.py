@@ -33,8 +33,8 @@ def test_many_runs_in_one_process_keep_memory_flat(tmp_path, monkeypatch):
     Each run's reported peak must stay within the same 40 MB of the warm-up runs' peaks, which an
     earlier large allocation (256 MB, freed) must not raise.
     """
-    import peftlab.run
-    from peftlab.bench import compare
+    import peftlab.lab.run
+    from peftlab.lab.compare import compare
 
     data = make_data(tmp_path / "data")
     cfgs = tmp_path / "cfgs"
@@ -46,7 +46,7 @@ def test_many_runs_in_one_process_keep_memory_flat(tmp_path, monkeypatch):
                           "eval.max_examples=1", "eval.max_new_tokens=1")
 
     seen = []
-    real_train_run = peftlab.run.train_run
+    real_train_run = peftlab.lab.run.train_run
 
     def measured(cfg, run_dir, **kw):
         if len(seen) == WARM:  # a big transient allocation between runs: later peaks must not show it
@@ -59,7 +59,7 @@ def test_many_runs_in_one_process_keep_memory_flat(tmp_path, monkeypatch):
                      "big_tensors": sum(1 for o in gc.get_objects() if torch.is_tensor(o) and o.numel() > 100_000)})
         return metrics
 
-    monkeypatch.setattr(peftlab.run, "train_run", measured)
+    monkeypatch.setattr(peftlab.lab.run, "train_run", measured)
     rows = compare([cfgs], tmp_path / "out", overrides=overrides, progress=False, isolate=False)
     assert len(rows) == RUNS and len(seen) == RUNS
     first = seen[0]

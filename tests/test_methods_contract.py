@@ -18,7 +18,7 @@ from peftlab.config import from_dict
 from peftlab.errors import ConfigError, ModelError
 from peftlab.methods import MethodConfig, apply_methods, peft_state
 from peftlab.methods.alignment import ATTR, AlignmentConfig, HyperAlignmentAdapter
-from peftlab.methods.bottleneck import BottleneckAdapter
+from peftlab.methods.hooks.bottleneck import BottleneckAdapter
 from peftlab.methods.houlsby import HoulsbyConfig
 from peftlab.methods.hyperformer import HyperFormerConfig
 from peftlab.methods.unipelt import UniPELTConfig

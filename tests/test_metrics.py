@@ -154,7 +154,7 @@ def test_bleu_and_rouge_score_quietly(caplog):
 
     import sacrebleu
 
-    from peftlab.env import configure_logging
+    from peftlab.lab.env import configure_logging
     from peftlab.evaluate.metrics import corpus_bleu, rouge_l
 
     configure_logging()

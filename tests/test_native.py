@@ -1,4 +1,4 @@
-"""peftlab's C kernels (``peftlab.native``): dropout against its documented formula, torch's
+"""peftlab's C kernels (``peftlab.kernels.native``): dropout against its documented formula, torch's
 arithmetic, itself split across threads, and the fallback when it cannot be built; cross-entropy
 against torch's, at the edges (-inf, huge and NaN logits), split across threads."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftlab import native
-from peftlab.train import kernels
+from peftlab.kernels import native
+from peftlab.kernels import ops as kernels
 
 needs_native = pytest.mark.skipif(native.library() is None, reason=f"peftlab's C kernels: {native.status()}")
 

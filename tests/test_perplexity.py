@@ -117,7 +117,7 @@ def test_read_texts_from_file_directory_and_stdlib(tmp_path):
 
 
 def test_run_reports_ppl_and_eval_computes_it(tmp_path, capsys):
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
 
     text = tmp_path / "held.txt"
     text.write_text("def f(x):\n    return x * 2\n" * 20)
@@ -142,7 +142,7 @@ def test_run_reports_ppl_and_eval_computes_it(tmp_path, capsys):
 
 
 def test_perplexity_on_an_encoder_decoder_is_refused_before_training(tmp_path, capsys):
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
 
     assert main(["train", str(ROOT / "configs" / "smoke.yaml"), "--out", str(tmp_path / "r"), "--quiet",
                  "eval.perplexity=stdlib"]) == 2

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from peftlab.methods import apply_methods, peft_state
-from peftlab.methods import virtual_tokens
+from peftlab.methods.hooks import virtual_tokens
 from peftlab.methods.p_tuning import PTuningConfig
 from peftlab.methods.prompt_tuning import PromptTuningConfig
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SHRINK = ["model.init=random", "model.config={d_model: 64, d_kv: 16, d_ff: 128, num_layers: 2, num_decoder_layers: 2, "
@@ -23,7 +23,7 @@ def test_shipped_config_runs_and_exports(name, method, tmp_path, capsys):
     from peft import PeftModel
 
     from peftlab.models.loading import load_model
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     out = tmp_path / name
     config = ROOT / "configs" / "methods" / f"{name}.yaml"

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("bitsandbytes")
 
-from peftlab.cli import main  # noqa: E402
+from peftlab.lab.cli import main  # noqa: E402
 from peftlab.errors import ModelError  # noqa: E402
 from peftlab.methods import apply_methods  # noqa: E402
 from peftlab.methods.alignment import AlignmentConfig  # noqa: E402
@@ -92,7 +92,7 @@ def test_qlora_run_with_gradient_checkpointing_then_merge_into_the_full_precisio
     from transformers import AutoModelForSeq2SeqLM
 
     from peftlab.methods.io import load_adapter
-    from peftlab.run import base_model_record, load_run_config
+    from peftlab.lab.run import base_model_record, load_run_config
 
     run = tmp_path / "run"
     args = ["methods=[{name: lora, r: 8, targets: [q, v]}]", "model.quantize=4bit", "train.gradient_checkpointing=true", "train.max_steps=3", "train.batch_size=4",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from tiny_runs import ROOT, SMOKE, make_data, snapshot, status, tiny_args, train
 
 
@@ -41,7 +41,7 @@ def test_export_of_a_random_init_run_names_its_own_base(lora_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     out = tmp_path / "peft"
     assert main(["export", str(lora_run), "--out", str(out)]) == 0
@@ -207,18 +207,18 @@ def test_a_bad_test_split_fails_before_training(tmp_path, capsys, broken):
 
 
 def test_a_failure_in_scoring_keeps_the_adapter_and_the_run_resumable(tmp_path, data, monkeypatch, capsys):
-    import peftlab.run
+    import peftlab.lab.run
 
-    real_score = peftlab.run.score
+    real_score = peftlab.lab.run.score
 
     def broken(*a, **k):
         raise RuntimeError("scoring broke")
 
     run = tmp_path / "r"
-    monkeypatch.setattr(peftlab.run, "score", broken)
+    monkeypatch.setattr(peftlab.lab.run, "score", broken)
     with pytest.raises(RuntimeError, match="scoring broke"):
         train(run, data)
-    monkeypatch.setattr(peftlab.run, "score", real_score)
+    monkeypatch.setattr(peftlab.lab.run, "score", real_score)
     st = status(run)
     assert st["state"] == "failed" and "scoring broke" in st["error"]
     assert (run / "adapter" / "peftlab_adapter.safetensors").is_file() and (run / "trained.json").is_file()
@@ -357,7 +357,7 @@ def test_the_readme_peft_recipe_gives_peftlabs_outputs(tmp_path, data):
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from peftlab.run import load_trained
+    from peftlab.lab.run import load_trained
 
     run = tmp_path / "x"
     assert main(["train", SMOKE, "--out", str(run), "--quiet", *tiny_args(data), "model={name: mini-t5}",

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from peftlab.errors import RunDirError
-from peftlab.report import collect, main_table, task_table, write_report
+from peftlab.lab.report import collect, main_table, task_table, write_report
 
 MIB = 2**20
 # method -> task -> per-seed values of (primary metric, peak MiB); None: the run failed
@@ -171,7 +171,7 @@ def test_publish_copies_the_record_without_weights_and_reports_alike(tmp_path):
 
 
 def test_ranks_share_ties():
-    from peftlab.report.table import _ranks
+    from peftlab.lab.report.table import _ranks
 
     assert _ranks({"a": 3.0, "b": 5.0, "c": 3.0, "d": 1.0}) == {"b": 1.0, "a": 2.5, "c": 2.5, "d": 4.0}
     assert _ranks({}) == {}

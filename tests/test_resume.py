@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -30,7 +30,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "train", SMOKE, "--out", str(killed), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab", "train", SMOKE, "--out", str(killed), "--quiet",
                              *ARGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:

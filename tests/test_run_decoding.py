@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from tiny_runs import make_data
 
 ROOT = Path(__file__).resolve().parents[1]

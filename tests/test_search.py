@@ -6,10 +6,10 @@ import json
 import pytest
 
 from bench_helpers import TINY_OVERRIDES, make_sentiment
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from peftlab.errors import ConfigError
-from peftlab.search import pareto_front
-from peftlab.search_spec import load_search, sample
+from peftlab.lab.search.run import pareto_front
+from peftlab.lab.search.spec import load_search, sample
 from tiny_runs import SMOKE
 
 SPACE = """\

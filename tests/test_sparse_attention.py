@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from peftlab.config import from_dict
 from peftlab.errors import ConfigError, ModelError
 from peftlab.methods import MethodConfig, apply_methods
-from peftlab.methods.attention import AttentionCore, attach, attention_modules, extensions
+from peftlab.methods.hooks.attention import AttentionCore, attach, attention_modules, extensions
 from peftlab.methods.export import export_peft, merged_model
 from peftlab.methods.llama_adapter import SLOT as PROMPT, LlamaAdapterConfig
 from peftlab.methods.llama_adapter_v2 import LlamaAdapterV2Config

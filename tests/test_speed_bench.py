@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftlab.cli import main
+from peftlab.lab.cli import main
 from peftlab.errors import ConfigError, ModelError
-from peftlab.speed import run_speed
-from peftlab.speed.spec import load_spec
+from peftlab.lab.speed import run_speed
+from peftlab.lab.speed.spec import load_spec
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -112,8 +112,8 @@ def test_tiny_spec_runs_end_to_end(tiny_spec, tmp_path):
 def test_a_decoder_batch_with_a_target_labels_only_the_answer():
     from transformers import LlamaConfig
 
-    from peftlab.speed.build import make_batch
-    from peftlab.speed.spec import BatchShape
+    from peftlab.lab.speed.build import make_batch
+    from peftlab.lab.speed.spec import BatchShape
 
     config = LlamaConfig(vocab_size=50)
     batch = make_batch(BatchShape(size=3, source=5, target=2), config, torch.device("cpu"))
@@ -125,7 +125,7 @@ def test_a_decoder_batch_with_a_target_labels_only_the_answer():
 
 
 def test_peak_memory_comes_from_a_fresh_process(tiny_spec):
-    from peftlab.speed.memory import in_subprocess
+    from peftlab.lab.speed.memory import in_subprocess
 
     mem = in_subprocess({"spec": str(tiny_spec), "case": "lora", "precision": "fp32", "impl": "peft", "threads": 1})
     assert mem["kind"] == "cpu_peak_rss" and mem["peak_bytes"] >= mem["rss_built_bytes"] >= mem["rss_start_bytes"] > 0
@@ -198,7 +198,7 @@ def test_mismatched_peft_config_is_caught_on_meta(tmp_path, capsys):
 
 def test_import_peftlab_is_fast():
     """``import peftlab`` (and the CLI's module) under 1 s: heavy imports are lazy."""
-    code = ("import time; t = time.perf_counter(); import peftlab, peftlab.cli; "
+    code = ("import time; t = time.perf_counter(); import peftlab, peftlab.lab.cli; "
             "import sys; print(time.perf_counter() - t, 'torch' in sys.modules)")
     best = None
     for _ in range(3):  # the fastest of three: a loaded machine can stall one cold start (~0.02 s quiet)

@@ -144,7 +144,7 @@ def test_the_default_levers_train_like_the_plain_path(case, precision):
 
 
 def test_loss_chunk_auto_takes_the_chunked_path_on_plain_output_layers_only():
-    from peftlab.train.head_loss import AUTO_CHUNK, resolve_loss_chunk
+    from peftlab.kernels.head_loss import AUTO_CHUNK, resolve_loss_chunk
 
     llama, t5 = _model("llama", [LoraConfig(r=4)]), _model("t5", [LoraConfig(r=4)])
     assert resolve_loss_chunk(llama, "auto") == AUTO_CHUNK
@@ -189,8 +189,8 @@ def test_chunked_head_loss_trains_like_the_model_loss(case, precision):
 @pytest.mark.parametrize("kernel", ["native", "torch"])
 def test_chunked_head_loss_equals_cross_entropy_exactly_in_value(kernel, monkeypatch):
     """Both ways through a chunk: peftlab's C kernel (where it builds) and torch's ops."""
-    from peftlab import native
-    from peftlab.train.head_loss import chunked_head_loss
+    from peftlab.kernels import native
+    from peftlab.kernels.head_loss import chunked_head_loss
 
     if kernel == "torch":
         monkeypatch.setattr(native, "handles_cross_entropy", lambda logits: False)
@@ -237,7 +237,7 @@ def test_compile_with_fast_dropout_has_no_graph_breaks(monkeypatch):
 
     from torch._dynamo.utils import counters
 
-    from peftlab.train.kernels import FastDropout
+    from peftlab.kernels.ops import FastDropout
 
     monkeypatch.setattr(fast, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
@@ -257,7 +257,7 @@ def test_causal_blocks_train_like_the_plain_path(case, precision, monkeypatch):
     (4 heads on 2 key/value heads), the padded batch through its boolean mask; the plain path
     (fused_kernels off) keeps SDPA. Under peftlab's attention hook LLaMA-Adapter's gated prompt
     attention adds onto the blocks' output, and prefix tuning's rows come before the keys."""
-    from peftlab.train import causal_blocks
+    from peftlab.kernels import causal_blocks
 
     monkeypatch.setattr(causal_blocks, "BLOCK", 4)
     calls = []
@@ -317,7 +317,7 @@ def test_cast_frozen_does_nothing_in_fp32():
 
 
 def test_fast_dropout_has_the_rate_scale_and_backward_of_dropout():
-    from peftlab.train.kernels import FastDropout
+    from peftlab.kernels.ops import FastDropout
 
     drop = FastDropout(0.1).train()
     assert isinstance(drop, nn.Dropout)  # LoRA's fused path checks for nn.Dropout
@@ -342,7 +342,7 @@ def test_fast_dropout_has_the_rate_scale_and_backward_of_dropout():
 def test_fast_dropout_kernels_give_the_plain_formula_bit_for_bit(dtype):
     """The faster forms (0-dim int16 threshold, one ``addcmul`` of the values and the bool mask)
     against the plain ones: the same mask from the same draw and the same values, to the bit."""
-    from peftlab.train import kernels
+    from peftlab.kernels import ops as kernels
 
     torch.manual_seed(3)
     kept, scale = kernels.keep_mask(torch.Size((6, 7, 33)), 0.1, torch.device("cpu"))
@@ -361,7 +361,7 @@ def test_fast_dropout_trains_a_t5_with_dropout():
     """Another random stream, so not the same numbers but the same training in distribution: the
     mean loss of 6 steps, averaged over 4 seeds, within 3% of torch's dropout (the seed-to-seed
     spread of that average is ~1%); every nn.Dropout swapped, the attention's dropout routed."""
-    from peftlab.train import kernels
+    from peftlab.kernels import ops as kernels
 
     batch = _batch("t5")
 
@@ -393,7 +393,7 @@ def test_fast_dropout_trains_a_t5_with_dropout():
 def test_fused_activations_compute_the_same_gelu():
     from transformers.activations import NewGELUActivation
 
-    from peftlab.train.kernels import TanhGELU, fuse_activations
+    from peftlab.kernels.ops import TanhGELU, fuse_activations
 
     model = _model("t5", [LoraConfig(r=4)])
     before = sum(isinstance(m, NewGELUActivation) for m in model.modules())
@@ -409,7 +409,7 @@ def test_fused_activations_compute_the_same_gelu():
 def test_fast_attention_dropout_path_is_sdpa_without_dropout(family):
     """The attention function ``fast_dropout`` registers: stock SDPA outside training, and in
     training its math path (what SDPA falls back to with dropout) equals SDPA at dropout 0."""
-    from peftlab.train import kernels
+    from peftlab.kernels import ops as kernels
 
     config = {"dropout_rate": 0.1} if family == "t5" else {"attention_dropout": 0.1}
     model, batch = _model(family, [LoraConfig(r=4)], **config), _batch(family)
@@ -452,7 +452,7 @@ def test_fused_rms_norm_computes_transformers_norm(family, x_dtype, w_dtype):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
     from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-    from peftlab.train.kernels import fuse_rms_norms
+    from peftlab.kernels.ops import fuse_rms_norms
 
     cls = T5LayerNorm if family == "t5" else LlamaRMSNorm
     g = torch.Generator().manual_seed(0)
@@ -514,8 +514,8 @@ def test_math_attention_with_dropout_is_the_plain_formula(mask_kind, native_kern
     """The in-place math path (no scale pass for s = 1, mask added in place, dropout's 1/(1-p)
     applied after the product) against softmax(q k^T s + mask) ⊙ m / (1-p) @ v with the same mask m
     drawn from the same seed, values and gradients (T5 runs it with s = 1 and a float bias)."""
-    from peftlab import native
-    from peftlab.train import kernels
+    from peftlab.kernels import native
+    from peftlab.kernels import ops as kernels
 
     if native_kernel and native.library() is None:
         pytest.skip(f"peftlab's C kernels: {native.status()}")

@@ -1,4 +1,4 @@
-"""Intervals and paired tests of the report (peftlab.report.stats) against hand-computed values."""
+"""Intervals and paired tests of the report (peftlab.lab.report.stats) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from peftlab.evaluate.metrics import classification_metrics, corpus_bleu
-from peftlab.report import stats
+from peftlab.lab.report import stats
 
 
 def test_row_statistics_reproduce_the_metrics_on_any_subset():

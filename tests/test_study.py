@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from bench_helpers import write_spec
-from peftlab.batchfit import cpu_estimate, largest_fitting, saved_activation_bytes, worst_case_batch
-from peftlab.cli import main
+from peftlab.lab.bench.batchfit import cpu_estimate, largest_fitting, saved_activation_bytes, worst_case_batch
+from peftlab.lab.cli import main
 from peftlab.errors import ConfigError
-from peftlab.study import load_bench, run_bench, slug
+from peftlab.lab.bench.run import load_bench, run_bench, slug
 
 
 def _models_alive() -> int:
@@ -75,7 +75,7 @@ def test_a_killed_bench_resumes_without_redoing_finished_runs(tmp_path):
     spec.write_text(text)
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "bench", str(spec), "--out", str(out), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab", "bench", str(spec), "--out", str(out), "--quiet",
                              "--no-report"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def complete() -> list:
@@ -228,7 +228,7 @@ def test_the_seeds_table_3_is_a_bench_of_their_configs(table):
 def test_shipped_specs_load():
     from pathlib import Path
 
-    from peftlab.search_spec import load_search
+    from peftlab.lab.search.spec import load_search
 
     root = Path(__file__).resolve().parents[1] / "configs"
     for spec in sorted((root / "bench").glob("*.yaml")):
@@ -288,7 +288,7 @@ def test_sigterm_stops_every_run_side_by_side_and_a_rerun_resumes_them(tmp_path)
     text = spec.read_text().replace("  - {task: {name: classify", "  # - {task: {name: classify")
     spec.write_text(text.replace("  train.log_every: 1\n", "  train.log_every: 50\n  train.checkpoint_every: 10\n"))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "peftlab.cli", "bench", str(spec), "--out", str(out), "--quiet",
+    proc = subprocess.Popen([sys.executable, "-m", "peftlab", "bench", str(spec), "--out", str(out), "--quiet",
                              "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
@@ -315,7 +315,7 @@ def test_sigterm_stops_every_run_side_by_side_and_a_rerun_resumes_them(tmp_path)
 
 
 def test_tuning_spends_equal_runs_per_method_chooses_on_validation_and_is_reused(tmp_path):
-    from peftlab.study import choose_lr
+    from peftlab.lab.bench.run import choose_lr
 
     methods = ("  - {label: LoRA, methods: [{name: lora, r: 4}], lr_grid: [0.001, 0.01]}\n"
                "  - {label: IA3, methods: [ia3], lr_grid: [0.003, 0.03]}\n"
@@ -351,7 +351,7 @@ def test_tuning_spends_equal_runs_per_method_chooses_on_validation_and_is_reused
 
 
 def test_tuning_refuses_unequal_grids_and_chooses_by_loss_where_the_metric_is_flat(tmp_path):
-    from peftlab.study import choose_lr
+    from peftlab.lab.bench.run import choose_lr
 
     methods = "  - {label: LoRA, methods: [{name: lora, r: 4}], lr_grid: [0.001]}\n  - {name: ia3}\n"
     spec = write_spec(tmp_path, methods=methods, extra="tuning: {runs: 4}\n")

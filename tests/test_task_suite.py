@@ -276,7 +276,7 @@ def test_source_task_reads_a_built_directory_and_reports_missing_ones(tmp_path):
 
 
 def test_cli_data_builds_a_task(tmp_path, capsys):
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
 
     tree = _tree(tmp_path / "src")
     assert main(["data", "line_completion", str(tree), "--out", str(tmp_path / "lc")]) == 0
@@ -422,7 +422,7 @@ FAST = ["train.max_steps=2", "data.max_eval_examples=6", "eval.max_examples=4", 
 @pytest.mark.parametrize("task,config", [("method_name", "smoke.yaml"), ("exception_type", "smoke.yaml"),
                                          ("line_completion", "smoke-llama.yaml"), ("doc_match", "smoke-llama.yaml")])
 def test_a_source_task_trains_and_scores_with_its_floors(suite_dirs, tmp_path, task, config):
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
 
     out = tmp_path / "run"
     args = ["train", str(ROOT / "configs" / config), "--out", str(out), "--quiet", *FAST,

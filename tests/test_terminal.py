@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from peftlab.env import shown_on_terminal
+from peftlab.lab.env import shown_on_terminal
 
 
 def _record(name: str, level: int, message: str) -> logging.LogRecord:
@@ -15,7 +15,7 @@ def _record(name: str, level: int, message: str) -> logging.LogRecord:
 
 
 def test_only_peftlab_lines_and_other_libraries_real_warnings_are_shown():
-    assert shown_on_terminal(_record("peftlab.run", logging.INFO, "truncated 3 of 5 sources"))
+    assert shown_on_terminal(_record("peftlab.lab.run", logging.INFO, "truncated 3 of 5 sources"))
     assert shown_on_terminal(_record("__main__", logging.INFO, "[1/4] code2doc/lora/seed0"))  # a child process
     assert not shown_on_terminal(_record("matplotlib.font_manager", logging.INFO, "generated new fontManager"))
     assert not shown_on_terminal(_record("absl", logging.INFO, "Using default tokenizer."))
@@ -32,11 +32,11 @@ def test_a_command_process_prints_no_cache_notice_nor_imports_peft_for_a_version
     script = textwrap.dedent("""
         import logging, sys
         from pathlib import Path
-        from peftlab.env import configure_logging
+        from peftlab.lab.env import configure_logging
         configure_logging()
-        from peftlab.bench import plot
+        from peftlab.lab.compare import plot
         plot([{"method": "m", "trainable_params": 3, "bleu": 1.0}], Path(sys.argv[1]) / "r.png")
-        from peftlab.speed.machine import versions
+        from peftlab.lab.speed.machine import versions
         assert versions()["peft"], "peft's version from its metadata"
         logging.getLogger("peftlab.x").info("own line")
         print(sorted(m for m in ("peft", "bitsandbytes") if m in sys.modules))

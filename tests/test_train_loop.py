@@ -230,9 +230,9 @@ def test_evaluate_loss_is_the_models_own_loss(kind, t5_batch, llama_batch):
 
 @pytest.mark.parametrize("native, used", [(False, "no"), (True, "bf16")])
 def test_auto_precision_is_resolved_for_the_cpu_and_recorded(monkeypatch, native, used):
-    import peftlab.env
+    import peftlab.device
 
-    monkeypatch.setattr(peftlab.env, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(peftlab.device, "native_bf16_cpu", lambda: native)
     import peftlab.train.loop
 
     seen = []
@@ -247,11 +247,11 @@ def test_auto_precision_is_resolved_for_the_cpu_and_recorded(monkeypatch, native
 def test_forced_bf16_on_a_cpu_without_it_runs_with_one_warning(monkeypatch, caplog):
     import logging
 
-    import peftlab.env
+    import peftlab.device
 
-    monkeypatch.setattr(peftlab.env, "native_bf16_cpu", lambda: False)
-    monkeypatch.setattr(peftlab.env, "_warned", set())
-    with caplog.at_level(logging.WARNING, logger="peftlab.env"):
+    monkeypatch.setattr(peftlab.device, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(peftlab.device, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="peftlab.device"):
         for _ in range(2):  # a bench: several runs in one process, one warning
             _, res, _ = run(None, "bf", s=spec(mixed_precision="bf16", max_steps=1))
             assert res.precision == "bf16" and res.steps == 1
@@ -263,14 +263,14 @@ def _with_loss_scaler(monkeypatch, init_scale):
     part under test (fp16 autocast itself needs a GPU), so attach one to the CPU accelerator."""
     import peftlab.train.loop as loop
 
-    make = loop._make_accelerator
+    make = loop.make_accelerator
 
     def with_scaler(s):
         accelerator = make(s)
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
         return accelerator
 
-    monkeypatch.setattr(loop, "_make_accelerator", with_scaler)
+    monkeypatch.setattr(loop, "make_accelerator", with_scaler)
 
 
 def _overflowing(model, times):

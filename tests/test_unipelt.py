@@ -24,7 +24,7 @@ from peftlab.errors import ModelError
 from peftlab.methods import apply_methods, fold_methods, peft_state
 from peftlab.methods.io import load_adapter, save_adapter
 from peftlab.methods.lora import LoraConfig, merge
-from peftlab.methods.prefix import PrefixConfig, _rope_at
+from peftlab.methods.prefix import PrefixConfig, rope_at
 from peftlab.methods.unipelt import SLOT, GatedAdapter, GatedLoraLinear, GatedPrefixKV, UniPELTConfig
 
 from conftest import build_llama, build_t5, logits
@@ -413,7 +413,7 @@ def test_config_errors_name_the_field(kw, field):
 
 def test_shipped_config_applies_to_mini_t5():
     from peftlab.config import load_config
-    from peftlab.run import build
+    from peftlab.lab.run import build
     from peftlab.schema import RunConfig
     from tiny_runs import ROOT
 
@@ -451,7 +451,7 @@ def test_torch_compile_traces_the_pools_without_graph_breaks():
 def test_a_run_saved_before_gate_pooling_reads_as_the_reference_gate(tmp_path):
     """A committed UniPELT run predates ``gate_pooling``: its config reads as the leaking reference
     gate it was trained with, so a bench neither reuses it as today's causal UniPELT nor resumes it so."""
-    from peftlab.run import load_run_config
+    from peftlab.lab.run import load_run_config
 
     (tmp_path / "config.yaml").write_text("methods:\n- {name: unipelt, r: 4}\n- {name: lora, r: 2}\n")
     cfg = load_run_config(tmp_path)

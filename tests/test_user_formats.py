@@ -141,7 +141,7 @@ def test_seq2seq_jsonl(tmp_path):
 
 def test_a_glue_task_trains_on_t5(tmp_path):
     from peftlab.config import load_config
-    from peftlab.run import train_run
+    from peftlab.lab.run import train_run
     from peftlab.schema import RunConfig
 
     rows = [(f"the movie was {['bad', 'good'][i % 2]} {i}", i % 2) for i in range(20)]

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from peftlab.errors import ModelError
-from peftlab.methods import apply_methods, peft_state, virtual_tokens
+from peftlab.methods import apply_methods, peft_state
+from peftlab.methods.hooks import virtual_tokens
 from peftlab.methods.alignment import AlignmentConfig
 from peftlab.methods.io import WEIGHTS, load_adapter, save_adapter
 from peftlab.methods.lora import LoraConfig

@@ -28,7 +28,7 @@ def tiny_args(data: Path, *extra: str) -> list[str]:
 
 
 def train(out: Path, data: Path, *extra: str) -> int:
-    from peftlab.cli import main
+    from peftlab.lab.cli import main
 
     return main(["train", SMOKE, "--out", str(out), "--quiet", *tiny_args(data, *extra)])
 

@@ -45,8 +45,8 @@ class Decoding:
 
 def autocast_dtype(mixed_precision: str, device: torch.device):
     """The autocast dtype for a run's ``train.mixed_precision`` on ``device``, by the training loop's
-    rule (``peftlab.env.resolve_precision``): ``auto`` never emulates bf16; None = fp32."""
-    from peftlab.env import resolve_precision
+    rule (``peftlab.device.resolve_precision``): ``auto`` never emulates bf16; None = fp32."""
+    from peftlab.device import resolve_precision
 
     precision = resolve_precision(mixed_precision, device, training=False)
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

@@ -86,6 +86,7 @@ def _encoder_hook(module, args, kwargs, output):
 @dataclass(frozen=True)
 class AlignmentConfig(MethodConfig):
     name = "alignment"
+    cannot_merge = "it adds a hypernetwork between the encoder and the decoder"
     families = ("t5",)  # needs an encoder-decoder
     hidden: Optional[int] = None  # hypernetwork bottleneck h; None = one d x d layer (the seed's)
     mode: Literal["residual", "replace"] = "residual"  # residual: identity at init

@@ -79,6 +79,19 @@ class MethodConfig(NamedConfig):
         sparse attention while training, dense after); export and merge then leave it out."""
         return False
 
+    # Why the method cannot be folded into the weights of a plain transformers model (``peftlab merge``
+    # and ``export`` say so); None where ``merge_into_base`` folds it.
+    cannot_merge: ClassVar[str | None] = "it adds modules a plain transformers model does not have"
+    # False for the baselines (full fine-tuning, zero-shot): nothing is added to the model to export
+    adds_modules: ClassVar[bool] = True
+
+    def merge_into_base(self, model: nn.Module, family: "Family") -> None:
+        """Fold this method into the base model's own weights, in place, and put the plain layers back
+        (what ``peftlab merge`` writes). Implemented by the methods whose ``cannot_merge`` is None."""
+        from peftlab.errors import ModelError
+
+        raise ModelError(f"{self.name}: {self.cannot_merge}")
+
     def to_peft(self, model: nn.Module, family: "Family") -> tuple[dict, dict] | None:
         """HF peft's form of this method on ``model``: ``(adapter_config fields, adapter tensors)``;
         ``None`` when peft has no such method (the default); ``ModelError`` with the reason when
@@ -92,7 +105,7 @@ class MethodConfig(NamedConfig):
 
     @classmethod
     def dispatch(cls, name: str) -> type["MethodConfig"]:
-        from peftlab.methods import get_method
+        from peftlab.methods.registry import get_method
 
         return get_method(name)
 

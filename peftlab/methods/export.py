@@ -1,12 +1,13 @@
-"""Leaving peftlab: LoRA and IA3 adapters in HF peft's format, and merged plain ``transformers`` models.
+"""Leaving peftlab: adapters in HF peft's format, and merged plain ``transformers`` models.
 
 ``export_peft`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
-``peft.PeftModel.from_pretrained(base, DIR)`` loads; ``merged_model`` folds LoRA and IA3 into the
-base weights and unwraps them, leaving a model that ``save_pretrained`` writes and plain
-``from_pretrained`` reads. Methods with no plain-HF form (the alignment adapter, bottleneck
-adapters, virtual tokens) are refused by name, with the reason where there is one; methods that
-change training only (S²-Attn) are left out: the trained model runs without them. A method with its
-own peft form (prefix, prompt tuning, P-tuning, LLaMA-Adapter) exports through ``MethodConfig.to_peft``.
+``peft.PeftModel.from_pretrained(base, DIR)`` loads, from the one method the model holds: its
+``MethodConfig.to_peft`` gives peft's form (LoRA, IA3, prefix, prompt tuning, P-tuning,
+LLaMA-Adapter). ``merged_model`` folds every method into the base weights through its own
+``MethodConfig.merge_into_base`` (LoRA, IA3; full fine-tuning and zero-shot have nothing to fold),
+leaving a model that ``save_pretrained`` writes and plain ``from_pretrained`` reads; a method that
+cannot be folded is refused by name with its ``cannot_merge`` reason, before anything changes.
+Methods that change training only (S²-Attn) are left out of both: the trained model runs without them.
 """
 
 from __future__ import annotations
@@ -17,71 +18,38 @@ from pathlib import Path
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.methods.ia3 import IA3Config, IA3Linear, _peft_targets, ia3_peft_form
-from peftlab.methods.lora import LoraConfig, LoraLinear
 
 
-# Why a method cannot be merged into a plain transformers model, where there is a reason to give.
-_NO_MERGE = {
-    "prompt_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
-    "p_tuning": "its virtual tokens are extra inputs in front of the text, not a change to any weight",
-    "prefix": "its prefixes are extra keys and values in attention, not a change to any weight",
-    "unipelt": "its LoRA, prefix and adapter are scaled by gates that depend on the input",
-    "hyperformer": "its adapters' weights are generated per task by a hypernetwork",
-}
-
-
-def _peft_methods(model: nn.Module, what: str) -> list:
+def _applied(model: nn.Module, what: str) -> list:
+    """The methods applied to ``model`` that the trained model runs with."""
     from peftlab.methods.state import peft_state
 
     state = peft_state(model)
     if state is None:
         raise ModelError(f"{what}: no peftlab methods were applied to this model")
-    others = [c.name for c in state.configs
-              if c.name not in ("lora", "ia3", "full", "zero_shot") and not c.training_only()]
-    if others:
-        reasons = "".join(f"; {n}: {_NO_MERGE[n]}" for n in dict.fromkeys(others) if n in _NO_MERGE)
-        raise ModelError(f"{what}: only LoRA, IA3 (and full fine-tuning) have a plain Hugging Face form; "
-                         f"this model also has {', '.join(others)}{reasons}")
-    return [c for c in state.configs if isinstance(c, (LoraConfig, IA3Config))]
+    return [c for c in state.configs if not c.training_only()]
 
 
 def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str,
                 revision: str | None = None, spec=None) -> Path:
-    """Write the model's adapter in HF peft's on-disk format: LoRA, IA3, or one method with ``to_peft``.
+    """Write the model's adapter in HF peft's on-disk format (one method, through its ``to_peft``).
 
     ``base_model_name_or_path`` must load exactly the base the adapter was trained on (see
     ``exported_base``); with the run's ``spec`` (a ``ModelSpec``) a README.md says how to load it."""
-    where = dict(revision=revision, spec=spec)
-    own = _method_export(model)
-    if own is not None:
-        return _write(out_dir, model, base_model_name_or_path, *own, **where)
-    configs = _peft_methods(model, "peft export")
-    if len(configs) != 1:
-        raise ModelError(f"peft export: needs exactly one LoRA or IA3 method, found {len(configs)}")
+    from peftlab.models.arch import family_of
+
+    configs = [c for c in _applied(model, "peft export") if c.adds_modules]
+    if not configs:
+        raise ModelError("peft export: this model has no adapter (full fine-tuning or zero-shot); "
+                         "`peftlab merge` writes it as a plain transformers model")
+    if len(configs) > 1:
+        raise ModelError(f"peft export: a peft adapter holds one method; this model has "
+                         f"{', '.join(c.name for c in configs)}")
     (cfg,) = configs
-    if isinstance(cfg, IA3Config):
-        config, tensors = ia3_peft_form(model)
-        return _write(out_dir, model, base_model_name_or_path, config, tensors, **where)
-    wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
-    if any(m.merged for m in wrapped.values()):
-        raise ModelError("peft export: unmerge LoRA first (the export holds A and B, not merged weights)")
-    tensors = {}
-    for name, m in wrapped.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_a.detach().cpu().contiguous()
-        tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_b.detach().cpu().contiguous()
-    config = {
-        "peft_type": "LORA",
-        "r": cfg.r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
-        "use_rslora": cfg.rslora,
-        "target_modules": _peft_targets(model, set(wrapped)),  # exactly the wrapped layers
-        "bias": "none",
-        "fan_in_fan_out": any(m.fan_in_fan_out for m in wrapped.values()),  # GPT-2's Conv1D
-        "init_lora_weights": True,
-    }
-    return _write(out_dir, model, base_model_name_or_path, config, tensors, **where)
+    form = cfg.to_peft(model, family_of(model))
+    if form is None:
+        raise ModelError(f"peft export: HF peft has no form of {cfg.name} ({cfg.describe()})")
+    return _write(out_dir, model, base_model_name_or_path, *form, revision=revision, spec=spec)
 
 
 def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict, *,
@@ -132,43 +100,23 @@ def adapter_card(base: str, spec, encoder_decoder: bool, revision: str | None = 
 
 
 def merged_model(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update and IA3 vector into its base weight; put the plain layers back
-    (``nn.Linear``, or GPT-2's ``Conv1D``)."""
-    from transformers.pytorch_utils import Conv1D
-
-    from peftlab.methods.state import _ATTR
-    from peftlab.methods.targets import replace_module
-
-    _peft_methods(model, "merge")
-    for name, m in list(model.named_modules()):
-        if isinstance(m, (LoraLinear, IA3Linear)):
-            m.merge()
-            if m.fan_in_fan_out:
-                linear = Conv1D(m.out_features, m.in_features)
-            else:
-                linear = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
-                                   device=m.weight.device, dtype=m.weight.dtype)
-            linear.weight, linear.bias = m.weight, m.bias
-            replace_module(model, name, linear)
-    if hasattr(model, _ATTR):
-        delattr(model, _ATTR)
-    model.requires_grad_(True)
-    return model
-
-
-def _method_export(model: nn.Module) -> tuple[dict, dict] | None:
-    """A method's own peft form (``MethodConfig.to_peft``), if the model has such a method."""
-    from peftlab.methods.base import MethodConfig
-    from peftlab.methods.state import peft_state
+    """Fold every method into the base weights (each by its own ``merge_into_base``) and put the plain
+    layers back (``nn.Linear``, or GPT-2's ``Conv1D``). Refuses, before changing anything, when some
+    method cannot be folded, naming each with its reason."""
+    from peftlab.methods.state import forget_methods
     from peftlab.models.arch import family_of
 
-    state = peft_state(model)
-    configs = [c for c in state.configs if not c.training_only()] if state is not None else []
-    own = [c for c in configs if type(c).to_peft is not MethodConfig.to_peft]
-    if not own:
-        return None
-    if len(configs) > 1:
-        raise ModelError(f"peft export: a peft adapter holds one method; this model has "
-                         f"{', '.join(c.name for c in configs)}")
-    return own[0].to_peft(model, family_of(model))
-
+    configs = _applied(model, "merge")
+    refused = {c.name: c.cannot_merge for c in configs if c.cannot_merge is not None}
+    if refused:
+        merging = [c.name for c in configs if c.cannot_merge is None and c.adds_modules]
+        has = f"this model has {', '.join(merging)} and also has " if merging else "this model has "
+        raise ModelError(f"merge: only methods that change weights fold into a plain transformers model; "
+                         f"{has}{', '.join(refused)} ("
+                         + "; ".join(f"{name}: {why}" for name, why in refused.items()) + ")")
+    family = family_of(model)
+    for c in configs:
+        c.merge_into_base(model, family)
+    forget_methods(model)
+    model.requires_grad_(True)
+    return model

@@ -16,18 +16,28 @@ class FullFineTuneConfig(MethodConfig):
     name = "full"
     trains_base = True
     lr_grid = (3e-5, 1e-4, 3e-4, 1e-3)  # every weight moves: an order of magnitude below the adapters
+    cannot_merge = None  # the trained weights are the model's own
+    adds_modules = False
 
     def describe(self) -> str:
         return "full fine-tune"
+
+    def merge_into_base(self, model, family) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class ZeroShotConfig(MethodConfig):
     name = "zero_shot"
     lr_grid = ()  # nothing trains
+    cannot_merge = None
+    adds_modules = False
 
     def describe(self) -> str:
         return "zero-shot"
 
     def apply(self, model, family):
         return []
+
+    def merge_into_base(self, model, family) -> None:
+        pass

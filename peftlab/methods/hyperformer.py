@@ -47,7 +47,7 @@ from torch import nn
 from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
-from peftlab.methods.bottleneck import ACTIVATIONS, SUBLAYERS, BranchAdapter, place, placements
+from peftlab.methods.hooks.bottleneck import ACTIVATIONS, SUBLAYERS, BranchAdapter, place, placements
 
 ATTR = "hyperformer"  # model.<ATTR>: the shared hypernetwork
 
@@ -213,6 +213,7 @@ class HyperAdapter(BranchAdapter):
 @dataclass(frozen=True)
 class HyperFormerConfig(MethodConfig):
     name = "hyperformer"
+    cannot_merge = "its adapters' weights are generated per task by a hypernetwork"
     batch_keys: ClassVar[tuple[str, ...]] = ("task_ids",)  # training batches carry each row's task
     tasks: Optional[int] = None  # T, task embeddings; None = one per task of the run (data.task)
     hypernetworks: Literal["stack", "model"] = "stack"  # one per stack (the paper's, as its code), or one

@@ -19,7 +19,6 @@ and merging scales its columns for outputs, its rows for inputs.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,7 +29,7 @@ from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
 from peftlab.methods.lora import is_quantized
-from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, replace_module
+from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, peft_targets, replace_module, unwrap_linear
 
 
 class IA3Linear(AdapterModule):
@@ -105,8 +104,19 @@ class IA3Config(MethodConfig):
         if stray:
             raise FieldError("feedforward", f"feedforward {stray} must also be in targets {list(self.targets)}")
 
+    cannot_merge = None  # a scaled row or column of the weight is a weight
+
     def describe(self) -> str:
         return "IA3"
+
+    def merge_into_base(self, model: nn.Module, family) -> None:
+        """Fold every IA3 vector into its base weight and put the plain layer back."""
+        for name, m in list(ia3_modules(model).items()):
+            m.merge()
+            unwrap_linear(model, name, m)
+
+    def to_peft(self, model: nn.Module, family) -> tuple[dict, dict]:
+        return ia3_peft_form(model)
 
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
         found = find_linears(model, family, self.targets, stacks=self.stacks, method="ia3")
@@ -138,20 +148,10 @@ def ia3_peft_form(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
                .detach().cpu().contiguous() for n, m in wrapped.items()}
     config = {
         "peft_type": "IA3",
-        "target_modules": _peft_targets(model, set(wrapped)),
-        "feedforward_modules": _peft_targets(model, {n for n, m in wrapped.items() if m.feedforward}),
+        "target_modules": peft_targets(model, set(wrapped)),
+        "feedforward_modules": peft_targets(model, {n for n, m in wrapped.items() if m.feedforward}),
         "fan_in_fan_out": any(m.fan_in_fan_out for m in wrapped.values()),
         "init_ia3_weights": True,
         "modules_to_save": None,
     }
     return config, tensors
-
-
-def _peft_targets(model: nn.Module, names: set[str]) -> list[str] | str:
-    """Leaf names where they pick exactly ``names`` (peft matches by suffix), else an exact regex."""
-    leaves = {n.rsplit(".", 1)[-1] for n in names}
-    same_leaf = {n for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in leaves
-                 and (isinstance(m, (nn.Linear, AdapterModule)) or is_fan_in_fan_out(m))}
-    if same_leaf == names:
-        return sorted(leaves)
-    return "(" + "|".join(re.escape(n) for n in sorted(names)) + ")" if names else []

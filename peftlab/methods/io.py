@@ -167,7 +167,7 @@ def _read_weights(adapter_dir: Path, manifest: dict) -> dict:
 def with_legacy_defaults(data):
     """A method's config as saved (a manifest's, a run's ``config.yaml``), with each field the save
     predates set to what it was trained with (``MethodConfig.legacy_defaults``), not today's default."""
-    from peftlab.methods import get_method, method_names
+    from peftlab.methods.registry import get_method, method_names
 
     if isinstance(data, dict) and data.get("name") in method_names():
         return {**get_method(data["name"]).legacy_defaults, **data}

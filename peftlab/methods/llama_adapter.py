@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.methods.attention import OutputAdder, attach
+from peftlab.methods.hooks.attention import OutputAdder, attach
 from peftlab.methods.base import MethodConfig
 
 SLOT = "adaption_prompt"  # attention.<SLOT>: the prompt and gate of one layer
@@ -74,6 +74,7 @@ class AdaptionPrompt(OutputAdder):
 @dataclass(frozen=True)
 class LlamaAdapterConfig(MethodConfig):
     name = "llama_adapter"
+    cannot_merge = "its gated adaption prompts are extra keys and values in attention"
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # zero-init gates start shut: the paper trains at 9e-3
     families = ("llama",)  # decoder-only (RoPE queries, causal self-attention)
     length: int = 10  # K: adaption prompt vectors per layer

@@ -32,7 +32,7 @@ from torch import nn
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, BaseWeights
 from peftlab.methods.llama_adapter import LlamaAdapterConfig
-from peftlab.methods.targets import replace_module
+from peftlab.methods.hooks.targets import replace_module
 
 SLOT = "adapter_v2"  # <linear>.<SLOT>: bias and scale on a linear that another method wrapped
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
-from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, replace_module
+from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, peft_targets, replace_module, unwrap_linear
 
 
 class _FusedLora(torch.autograd.Function):
@@ -178,8 +178,38 @@ class LoraConfig(MethodConfig):
         if self.init not in ("kaiming", "gaussian"):
             raise ValueError(f"init must be 'kaiming' or 'gaussian', got {self.init!r}")
 
+    cannot_merge = None  # W + (alpha / r) B A is a weight of the same shape
+
     def describe(self) -> str:
         return f"LoRA r={self.r}"
+
+    def merge_into_base(self, model: nn.Module, family) -> None:
+        """Fold every LoRA update into its base weight and put the plain layer back."""
+        for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]:
+            m.merge()
+            unwrap_linear(model, name, m)
+
+    def to_peft(self, model: nn.Module, family) -> tuple[dict, dict]:
+        """peft's ``LORA`` adapter: ``lora_A`` / ``lora_B`` of every wrapped layer, the same scaling."""
+        wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+        if any(m.merged for m in wrapped.values()):
+            raise ModelError("peft export: unmerge LoRA first (the export holds A and B, not merged weights)")
+        tensors = {}
+        for name, m in wrapped.items():
+            tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_a.detach().cpu().contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_b.detach().cpu().contiguous()
+        config = {
+            "peft_type": "LORA",
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "use_rslora": self.rslora,
+            "target_modules": peft_targets(model, set(wrapped)),  # exactly the wrapped layers
+            "bias": "none",
+            "fan_in_fan_out": any(m.fan_in_fan_out for m in wrapped.values()),  # GPT-2's Conv1D
+            "init_lora_weights": True,
+        }
+        return config, tensors
 
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
         found = find_linears(model, family, self.targets, stacks=self.stacks, method="lora")

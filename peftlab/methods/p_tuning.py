@@ -17,7 +17,7 @@ n rows (peft runs it on B copies). Trainable parameters: n·d + the encoder:
 
 ``fold(model)`` replaces the encoder by its output after training: plain virtual tokens (n · d
 parameters), the same outputs, and a saved adapter without the encoder (config ``folded: true``).
-Placement, masks, labels and generation as in ``peftlab.methods.virtual_tokens``.
+Placement, masks, labels and generation as in ``peftlab.methods.hooks.virtual_tokens``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 
 from peftlab.config import FieldError
 from peftlab.methods.base import MethodConfig
-from peftlab.methods.virtual_tokens import VirtualTokens, attach
+from peftlab.methods.hooks.virtual_tokens import VirtualTokens, attach
 
 
 class PromptEncoder(VirtualTokens):
@@ -79,6 +79,7 @@ class PromptEncoder(VirtualTokens):
 @dataclass(frozen=True)
 class PTuningConfig(MethodConfig):
     name = "p_tuning"
+    cannot_merge = "its virtual tokens are extra inputs in front of the text, not a change to any weight"
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # a prompt encoder: between prompt tuning and the adapters
     num_virtual_tokens: int = 20  # n: number of virtual tokens
     encoder: Literal["mlp", "lstm"] = "mlp"  # prompt encoder: 3-layer ReLU MLP, or the paper's bi-LSTM + MLP
@@ -108,7 +109,7 @@ class PTuningConfig(MethodConfig):
         return f"P-tuning {self.encoder} n={self.num_virtual_tokens}" + (" (folded)" if self.folded else "")
 
     def to_peft(self, model: nn.Module, family) -> tuple[dict, dict]:
-        from peftlab.methods.virtual_tokens import peft_prompt_form
+        from peftlab.methods.hooks.virtual_tokens import peft_prompt_form
 
         d = getattr(model.config, family.hidden_size)
         return peft_prompt_form(model, family, "P_TUNING", dict(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peftlab.methods.bottleneck import BottleneckConfig
+from peftlab.methods.hooks.bottleneck import BottleneckConfig
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.methods.attention import KVExtender, attach
+from peftlab.methods.hooks.attention import KVExtender, attach
 from peftlab.methods.base import AdapterModule, MethodConfig
 
 SLOT = "prefix"  # attention.<SLOT>: the extender on each prefixed attention module
@@ -109,6 +109,7 @@ class PrefixKV(KVExtender):
 @dataclass(frozen=True)
 class PrefixConfig(MethodConfig):
     name = "prefix"
+    cannot_merge = "its prefixes are extra keys and values in attention, not a change to any weight"
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # Li & Liang: 5e-5 to 8e-5 on GPT-2 with a reparametrisation; small models take more
     length: int = 20  # P: prefix rows per attention layer (peft's num_virtual_tokens)
     projection: int = 0  # hidden width h of the reparametrisation MLP; 0 = train the rows directly
@@ -151,7 +152,7 @@ class PrefixConfig(MethodConfig):
         sites = self.sites(model, family)
         heads, dim = family.kv_heads(model.config), family.head_size(model.config)
         ref = next(model.parameters())
-        rope = _rope_at(model, family, self.length, ref.device) if family.rotary else None
+        rope = rope_at(model, family, self.length, ref.device) if family.rotary else None
         shared = None
         if self.projection:
             shared = PrefixMLP(self.length, heads * dim, self.projection, len(sites)).to(ref.device)
@@ -193,7 +194,7 @@ class PrefixConfig(MethodConfig):
 
 
 @torch.no_grad()
-def _rope_at(model, family, position: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_at(model, family, position: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the model's own rotary embedding at ``position``: (d,) each, float32."""
     rotary = model.get_submodule(family.rotary)
     x = torch.zeros(1, device=device, dtype=torch.float32)

@@ -7,7 +7,7 @@ A trainable soft prompt ``P`` (n, d) of n virtual tokens is prepended to the emb
     h_0 = [P; E(x)]        (B, n + T, d)
 
 On T5 it goes in front of the encoder input, on a decoder-only model in front of the decoder input
-(``peftlab.methods.virtual_tokens`` says how masks, labels, positions and generation follow).
+(``peftlab.methods.hooks.virtual_tokens`` says how masks, labels, positions and generation follow).
 Trainable parameters: n · d. The outputs change from the first step (no identity at init).
 
 Initialisation (``init``), as in the paper's ablation and HF peft's ``prompt_tuning_init``:
@@ -33,7 +33,7 @@ from torch import nn
 from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import MethodConfig
-from peftlab.methods.virtual_tokens import VirtualTokens, attach
+from peftlab.methods.hooks.virtual_tokens import VirtualTokens, attach
 
 
 class SoftPrompt(VirtualTokens):
@@ -51,6 +51,7 @@ class SoftPrompt(VirtualTokens):
 @dataclass(frozen=True)
 class PromptTuningConfig(MethodConfig):
     name = "prompt_tuning"
+    cannot_merge = "its virtual tokens are extra inputs in front of the text, not a change to any weight"
     lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)  # soft prompts train at large rates (Lester et al.: 0.3 with Adafactor)
     num_virtual_tokens: int = 20  # n: soft-prompt length (the paper's sweet spot is 20-100 on T5)
     init: Literal["random", "vocab", "text"] = "random"  # how P starts (see the module docstring)
@@ -78,7 +79,7 @@ class PromptTuningConfig(MethodConfig):
         return f"prompt tuning n={self.num_virtual_tokens}"
 
     def to_peft(self, model: nn.Module, family) -> tuple[dict, dict]:
-        from peftlab.methods.virtual_tokens import peft_prompt_form
+        from peftlab.methods.hooks.virtual_tokens import peft_prompt_form
 
         # peft re-initialises nothing in inference mode
         return peft_prompt_form(model, family, "PROMPT_TUNING", {"prompt_tuning_init": "RANDOM"})

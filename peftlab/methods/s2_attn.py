@@ -34,7 +34,7 @@ import math
 from dataclasses import dataclass
 import torch
 
-from peftlab.methods.sparse_attention import SparseAttentionConfig, SparseCore, causal_blocks
+from peftlab.methods.hooks.sparse_attention import SparseAttentionConfig, SparseCore, causal_blocks
 
 
 class ShiftedSparseAttention(SparseCore):

@@ -64,6 +64,12 @@ def peft_state(model: nn.Module) -> PeftState | None:
     return getattr(model, _ATTR, None)
 
 
+def forget_methods(model: nn.Module) -> None:
+    """Drop the record of applied methods (``merged_model``: the model is a plain one again)."""
+    if hasattr(model, _ATTR):
+        delattr(model, _ATTR)
+
+
 def _method_key(config: MethodConfig, taken: dict) -> str:
     key, i = config.name, 2
     while key in taken:
@@ -89,7 +95,7 @@ _MODULE_DICTS = ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forw
 def _snapshot(model: nn.Module) -> list:
     """Shallow copies of every module's children/params/hooks tables, and requires_grad flags:
     enough to undo what methods do (replace modules, add modules/params, register hooks)."""
-    from peftlab.methods import attention
+    from peftlab.methods.hooks import attention
 
     tables = [(m, name, dict(getattr(m, name))) for m in model.modules() for name in _MODULE_DICTS
               if hasattr(m, name)]
@@ -98,7 +104,7 @@ def _snapshot(model: nn.Module) -> list:
 
 
 def _restore(snapshot: list) -> None:
-    from peftlab.methods import attention
+    from peftlab.methods.hooks import attention
 
     tables, flags, model, attn = snapshot
     for module, name, saved in tables:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from peftlab.methods.sparse_attention import (
+from peftlab.methods.hooks.sparse_attention import (
     SparseAttentionConfig,
     SparseCore,
     blocks,

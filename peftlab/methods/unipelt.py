@@ -49,14 +49,14 @@ import torch.nn.functional as F
 
 from peftlab.config import FieldError
 from peftlab.errors import ModelError
-from peftlab.methods.attention import attach
+from peftlab.methods.hooks.attention import attach
 from peftlab.methods.base import MethodConfig
-from peftlab.methods.bottleneck import ACTIVATIONS, SUBLAYERS, BottleneckAdapter, place
+from peftlab.methods.hooks.bottleneck import ACTIVATIONS, SUBLAYERS, BottleneckAdapter, place
 from peftlab.methods.lora import LoraLinear, is_quantized
 from peftlab.methods.pfeiffer import PfeifferConfig
-from peftlab.methods.pooling import PooledGate, add_pools, reads_encoder
-from peftlab.methods.prefix import PrefixConfig, PrefixKV, PrefixMLP, _rope_at
-from peftlab.methods.targets import find_linears, is_fan_in_fan_out, linear_forward, replace_module, stack_of
+from peftlab.methods.hooks.pooling import PooledGate, add_pools, reads_encoder
+from peftlab.methods.prefix import PrefixConfig, PrefixKV, PrefixMLP, rope_at
+from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, linear_forward, replace_module, stack_of
 
 MODULES = ("lora", "prefix", "adapter")
 POOLINGS = ("causal", "reference")
@@ -137,6 +137,7 @@ class GatedAdapter(PooledGate, BottleneckAdapter):
 @dataclass(frozen=True)
 class UniPELTConfig(MethodConfig):
     name = "unipelt"
+    cannot_merge = "its LoRA, prefix and adapter are scaled by gates that depend on the input"
     modules: tuple[str, ...] = MODULES  # gated sub-modules: lora, prefix, adapter
     r: int = 8  # LoRA rank
     lora_targets: tuple[str, ...] = ("q", "v")  # LoRA's linears (roles, leaf names, re:<regex>)
@@ -229,7 +230,7 @@ class UniPELTConfig(MethodConfig):
             raise ModelError("unipelt: this model already has a UniPELT prefix")
         sites = self._prefix().sites(model, family)
         heads, dim = family.kv_heads(model.config), family.head_size(model.config)
-        rope = _rope_at(model, family, self.prefix_length, device) if family.rotary else None
+        rope = rope_at(model, family, self.prefix_length, device) if family.rotary else None
         shared = None
         if self.prefix_projection:
             shared = PrefixMLP(self.prefix_length, heads * dim, self.prefix_projection, len(sites)).to(device)

@@ -20,13 +20,16 @@ from typing import Any, Literal, Optional
 import numpy as np
 import torch
 
-from peftlab import rundir
+from peftlab import files
 from peftlab.config import to_dict
-from peftlab.env import hardware, versions
+from peftlab.device import hardware
+from peftlab.provenance import versions
 from peftlab.errors import ConfigError, DataError
 from peftlab.schema import TrainSpec
 
 log = logging.getLogger(__name__)
+
+TRAIN_LOG = "train_log.jsonl"  # one row per logging step, as a run's
 
 
 @dataclass(frozen=True)
@@ -183,15 +186,15 @@ def pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path] = None, res
     One process owns ``out`` at a time: a second one (a ``--resume`` while the first still runs)
     would write the same checkpoints.
     """
-    rundir.make_dir(out, "--out")
-    with rundir.owned(out):
+    files.make_dir(out, "--out")
+    with files.owned(out):
         return _pretrain(cfg, out, work=work, resume=resume, progress=progress, command=command, halt_at=halt_at)
 
 
 def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: bool, progress: bool,
               command: Optional[str], halt_at: Optional[int]) -> dict:
     from peftlab.pretrain.tokenizer import encode_sources
-    from peftlab.train.loop import LoopOptions, _make_accelerator, evaluate_loss, jsonl_writer, train
+    from peftlab.train.loop import LoopOptions, make_accelerator, evaluate_loss, jsonl_writer, train
 
     work = work or out / "checkpoints"
     if not resume and any(work.glob("step-*")):
@@ -214,13 +217,13 @@ def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: b
     model = model_from_config(cfg, tok, spec.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s: %s parameters", cfg.name, f"{n_params:,}")
-    accel = _make_accelerator(spec)
+    accel = make_accelerator(spec)
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     random_twin_loss = evaluate_loss(model_from_config(cfg, tok, spec.seed).to(accel.device), held_plan, accel, cfg.eval_batches)
     if not resume:
-        (out / rundir.TRAIN_LOG).unlink(missing_ok=True)
-    result = train(model, plan, spec, eval_plan=None, log_row=jsonl_writer(out / rundir.TRAIN_LOG),
+        (out / TRAIN_LOG).unlink(missing_ok=True)
+    result = train(model, plan, spec, eval_plan=None, log_row=jsonl_writer(out / TRAIN_LOG),
                    options=LoopOptions(checkpoint_dir=work, checkpoint_every=cfg.checkpoint_every,
                                        keep_checkpoints=cfg.keep_checkpoints, resume=resume,
                                        progress=progress, desc=f"pretrain {cfg.name}", halt_at=halt_at))
@@ -229,7 +232,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: b
     held_loss = evaluate_loss(model, held_plan, accel, cfg.eval_batches)
     final_loss = result.final_loss
     if final_loss is None:  # resumed at the end of the budget: the last logged window's loss
-        rows = [json.loads(ln) for ln in (out / rundir.TRAIN_LOG).read_text().splitlines() if '"loss"' in ln]
+        rows = [json.loads(ln) for ln in (out / TRAIN_LOG).read_text().splitlines() if '"loss"' in ln]
         final_loss = rows[-1]["loss"] if rows else None
     hw = hardware()
     stats = {
@@ -247,7 +250,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, *, work: Optional[Path], resume: b
     }
     if manifest:
         stats["corpus"]["per_source"] = _tokens_per_source(manifest, train_idx, train_docs)
-        rundir.write_json(out / "corpus_manifest.json", _compact_manifest(manifest, stats["corpus"]["per_source"]))
+        files.write_json(out / "corpus_manifest.json", _compact_manifest(manifest, stats["corpus"]["per_source"]))
     save_model(model, tok, out, stats)
     return stats
 
@@ -311,10 +314,10 @@ def save_model(model, tok, out: Path, stats: dict) -> None:
     _float32_by_default(out / "config.json")
     tok.save_pretrained(str(out))
     stats["logits_check"] = reloaded_logits_check(out)
-    rundir.write_json(out / "pretrain_stats.json", stats)
+    files.write_json(out / "pretrain_stats.json", stats)
     from peftlab.pretrain.card import model_card
 
-    rundir.write_text(out / "README.md", model_card(stats))
+    files.write_text(out / "README.md", model_card(stats))
 
 
 def _float32_by_default(config_json: Path) -> None:
@@ -324,7 +327,7 @@ def _float32_by_default(config_json: Path) -> None:
     bf16 -> fp32 is exact, so the logits check is the same either way."""
     config = json.loads(config_json.read_text())
     config["dtype"] = "float32"
-    rundir.write_text(config_json, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    files.write_text(config_json, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 CHECK_TEXT = "def add(a, b):\n    return a + b\n"

@@ -2,7 +2,7 @@
 
 A task is a frozen config dataclass (its options, typed and validated like a method's) that knows
 how to read or build its splits, how an example reads as model input and target, and how its
-predictions are scored. ``peftlab.run`` and the training loop never look inside a task.
+predictions are scored. ``peftlab.lab.run`` and the training loop never look inside a task.
 
 * ``examples(split)`` -> ``Example`` rows. ``Example.source`` is the rendered model input (the prompt),
   ``Example.target`` the reference text (for classification, the label's word), ``Example.meta``
@@ -53,7 +53,7 @@ class TaskConfig(NamedConfig):
 
     @classmethod
     def dispatch(cls, name: str) -> type["TaskConfig"]:
-        from peftlab.tasks import get_task
+        from peftlab.tasks.registry import get_task
 
         return get_task(name)
 

@@ -31,7 +31,7 @@ _SPLIT_ALIASES = {"validation": "valid", "dev": "valid", "val": "valid"}
 
 def source_task_classes() -> list[type["SourceTask"]]:
     """Every registered task mined from Python sources (they are built together, in one pass)."""
-    from peftlab.tasks import get_task, task_names
+    from peftlab.tasks.registry import get_task, task_names
 
     return [c for c in map(get_task, task_names()) if isinstance(c, type) and issubclass(c, SourceTask)]
 

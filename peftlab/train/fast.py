@@ -6,11 +6,11 @@ micro-batch; the speed benchmark (``peftlab speed``) times exactly this function
 
 * ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
   (``peftlab.methods.lora._FusedLora``), T5's tanh-GELU and the RMSNorms of T5 and LLaMA (one
-  reduction and one explicit backward instead of autograd through six ops; ``peftlab.train.kernels``),
-  a gated FFN's activation, product and dropout on CPU (``peftlab.train.gated``),
-  and on CPU causal self-attention by blocks of queries (``peftlab.train.causal_blocks``: the keys
+  reduction and one explicit backward instead of autograd through six ops; ``peftlab.kernels.ops``),
+  a gated FFN's activation, product and dropout on CPU (``peftlab.kernels.gated``),
+  and on CPU causal self-attention by blocks of queries (``peftlab.kernels.causal_blocks``: the keys
   past each block are never multiplied; SDPA's flash kernel runs at half the matmul rate there).
-* ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.train.kernels``):
+* ``fast_dropout``: the model's dropout with a cheaper random mask (``peftlab.kernels.ops``):
   the same distribution, another random stream, so it is off unless asked for.
 * ``cast_frozen``: under bf16/fp16 autocast every ``F.linear`` computes with its weight cast to the
   autocast dtype, and autocast casts frozen weights again on every call (it caches only tensors
@@ -19,7 +19,7 @@ micro-batch; the speed benchmark (``peftlab speed``) times exactly this function
   shared with a non-linear module (T5's tied embedding) are left alone: an embedding's output
   is not autocast.
 * ``loss_chunk``: the output layer and cross-entropy by chunks of rows, positions labelled -100
-  skipped (``peftlab.train.head_loss``); ``auto``, the default, wherever the output layer is a plain
+  skipped (``peftlab.kernels.head_loss``); ``auto``, the default, wherever the output layer is a plain
   bias-free linear layer (decoders and encoder-decoders).
 * ``compile``: ``torch.compile`` of the model (inductor on CPU and GPU); the first steps compile.
 """
@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from peftlab.train.head_loss import head_loss_fn, resolve_loss_chunk
+from peftlab.kernels.head_loss import head_loss_fn, resolve_loss_chunk
 
 COMPILE_BACKEND = "inductor"  # the tests swap in "aot_eager" (same tracing, no C++ compile)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,7 +42,7 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
     ``mixed_precision`` resolved ("bf16", "fp16" or "no", not "auto")."""
     from peftlab.methods.base import AdapterModule
 
-    from peftlab.train import gated, kernels
+    from peftlab.kernels import gated, ops as kernels
 
     for module in model.modules():
         if isinstance(module, AdapterModule):

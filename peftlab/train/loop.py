@@ -86,7 +86,7 @@ def lr_factor(step: int, elapsed: float, spec) -> float:
 def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
-    from peftlab.env import peak_rss_bytes
+    from peftlab.device import peak_rss_bytes
 
     return peak_rss_bytes(), "cpu_max_rss"
 
@@ -129,13 +129,13 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _make_accelerator(spec):
+def make_accelerator(spec):
     """accelerate's Accelerator for ``spec``: its device, and ``spec.mixed_precision`` resolved for that
-    device (``peftlab.env.resolve_precision``; what it chose is ``accelerator.mixed_precision``)."""
+    device (``peftlab.device.resolve_precision``; what it chose is ``accelerator.mixed_precision``)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from peftlab.env import resolve_precision
+    from peftlab.device import resolve_precision
 
     # accelerate keeps process-wide singletons; one process may run many configs (a bench) with
     # different precision/accumulation, so start each from a clean state (the process group stays).
@@ -229,7 +229,7 @@ def train(
     options: LoopOptions = LoopOptions(),
 ) -> TrainResult:
     """Train the parameters of ``model`` that require grad; see the module docstring."""
-    accelerator = _make_accelerator(spec)
+    accelerator = make_accelerator(spec)
     device = accelerator.device
     reset_peak_memory(device)
     if spec.num_threads:
