@@ -29,7 +29,8 @@ from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, MethodConfig
 from peftlab.methods.lora import is_quantized
-from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, peft_targets, replace_module, unwrap_linear
+from peftlab.methods.hooks.targets import (find_linears, is_fan_in_fan_out, linear_dims, linear_forward, peft_targets,
+                                          replace_module, unwrap_linear)
 
 
 class IA3Linear(AdapterModule):

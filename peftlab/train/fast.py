@@ -5,7 +5,7 @@ weights as the plain path (``tests/test_speed_paths.py``).
 micro-batch; the speed benchmark (``peftlab speed``) times exactly this function against HF peft.
 
 * ``fused_kernels``: one kernel where transformers or a method composes several: LoRA's update
-  (``peftlab.methods.lora._FusedLora``), T5's tanh-GELU and the RMSNorms of T5 and LLaMA (one
+  (``peftlab.kernels.lora.FusedLora``), T5's tanh-GELU and the RMSNorms of T5 and LLaMA (one
   reduction and one explicit backward instead of autograd through six ops; ``peftlab.kernels.ops``),
   a gated FFN's activation, product and dropout on CPU (``peftlab.kernels.gated``),
   and on CPU causal self-attention by blocks of queries (``peftlab.kernels.causal_blocks``: the keys
