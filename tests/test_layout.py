@@ -73,9 +73,9 @@ def test_the_library_never_imports_the_lab_or_its_optional_dependencies():
 
 def test_no_private_name_crosses_a_module():
     bad = []
-    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]:
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(p for p in (ROOT / "tests").rglob("*.py") if "fixtures" not in p.parts)]:
         for target, names, line in _imports(path):
-            if target.startswith("peftlab"):
+            if target.startswith(("peftlab", "test_", "conftest", "tiny_runs", "bench_helpers")):
                 bad += [f"{path.relative_to(ROOT)}:{line}: {target}.{n}" for n in names
                         if n.startswith("_") and not n.startswith("__")]
     assert not bad, "\n".join(bad)

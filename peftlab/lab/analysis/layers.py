@@ -47,7 +47,7 @@ def block_adapter_params(model, family) -> list[tuple[str, int, dict[str, torch.
     return out
 
 
-def _initial(cfg, manifest_configs) -> dict[str, torch.Tensor]:
+def initial_parameters(cfg, manifest_configs) -> dict[str, torch.Tensor]:
     """The run's adapter parameters as they were at initialisation (a fresh build, same seed)."""
     from peftlab.methods import peft_state
     from peftlab.lab.run import build
@@ -83,7 +83,7 @@ def layer_importance(run_dir: Path, *, mode: Literal["reset", "zero"] = "reset",
     outside = [n for n in peft_state(model).trainable_names() if n not in inside]
     if mode == "reset":
         saved = [from_dict(MethodConfig, m) for m in read_manifest(run_dir / rundir.ADAPTER)["methods"]]
-        start = _initial(cfg, saved)
+        start = initial_parameters(cfg, saved)
     cfg = _scoring_config(cfg, rundir.read_metrics(run_dir) if (run_dir / rundir.METRICS).is_file() else {})
     causal = family.kind == "causal"
     rows = load_examples(cfg.data, split or cfg.data.test_split, max_examples or cfg.eval.max_examples, causal)

@@ -290,7 +290,7 @@ def _rank_column(res: Results, scores: list[Column]) -> Column:
                 seed_values = c.get_seed(m, seed).values
                 if seed_values:
                     values[m] = seed_values[0]
-            for m, r in _ranks(values).items():
+            for m, r in rank_values(values).items():
                 per_method[m].append(r)
         for m, rs in per_method.items():
             if len(rs) == len(scores):
@@ -299,7 +299,7 @@ def _rank_column(res: Results, scores: list[Column]) -> Column:
                   lambda m: Cell(tuple(ranks[m])))
 
 
-def _ranks(values: dict[str, float]) -> dict[str, float]:
+def rank_values(values: dict[str, float]) -> dict[str, float]:
     """Rank 1 for the highest value; tied values share the mean of the ranks they span."""
     order = sorted(values.items(), key=lambda kv: -kv[1])
     out, i = {}, 0

@@ -1,0 +1,177 @@
+"""`peftlab report`: mean ± std over seeds checked against numbers worked out by hand, on a bench
+directory written here (no model runs)."""
+
+import json
+
+import pytest
+
+from peftlab.lab.cli import main
+from peftlab.errors import RunDirError
+from peftlab.lab.report import collect, main_table, task_table, write_report
+
+MIB = 2**20
+# method -> task -> per-seed values of (primary metric, peak MiB); None: the run failed
+SCORES = {
+    "A": {"t1": [(10.0, 100), (12.0, 200), (14.0, 300)], "t2": [(50.0, 100), (50.0, 200), (50.0, 300)]},
+    "B": {"t1": [(8.0, 50), (9.0, 50), (13.0, 50)], "t2": [(60.0, 50), (70.0, 50), None]},
+}
+TASKS = [
+    {"label": "t1", "dir": "t1", "tasks": [{"name": "t1", "kind": "generation", "primary_metric": "codexglue_bleu",
+                                             "metrics": ["codexglue_bleu", "bleu"]}]},
+    {"label": "t2", "dir": "t2", "tasks": [{"name": "t2", "kind": "classification", "primary_metric": "accuracy",
+                                             "metrics": ["accuracy"]}]},
+]
+FLOORS = {"t1": {"metric": "codexglue_bleu", "constant": {"codexglue_bleu": 11.0, "bleu": 1.0, "prediction": "Return"},
+                 "retrieval": {"codexglue_bleu": 9.5, "bleu": 2.0}},
+          "t2": {"metric": "accuracy", "majority": {"accuracy": 55.0, "prediction": "yes"},
+                 "retrieval": {"accuracy": 40.0}}}
+
+
+def make_bench(root):
+    runs = []
+    for m, tasks in SCORES.items():
+        for t, seeds in tasks.items():
+            for seed, value in enumerate(seeds):
+                d = root / t / m.lower() / f"seed{seed}"
+                d.mkdir(parents=True)
+                runs.append({"method": m, "task": t, "seed": seed, "dir": f"{t}/{m.lower()}/seed{seed}",
+                             "state": "complete" if value else "failed", "batch_size": 8})
+                if value is None:
+                    (d / "status.json").write_text(json.dumps({"state": "failed", "error": "RuntimeError: boom"}))
+                    continue
+                score, peak = value
+                primary = TASKS[0 if t == "t1" else 1]["tasks"][0]["primary_metric"]
+                task_metrics = {primary: score, **({"bleu": score / 10} if t == "t1" else {})}
+                metrics = {"method": m, "trainable_params": 1000 if m == "A" else 10, "trainable_pct": 1.0,
+                           "steps": 4, "train_seconds": 2.0 + seed, "tokens_per_second": 100.0 * (seed + 1),
+                           "peak_memory_bytes": peak * MIB, "peak_memory_kind": "cpu_max_rss", "final_loss": 1.0,
+                           "eval_loss": 2.0, "precision": "no", "task_metrics": {t: task_metrics},
+                           "floors": {t: FLOORS[t]}}
+                (d / "metrics.json").write_text(json.dumps(metrics))
+                (d / "status.json").write_text(json.dumps({"state": "complete"}))
+                (d / "train_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 / s}) + "\n"
+                                                           for s in range(1, 5)) + '{"step": 5, "lo')  # torn row
+    index = {"spec": "x.yaml", "title": "hand", "budget": {"steps": 4, "seconds": None}, "batch_size": {"fit": False},
+             "report": {"metrics": None, "columns": ["trainable_params", "peak_memory_mib", "train_seconds"]},
+             "seeds": [0, 1, 2], "methods": [{"label": "A", "dir": "a"}, {"label": "B", "dir": "b"}], "tasks": TASKS,
+             "runs": runs, "device": "CPU", "cpu_capability": "AVX2", "started": "now"}
+    (root / "bench.json").write_text(json.dumps(index))
+    return root
+
+
+def test_mean_and_std_over_seeds_match_hand_computed_values(tmp_path):
+    res = collect(make_bench(tmp_path))
+    table = main_table(res, None, res.index["report"]["columns"])
+    assert table.header == ["Method", "t1 CodeXGLUE BLEU", "t2 Accuracy", "Mean rank", "Trainable params",
+                            "Peak memory MiB", "Train s"]
+    a, b, constant, majority, retrieval = table.rows
+    # A, t1: 10, 12, 14 -> mean 12, sample std 2; t2: 50 x3 -> std 0, not above the majority floor (55)
+    # cost columns over all 6 runs of A: peak 100, 200, 300 MiB twice -> 200 ± sqrt(4·100²/5) = 89.4;
+    # train s 2, 3, 4 twice -> 3.0 ± sqrt(4/5) = 0.89; parameters: no "± 0"
+    # mean rank: t1 A > B at every seed; t2 B > A at seeds 0, 1, and at seed 2 B failed, A alone ranks 1:
+    # A 1.5, 1.5, 1.0 -> 1.33 ± sqrt((2 · (1/6)² + (1/3)²) / 2) = 0.29; B 1.5, 1.5 (no seed 2) -> 1.5 ± 0 (2/3)
+    assert a == ["A", "12.00 ± 2.00", "50.00 ± 0.00 †", "1.3 ± 0.3", "1,000", "200 ± 89", "3.0 ± 0.9"]
+    # B, t1: 8, 9, 13 -> mean 10, std sqrt(((-2)² + (-1)² + 3²) / 2) = sqrt(7) = 2.6458 -> below the constant (11)
+    # t2: one seed failed: 60, 70 -> 65 ± 7.07 over 2 of 3 seeds; train s over its 5 runs: 2, 3, 4, 2, 3
+    # -> 2.8 ± sqrt((0.64 + 0.04 + 1.44 + 0.64 + 0.04) / 4) = 0.84
+    assert b == ["B", "10.00 ± 2.65 †", "65.00 ± 7.07 (2/3)", "1.5 ± 0.0 (2/3)", "10", "50 ± 0", "2.8 ± 0.8"]
+    assert constant == ["floor: best constant", "11.00", "–", "–", "–", "–", "–"]
+    assert majority == ["floor: majority class", "–", "55.00", "–", "–", "–", "–"]
+    assert retrieval == ["floor: BM25 retrieval", "9.50", "40.00", "–", "–", "–", "–"]
+    # best of each column: the higher score, the lower rank, memory and time; parameter counts unmarked
+    assert table.bold == {(0, 1), (1, 2), (0, 3), (1, 5), (1, 6)}
+    md = table.markdown()
+    assert "| A | **12.00 ± 2.00** | 50.00 ± 0.00 † |" in md and "†: the mean does not exceed a floor" in md
+    t1 = task_table(res, TASKS[0], TASKS[0]["tasks"][0])
+    assert t1.header[:3] == ["Method", "CodeXGLUE BLEU", "BLEU"] and "Perplexity" not in t1.header  # no empty column
+    # BLEU = score / 10: A 1.2 ± 0.2, B 1.0 ± 0.26; both at or below the retrieval floor's BLEU (2.0)
+    assert t1.rows[0][2] == "1.20 ± 0.20 †" and t1.rows[1][2] == "1.00 ± 0.26 †"
+    assert t1.rows[0][1] == "12.00 ± 2.00"  # the primary metric above both floors: unmarked
+
+
+def test_report_files_and_missing_runs(tmp_path):
+    root = make_bench(tmp_path)
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert md.startswith("# hand") and "budget: equal steps (4 optimizer steps)" in md
+    assert "## Missing runs" in md and "`t2/b/seed2`: failed (RuntimeError: boom)" in md
+    assert "## Task: t1" in md and "## Task: t2" in md
+    html = (root / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<b>12.00 ± 2.00</b>" in html
+    for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
+        assert (root / "plots" / f"{name}.png").is_file()
+
+
+def test_not_a_bench_directory(tmp_path):
+    with pytest.raises(RunDirError, match="not a bench directory"):
+        collect(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    with pytest.raises(RunDirError):
+        write_report(tmp_path / "nope")
+
+
+def test_timing_section_names_runs_that_shared_the_cpu(tmp_path):
+    """Runs record cpu_share; the report gives its spread and names the runs below SHARED_CPU (their
+    time columns are not the method's), in report.md and report.html."""
+    root = make_bench(tmp_path)
+    assert "## Timing" not in (main(["report", str(root)]) == 0 and (root / "report.md").read_text())
+    for path in root.glob("*/*/seed*/metrics.json"):
+        m = json.loads(path.read_text())
+        m["cpu_share"] = 0.55 if path.parent.as_posix().endswith("t1/a/seed1") else 0.99
+        path.write_text(json.dumps(m))
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "## Timing" in md and "over 11 runs: min 0.55, median 0.99." in md
+    assert "1 run below 0.9" in md and "- `t1/a/seed1`: 0.55" in md
+    html = (root / "report.html").read_text()
+    assert "<h2>Timing</h2>" in html and "<li><code>t1/a/seed1</code>: 0.55</li>" in html
+
+
+def test_report_names_the_peftlab_commit_of_its_runs(tmp_path):
+    """Runs record the peftlab commit (``versions.peftlab_commit``): one commit is named once; a bench
+    resumed across code changes lists each commit with its count; runs without a record say nothing."""
+    root = make_bench(tmp_path)
+    assert main(["report", str(root)]) == 0 and "peftlab commit" not in (root / "report.md").read_text()
+    paths = sorted(root.glob("*/*/seed*/metrics.json"))
+    for i, path in enumerate(paths):
+        m = json.loads(path.read_text())
+        m["versions"] = {"peftlab": "0.1.0", "peftlab_commit": "abc123"}
+        path.write_text(json.dumps(m))
+    assert main(["report", str(root)]) == 0
+    assert "peftlab commit: `abc123` (every run)." in (root / "report.md").read_text()
+    m = json.loads(paths[0].read_text())
+    m["versions"]["peftlab_commit"] = "def456-dirty"
+    paths[0].write_text(json.dumps(m))
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "peftlab commits (the runs differ in code): `abc123` (10 runs), `def456-dirty` (1 run)." in md
+
+
+def test_publish_copies_the_record_without_weights_and_reports_alike(tmp_path):
+    """`peftlab report BENCH --publish DEST`: DEST holds the index and each run's record (no adapter
+    weights, no predictions, no run the index does not list), and its report equals the bench's own."""
+    root = make_bench(tmp_path / "bench")
+    for d in root.glob("*/*/seed*"):
+        (d / "adapter").write_bytes(b"\0" * 64)
+        (d / "predictions.jsonl").write_text("{}\n")
+    (root / "t1" / "a" / "seed0.disturbed").mkdir()  # set aside: not in the index
+    (root / "t1" / "a" / "seed0.disturbed" / "metrics.json").write_text("{}")
+    dest = tmp_path / "published"
+    assert main(["report", str(root), "--publish", str(dest)]) == 0
+    assert main(["report", str(root)]) == 0
+    assert (dest / "report.md").read_text() == (root / "report.md").read_text()
+    assert not list(dest.rglob("adapter")) and not list(dest.rglob("predictions.jsonl"))
+    assert not (dest / "t1" / "a" / "seed0.disturbed").exists()
+    assert (dest / "t2" / "b" / "seed2" / "status.json").is_file()  # a failed run stays on record
+    assert sorted(p.name for p in (dest / "t1" / "a" / "seed0").iterdir()) == [
+        "metrics.json", "status.json", "train_log.jsonl"]
+    for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
+        assert (dest / "plots" / f"{name}.png").is_file()
+    assert main(["report", str(root), "--publish", str(root)]) == 2  # never onto the bench itself
+
+
+def test_ranks_share_ties():
+    from peftlab.lab.report.table import rank_values
+
+    assert rank_values({"a": 3.0, "b": 5.0, "c": 3.0, "d": 1.0}) == {"b": 1.0, "a": 2.5, "c": 2.5, "d": 4.0}
+    assert rank_values({}) == {}
