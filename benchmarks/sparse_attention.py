@@ -1,5 +1,5 @@
 """Peak memory and step time of LoRA fine-tuning on mini-llama: dense attention vs S²-Attn vs the
-strided pattern, at 256 ... 4096 tokens (issue 15). The same script runs on a CPU or a GPU.
+strided pattern, at 256 ... 4096 tokens. The same script runs on a CPU or a GPU.
 
     python benchmarks/sparse_attention.py                      # all lengths, cases, paddings
     python benchmarks/sparse_attention.py --lengths 256 512 --repeats 2 --out /tmp/check.json

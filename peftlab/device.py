@@ -4,7 +4,7 @@
 the training loop, generation and pretraining all go through it. ``auto`` picks bf16 autocast
 only where the device computes bf16 natively; elsewhere bf16 is emulated, and a CPU without
 AVX512-BF16 or AMX (an AVX2-only EPYC, say) multiplies bf16 matrices ~50x slower than fp32
-(issue 13: a 4096x512 @ 512x512 matmul took 31 ms in fp32, 1.68 s in bf16).
+(on an AVX2-only EPYC a 4096x512 @ 512x512 matmul takes 31 ms in fp32, 1.68 s in bf16).
 
 =====================  ==========  =============================================
 device                 ``auto``    an explicit ``bf16``

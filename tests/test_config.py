@@ -111,7 +111,7 @@ def test_shipped_configs_all_load():
 
 
 def test_every_shipped_config_lets_precision_choose_itself():
-    """Issue 13: `mixed_precision: auto` in every shipped config, recipe and bench spec (an explicit
+    """`mixed_precision: auto` in every shipped config, recipe and bench spec (an explicit
     bf16 runs ~50x slower on a CPU without native bf16). Any `mixed_precision` key, at any depth."""
     from pathlib import Path
 

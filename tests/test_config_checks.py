@@ -1,5 +1,5 @@
-"""Every field is checked when the config loads, before any model or data is touched (issue 18,
-items 7, 10, 11): one table row per numeric field of every spec, and a completeness check that
+"""Every field is checked when the config loads, before any model or data is touched: one table
+row per numeric field of every spec, and a completeness check that
 fails when a numeric field is added without a row (add one: a bad value and the words expected)."""
 
 import dataclasses
@@ -201,7 +201,7 @@ def test_every_registered_method_refuses_non_finite_numbers():
                     load_config(RunConfig, None, [f"methods=[{{name: {name}, {field}: .inf}}]"])
 
 
-# ------------------------------------------------------------------ item 11: empty and duplicated
+# ------------------------------------------------------------------------- empty and duplicated
 
 
 def test_empty_config_file_is_an_error(tmp_path):
@@ -225,7 +225,7 @@ def test_duplicated_key_names_both_lines(tmp_path):
         load_config(RunConfig, p)
 
 
-# ------------------------------------------------------------------ item 10: who gets the blame
+# -------------------------------------------------------------------------- who gets the blame
 
 
 def test_a_command_line_value_is_never_blamed_on_the_file(tmp_path):

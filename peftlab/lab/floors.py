@@ -1,7 +1,7 @@
 """Floors: what a method's score must beat before a table means anything.
 
 On code→doc the constant output "Return a list of the ." outscored every fine-tuned method of the
-first bench (issue 16), so every task's scores come with model-free baselines computed on the same
+first bench, so every task's scores come with model-free baselines computed on the same
 rows, scored by the task's own metrics:
 
 * generation: the **best constant output**, chosen on the validation split (never the test) among

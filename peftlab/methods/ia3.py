@@ -7,7 +7,7 @@ Learned vectors rescale the attention keys and values and the FFN's inner activa
     k = l_k ⊙ (W_k x),   v = l_v ⊙ (W_v x),   FFN(x) = W_out (l_ff ⊙ act(x))
     l_k, l_v: (d_k·heads,)   l_ff: (d_ff,)   all start at 1, so the model starts as the base model
 
-Each targeted linear is wrapped in place (DESIGN.md hook point 1): an output-scaled layer computes
+Each targeted linear is wrapped in place (docs/design.md, hook point 1): an output-scaled layer computes
 ``F.linear(x, W, b) * l`` and an input-scaled ("feedforward") layer ``F.linear(x * l, W, b)``, with
 no copy of ``W``. ``weight``/``bias`` keep their names, so base checkpoints load strictly. The
 targets are HF peft's defaults (T5: k, v, wo; LLaMA: k_proj, v_proj, down_proj — self- and

@@ -26,7 +26,7 @@ class Family:
     hidden_size: str  # config attribute with the model width
     num_heads: str
     default_lora_targets: tuple[str, ...]
-    # Sub-layer modules inside a block, by leaf name (hook points 2 and 3 of DESIGN.md):
+    # Sub-layer modules inside a block, by leaf name (hook points 2 and 3 of docs/design.md):
     # attention kind ("self", "cross") -> leaf name of the attention module (it owns q/k/v/o),
     attention: dict[str, str] = field(default_factory=dict)
     # the FFN module's leaf name (its forward maps the normed hidden state to the FFN output),

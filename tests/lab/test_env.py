@@ -1,4 +1,4 @@
-"""Precision chooses itself (issue 13): the one rule in ``peftlab.device.resolve_precision`` for every
+"""Precision chooses itself: the one rule in ``peftlab.device.resolve_precision`` for every
 device, the capability probes behind it (mocked: each kind of CPU/GPU this project has seen or
 expects), the one warning for a forced slow choice, and generation following the same rule."""
 
@@ -28,7 +28,7 @@ def machine(monkeypatch):
 
 @pytest.mark.parametrize("device, cpu_bf16, cuda_bf16, requested, expected", [
     ("cpu", True, False, "auto", "bf16"),    # AVX512-BF16 / AMX
-    ("cpu", False, False, "auto", "no"),     # AVX2-only EPYC of issue 13: fp32
+    ("cpu", False, False, "auto", "no"),     # an AVX2-only EPYC: fp32
     ("cuda", False, True, "auto", "bf16"),   # A100 / H100
     ("cuda", False, False, "auto", "fp16"),  # T4 / V100: fp16 with loss scaling
     ("cuda:1", False, False, "auto", "fp16"),

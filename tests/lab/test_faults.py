@@ -1,4 +1,4 @@
-"""Fault injection (issue 18, items 4 and 5 and "Load and faults"): a kill between a checkpoint's
+"""Fault injection: a kill between a checkpoint's
 tensor files and its JSON, a full disk while saving, a read-only run directory, two processes on
 one run and two comparisons into one --out, SIGTERM. Each: nothing already written is lost, and
 the one-line message says what to do. Runs are tiny (tests/tiny_runs.py)."""

@@ -1,5 +1,5 @@
-"""Issue 18: what a hostile new user found. Silent wrong results (items 1-3, 6, 12), errors that
-came too late (8) or as tracebacks (9, 10). Runs are tiny (tests/tiny_runs.py): about a second each."""
+"""Bad input a hostile user tried: what used to give silently wrong results, errors that came too
+late or as tracebacks. Runs are tiny (tests/tiny_runs.py): about a second each."""
 
 import json
 import os

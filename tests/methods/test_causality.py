@@ -1,5 +1,5 @@
 """The method contract, continued: no output reads a later token, and no example's outputs depend on
-the batch it is in (issue 28). Every case of ``test_methods_contract.CASES`` (each registered method
+the batch it is in. Every case of ``test_contract.CASES`` (each registered method
 on each family it supports, alone and composed), plus the pairs that table leaves out, in training
 and in eval mode.
 

@@ -1,4 +1,4 @@
-"""The contract every method keeps (DESIGN.md), checked on a table of cases crossed with tests.
+"""The contract every method keeps (docs/design.md), checked on a table of cases crossed with tests.
 
 Each case is a list of method configs on a tiny model, plus its trainable-parameter count worked
 out by hand from the tiny config (never by walking the model the way the library does).
@@ -420,7 +420,7 @@ CASES = [
     Case("parallel-llama", "llama", lambda: [ParallelAdapterConfig(sublayers=("self", "ffn"))],
          {"parallel": bottleneck(2, ("self", "ffn"))}),
     Case("ia3-t5", "t5", lambda: [IA3Config()], {"ia3": ia3_t5()}),
-    # issue 14's composition (LoRA + prefix + Houlsby + alignment), and the attention methods
+    # the four-way composition (LoRA + prefix + Houlsby + alignment), and the attention methods
     # with a bottleneck adapter on a decoder
     Case(
         "lora+prefix+houlsby+alignment-t5", "t5",

@@ -1,7 +1,7 @@
 """Every decoder layout peftlab has a table for builds from a tiny config in this transformers,
 takes LoRA, trains (the loss falls) and generates through peftlab's batched, left-padded path with
 the KV cache exactly as one prompt at a time. The contract rows (identity, counts, save -> load,
-merge) for the same models are in ``test_methods_contract.py``."""
+merge) for the same models are in ``tests/methods/test_contract.py``."""
 
 from __future__ import annotations
 

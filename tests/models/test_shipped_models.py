@@ -71,7 +71,7 @@ def test_no_evaluation_file_was_pretrained_on():
 
 def test_plain_from_pretrained_gives_float32(shipped):
     """The weights are bf16 on disk; config.json says float32 so that plain ``from_pretrained`` (and
-    the README's peft recipe) gives the model peftlab uses, not a bf16 one (issue 18, item 12)."""
+    the README's peft recipe) gives the model peftlab uses, not a bf16 one."""
     import torch
     from safetensors import safe_open
 

@@ -46,7 +46,7 @@ def test_pretrain_writes_a_loadable_model_dir(tmp_path, corpus, name, auto):
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert sum(p.numel() for p in model.parameters()) == stats["parameters"]
     assert len(tok) == stats["vocab_size"] == model.config.vocab_size
-    # bf16 on disk (half the size), float32 as plain from_pretrained loads it (issue 18, item 12)
+    # bf16 on disk (half the size), float32 as plain from_pretrained loads it
     from safetensors import safe_open
 
     with safe_open(out / "model.safetensors", "pt") as f:

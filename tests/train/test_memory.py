@@ -1,4 +1,4 @@
-"""A bench of many runs in one process keeps its memory flat (issue 18, "Load and faults"): no
+"""A bench of many runs in one process keeps its memory flat: no
 model, optimizer or dataset outlives its run, and each run reports its own peak, not the
 process's highest so far."""
 

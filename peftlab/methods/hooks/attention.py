@@ -1,4 +1,4 @@
-"""The attention hook point (DESIGN.md, "Where methods plug in", point 3).
+"""The attention hook point (docs/design.md, "Where methods plug in", point 3).
 
 transformers 5 routes every T5 / LLaMA attention call through ``ALL_ATTENTION_FUNCTIONS[name]``
 and builds its masks through ``ALL_MASK_ATTENTION_FUNCTIONS[name]``. ``use_attention_hook(model)``
