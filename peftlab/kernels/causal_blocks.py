@@ -1,8 +1,7 @@
 """Causal self-attention for CPU training, by blocks of queries (a lever of ``train.fused_kernels``).
 
-On CPU, SDPA's causal flash kernel runs at about half the rate of plain matrix products here
-(LLaMA-shaped 4x512, 8 heads of 64, 2-core EPYC: 16 ms forward and 38-50 ms backward a layer, against
-11 and 24 ms for this). Queries are taken ``BLOCK`` at a time; block i (rows [a, b)) meets only
+On CPU, SDPA's causal flash kernel runs well below the rate of plain matrix products (docs/speed.md
+has the per-layer figures and the profile they come from). Queries are taken ``BLOCK`` at a time; block i (rows [a, b)) meets only
 keys [0, b), the rest being masked by causality, so ~half the score matrix is never computed:
 
     S_i = q_i k_{<b}^T s (+ mask),   P_i = softmax(S_i),   O_i = P_i v_{<b}

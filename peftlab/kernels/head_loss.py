@@ -25,8 +25,7 @@ most on decoders: their labels mask the prompt (-100), so the model's own loss c
 of every prompt position for nothing, and a small model's output layer is a large share of its
 FLOPs (mini-llama: 2.1M of 8.4M weights). An encoder-decoder labels only its target, so there is
 little to skip, but the one read and write of the logits replaces torch's passes and the (N, V)
-zeros of its backward: on T5-small (2-core EPYC) 0.12-0.17 GiB less peak memory, and a step level
-with the model's own loss in the committed speed run (~0.1 s faster in a one-step profile).
+zeros of its backward: less peak memory (docs/speed.md has what was measured).
 """
 
 from __future__ import annotations
