@@ -1,6 +1,6 @@
 """The floors of a config's tasks on its test rows: what every table is read against.
 
-    python benchmarks/constant_floor.py [CONFIG] [key=value ...]   (default configs/seed000/lora_r32_align.yaml)
+    python benchmarks/constant_floor.py [CONFIG] [key=value ...]   (default configs/papers/seed000/lora_r32_align.yaml)
 
 Prints, per task, the best constant output (chosen on the validation rows) or majority class, the
 BM25 nearest-neighbour retrieval floor (``peftlab.lab.floors``), and for code->doc the fixed
@@ -19,7 +19,7 @@ from peftlab.lab.rundata import load_examples
 from peftlab.schema import RunConfig
 
 args = [a for a in sys.argv[1:] if "=" not in a]
-cfg = load_config(RunConfig, Path(args[0] if args else "configs/seed000/lora_r32_align.yaml"),
+cfg = load_config(RunConfig, Path(args[0] if args else "configs/papers/seed000/lora_r32_align.yaml"),
                   [a for a in sys.argv[1:] if "=" in a])
 d = cfg.data
 test = load_examples(d, d.test_split, cfg.eval.max_examples)

@@ -302,6 +302,50 @@ def read_yaml(path: str | Path) -> tuple[Any, dict]:
     return data, lines
 
 
+EXTENDS = "extends"
+
+
+def read_config_yaml(path: str | Path, _seen: tuple = ()) -> tuple[Any, dict]:
+    """``read_yaml``, following ``extends: OTHER.yaml`` (relative to the file): the other file's data
+    with this file's deep-merged over it (mappings merge key by key; lists and values replace). A
+    value's location stays that of the file that set it, so an error names the right file and line."""
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict) or EXTENDS not in data:
+        return data, lines
+    parent_name = data[EXTENDS]
+    if not isinstance(parent_name, str):
+        raise ConfigError(f"{path}:{lines.get((EXTENDS,))}: {EXTENDS}: give the path of another config file")
+    parent = (Path(path).parent / parent_name).resolve()
+    if parent in _seen:
+        raise ConfigError(f"{path}:{lines.get((EXTENDS,))}: {EXTENDS}: {parent_name} extends this file again (a loop)")
+    if not parent.is_file():
+        raise ConfigError(f"{path}:{lines.get((EXTENDS,))}: {EXTENDS}: no config {parent} (the path is relative to "
+                          f"{Path(path).parent})")
+    base, base_lines = read_config_yaml(parent, _seen + (Path(path).resolve(),))
+    rel = _shown(parent)
+    merged_lines = {p: (f"{rel}:{ln}" if isinstance(ln, int) else ln) for p, ln in base_lines.items()}
+    own = {k: v for k, v in data.items() if k != EXTENDS}
+    for p, ln in lines.items():
+        if p[:1] != (EXTENDS,):
+            merged_lines[p] = ln if p else merged_lines.get(p, ln)
+    return deep_merge(base, own), merged_lines
+
+
+def deep_merge(base: Any, top: Any) -> Any:
+    """``top`` over ``base``: mappings merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(top, dict):
+        return {**base, **{k: deep_merge(base.get(k), v) if k in base else v for k, v in top.items()}}
+    return top
+
+
+def _shown(path: Path) -> str:
+    """A path as messages show it: relative to the working directory where it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _no_duplicate_keys(node, path: Path) -> None:
     """YAML keeps the last of two equal keys without a word; a config that says a thing twice is
     a mistake (two edits of one field), so name both lines."""
@@ -355,8 +399,8 @@ def set_path(data: Any, path: tuple, value: Any, text: str) -> Any:
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (or nothing) and apply ``key=value`` overrides on top."""
-    data, lines = read_yaml(path) if path is not None else ({}, {})
+    """Load ``cls`` from a YAML file (or nothing; ``extends:`` followed) and apply ``key=value`` overrides on top."""
+    data, lines = read_config_yaml(path) if path is not None else ({}, {})
     for text in overrides:
         key, value = parse_override(text)
         data = set_path(data, key, value, text)

@@ -87,7 +87,7 @@ def test_shipped_configs_all_load():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    paths = sorted(root.glob("*.yaml")) + sorted(root.glob("*/*.yaml"))
+    paths = sorted(root.rglob("*.yaml"))
     assert paths
     for p in paths:
         if p.parent.name == "pretrain" and p.name.startswith("corpus-"):  # corpus specs (peftlab data corpus)
@@ -131,5 +131,29 @@ def test_every_shipped_config_lets_precision_choose_itself():
     bad = {str(p.relative_to(root)): v for p in sorted(root.rglob("*.yaml"))
            for v in values(yaml.safe_load(p.read_text())) if v != "auto"}
     assert not bad, bad
-    run = load_config(RunConfig, root / "seed003" / "v1.yaml")
+    run = load_config(RunConfig, root / "papers" / "seed003" / "v1.yaml")
     assert run.train.mixed_precision == "auto"
+
+
+def test_a_config_extends_another_deep_merged_and_errors_name_the_file_that_set_the_value(tmp_path):
+    """``extends:`` layers a config over another (relative path): mappings merge key by key, lists and
+    values replace; an error in an inherited value names the other file's line."""
+    from peftlab.errors import ConfigError
+
+    (tmp_path / "base.yaml").write_text("label: base\nmodel:\n  name: mini-t5\ntrain:\n  lr: 0.001\n"
+                                        "  max_steps: 7\nmethods:\n  - {name: lora, r: 4}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../base.yaml\nlabel: child\ntrain:\n  lr: 0.01\n")
+    cfg = load_config(RunConfig, tmp_path / "sub" / "child.yaml", ["train.warmup_steps=2"])
+    assert cfg.label == "child" and cfg.model.name == "mini-t5"
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.train.warmup_steps) == (0.01, 7, 2)  # the rest of train kept
+    assert cfg.methods[0].r == 4
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.001\n  max_steps: -3\n")
+    with pytest.raises(ConfigError, match=r"base.yaml:3: train.max_steps"):
+        load_config(RunConfig, tmp_path / "sub" / "child.yaml")
+    (tmp_path / "base.yaml").write_text("extends: sub/child.yaml\n")
+    with pytest.raises(ConfigError, match="a loop"):
+        load_config(RunConfig, tmp_path / "sub" / "child.yaml")
+    (tmp_path / "sub" / "child.yaml").write_text("extends: ../nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"child.yaml:1: extends: no config"):
+        load_config(RunConfig, tmp_path / "sub" / "child.yaml")

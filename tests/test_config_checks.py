@@ -14,7 +14,7 @@ from peftlab.errors import ConfigError
 from peftlab.schema import DataSpec, EvalSpec, ModelSpec, RunConfig, TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN = ROOT / "configs" / "pretrain-mini-t5.yaml"
+PRETRAIN = ROOT / "configs" / "pretrain" / "mini-t5-v1.yaml"
 
 # (spec, field, a value the config must refuse, words the message must hold); several rows per
 # field where both ends of a range matter

@@ -1,4 +1,4 @@
-"""Comparisons: many runs, one table. ``peftlab compare configs/seed000 --out runs/seed000``.
+"""Comparisons: many runs, one table. ``peftlab compare configs/papers/seed000 --out runs/seed000``.
 
 Each config trains into ``OUT/<config name>``; a run already complete there is reused and one
 interrupted there (same config) is resumed, so an interrupted comparison picks up where it stopped.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peftlab.config import read_yaml, set_path
+from peftlab.config import read_config_yaml, set_path
 from peftlab.errors import ConfigError
 
 
@@ -58,7 +58,7 @@ def base_config(spec, data: dict, lines: dict, path: Path) -> tuple[dict, dict, 
     if not where.is_file():
         raise ConfigError(f"{location(str(path), line_of(lines, ('base',)))}: base: no run config {where} (a path is "
                           f"relative to the spec's directory)")
-    base, base_lines = read_yaml(where)
+    base, base_lines = read_config_yaml(where)
     if not isinstance(base, dict):
         raise ConfigError(f"{where}: a run config is a mapping, got {type(base).__name__}")
     return base, base_lines, str(where)

@@ -22,7 +22,7 @@ and G = 2·d·m + m + d + 2d·(ln_before + ln_after)::
 
 A new task costs t (``add_task``). On T5-base with the paper's settings (t = p_dim = 64, h = 128,
 m = d/32, gelu_new, generated LN after) and 8 tasks this is 5,211,056 parameters, 0.29% of T5-base
-per task: the paper's figure (``tests/test_hyperformer.py``). ``init: zero`` (default) starts the
+per task: the paper's figure (``tests/methods/test_hyperformer.py``). ``init: zero`` (default) starts the
 generator rows of the last affine map (γ, β; U, b_U without ``ln_after``) at zero, so the model
 starts exactly as the base model; ``init: normal`` is the reference's N(0, 10⁻⁴) everywhere.
 

@@ -28,7 +28,7 @@ so a gate differs per position on a decoder (the prefix gate too: query t sees G
 attention hook then runs calls of more than one query on keys twice as wide), and the KV cache
 carries each gate's running sum, so cached generation gives the full forward's logits exactly.
 ``reference`` is AdapterHub's mean over the call, padding included: the parity tests match
-AdapterHub's outputs on the same weights with it (``tests/test_unipelt.py``). Adapters saved before
+AdapterHub's outputs on the same weights with it (``tests/methods/test_unipelt.py``). Adapters saved before
 this field existed were trained with it, and reload with it. ``modules`` switches sub-modules off
 (the paper's UniPELT (AP) is ``[adapter, prefix]``).
 

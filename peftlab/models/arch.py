@@ -1,7 +1,7 @@
 """Architecture tables: where each model family keeps its attention, FFN and blocks.
 
 Methods never hard-code module names; they ask the family table. Adding a family is one small file
-with one ``Family(...)`` entry (see ``t5.py``, ``llama.py``) and one line in ``FAMILIES``.
+with one ``Family(...)`` entry (see ``t5.py``, ``llama.py``) and one name in ``_families``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the SwiGLU FFN is ``gate_proj``, ``up_proj``, ``down_proj`` in ``mlp``.
 The same layout (module names, pre-norms ``input_layernorm`` / ``post_attention_layernorm``, final
 ``model.norm``) is Mistral, Qwen2 (biases on q/k/v), Qwen3 (plus per-head RMSNorms ``q_norm`` /
 ``k_norm`` inside ``self_attn``, which no method here touches) and Gemma (embeddings scaled by √d,
-norms ``1 + w``); ``tests/test_decoder_families.py`` checks each. Gemma 2/3 are *not* covered: their
+norms ``1 + w``); ``tests/models/test_decoder_families.py`` checks each. Gemma 2/3 are *not* covered: their
 extra ``pre_feedforward_layernorm`` / ``post_feedforward_layernorm`` move the FFN's residual branch.
 """
 

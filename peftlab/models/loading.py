@@ -175,7 +175,7 @@ def load_model(spec, seed: int = 0) -> LoadedModel:
 # transformers 5.24's T5Config forces tie_word_embeddings=True: T5 ties its encoder/decoder token
 # embeddings to `shared` through that same flag, so it cannot be False. FLAN-T5 (and every T5 v1.1)
 # checkpoint holds an `lm_head.weight` of its own beside `shared.weight`, with tie_word_embeddings:
-# false in its config.json. What from_pretrained does with that (verified in tests/test_models.py):
+# false in its config.json. What from_pretrained does with that (verified in tests/models/test_models.py):
 # PreTrainedModel.tie_weights(missing_keys=...) sees both tensors in the checkpoint, finds them
 # different, leaves them untied and drops the pair from `model.all_tied_weights_keys`, warning that
 # the config should say tie_word_embeddings=False (advice T5Config cannot take). The loaded head is

@@ -5,9 +5,9 @@ exception types, line completion): where their splits come from, and how they ar
 library (``peftlab.data.pysource.stdlib_tasks_dir``: split by file content hash exactly as
 pretraining excludes its evaluation files, deduplicated, cached); a directory made by
 ``peftlab data <task> SRC... --out DIR`` is read the same way. ``test_source`` swaps the test split
-for a *cross-project* one: every function of another installed package (``rich``, a dependency of
-peftlab, so always there and never in pretraining) or directory, minus anything already in train or
-valid.
+for a *cross-project* one: every function of another installed package (``accelerate``, a
+dependency of peftlab, so always there, and held out of pretraining) or directory, minus anything
+already in train or valid.
 
 A task class is also its own extractor (``peftlab.data.pysource.Extractor``): ``extract(file)``
 turns one parsed file into records, ``record_key(record)`` says when two records are duplicates,

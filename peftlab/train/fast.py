@@ -1,5 +1,5 @@
 """The training step's speed levers, each a ``TrainSpec`` field, each tested to train the same
-weights as the plain path (``tests/test_speed_paths.py``).
+weights as the plain path (``tests/kernels/test_levers.py``).
 
 ``training_loss(model, spec)`` applies them and returns the function the loop calls per
 micro-batch; the speed benchmark (``peftlab speed``) times exactly this function against HF peft.

@@ -1,5 +1,5 @@
-"""configs/methods-llama and configs/seed000-llama: the code->doc method rows on mini-llama. Each is
-its mini-t5 twin (configs/methods, configs/seed000) with the model swapped, so the two tables are at
+"""configs/mini-llama and configs/papers/seed000-llama: the code->doc method rows on mini-llama. Each is
+its mini-t5 twin (configs/mini-t5, configs/papers/seed000) with the model swapped, so the two tables are at
 equal data, budget and evaluation; each applies to a (shrunk, random) mini-llama and trains a step."""
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from peftlab.config import load_config
 from peftlab.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TWINS = {"methods-llama": "methods", "seed000-llama": "seed000"}
+TWINS = {"mini-llama": "mini-t5", "papers/seed000-llama": "papers/seed000"}
 PATHS = [p for d in TWINS for p in sorted((ROOT / "configs" / d).glob("*.yaml"))]
 SHRUNK = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
           "num_key_value_heads": 2}
@@ -25,7 +25,7 @@ def test_llama_row_matches_its_t5_twin_and_trains(path):
 
     cfg = load_config(RunConfig, path)
     assert cfg.model.name == "mini-llama"
-    twin = ROOT / "configs" / TWINS[path.parent.name] / path.name
+    twin = ROOT / "configs" / TWINS[str(path.parent.relative_to(ROOT / "configs"))] / path.name
     if twin.exists():
         t5 = load_config(RunConfig, twin)
         assert (cfg.methods, cfg.data, cfg.train, cfg.eval) == (t5.methods, t5.data, t5.train, t5.eval)

@@ -26,7 +26,7 @@ def test_shipped_config_runs_and_exports(name, method, tmp_path, capsys):
     from peftlab.lab.run import load_trained
 
     out = tmp_path / name
-    config = ROOT / "configs" / "methods" / f"{name}.yaml"
+    config = ROOT / "configs" / "mini-t5" / f"{name}.yaml"
     assert main(["train", str(config), "--out", str(out), "--quiet", *SHRINK]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["trainable_params_by_method"]) == {method} and m["steps"] == 3

@@ -1,4 +1,4 @@
-"""configs/seed003 (seed 003's Table 3 on mini-llama): every config loads, and its methods count the
+"""configs/papers/seed003 (seed 003's Table 3 on mini-llama): every config loads, and its methods count the
 parameters worked out by hand on mini-llama's shapes (meta device)."""
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from peftlab.config import load_config
 from peftlab.schema import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((ROOT / "configs" / "seed003").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs" / "papers" / "seed003").glob("*.yaml"))
 
 # mini-llama: d = 256, 8 layers, 8 heads (4 KV heads of 32), FFN 768, vocab 8192
 D, LAYERS, HEADS, KV, FFN, VOCAB = 256, 8, 8, 128, 768, 8192

@@ -208,14 +208,14 @@ def test_cpu_estimate_by_hand(tiny_t5):
 
 @pytest.mark.parametrize("table", ["seed000", "seed003"])
 def test_the_seeds_table_3_is_a_bench_of_their_configs(table):
-    """configs/bench/seed00X.yaml runs exactly the rows of configs/seed00X/ (seed 0: the same config)."""
+    """configs/bench/seed00X.yaml runs exactly the rows of configs/papers/seed00X/ (seed 0: the same config)."""
     from pathlib import Path
 
     from peftlab.config import load_config, to_dict
     from peftlab.schema import RunConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    rows = {c.label: c for c in (load_config(RunConfig, p) for p in sorted((root / table).glob("*.yaml")))}
+    rows = {c.label: c for c in (load_config(RunConfig, p) for p in sorted((root / "papers" / table).glob("*.yaml")))}
     bench = load_bench(root / "bench" / f"{table}.yaml")
     assert sorted(bench.method_labels) == sorted(rows)
     for run in (r for r in bench.runs if r.seed == 0):

@@ -286,7 +286,7 @@ def test_out_pointing_at_a_file_is_one_line(lora_run, tmp_path, data, capsys):
         ["merge", str(lora_run), "--out", str(f)],
         ["train", SMOKE, "--out", str(f / "below"), "--quiet", *tiny_args(data)],
         ["data", "code2doc", str(ROOT / "tests" / "fixtures" / "srctree"), "--out", str(f)],
-        ["pretrain", str(ROOT / "configs" / "pretrain-mini-t5.yaml"), "--out", str(f), "--quiet"],
+        ["pretrain", str(ROOT / "configs" / "pretrain" / "mini-t5-v1.yaml"), "--out", str(f), "--quiet"],
     ]
     for command in commands:
         assert main(command) == 2, command

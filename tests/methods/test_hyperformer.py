@@ -384,13 +384,13 @@ def test_multi_task_run_trains_scores_and_reloads(tmp_path):
 
 
 def test_shipped_config_applies_to_mini_t5():
-    """configs/methods-multitask/hyperformer.yaml on the shipped mini-t5: one embedding per task of data.task."""
+    """configs/mini-t5/multitask/hyperformer.yaml on the shipped mini-t5: one embedding per task of data.task."""
     from peftlab.config import load_config
     from peftlab.lab.run import build
     from peftlab.schema import RunConfig
     from tiny_runs import ROOT
 
-    cfg = load_config(RunConfig, ROOT / "configs" / "methods-multitask" / "hyperformer.yaml")
+    cfg = load_config(RunConfig, ROOT / "configs" / "mini-t5" / "multitask" / "hyperformer.yaml")
     loaded, state = build(cfg)
     c = loaded.model.config
     assert state.configs[0].tasks == len(cfg.data.tasks) == 2

@@ -417,7 +417,7 @@ def test_shipped_config_applies_to_mini_t5():
     from peftlab.schema import RunConfig
     from tiny_runs import ROOT
 
-    cfg = load_config(RunConfig, ROOT / "configs" / "methods" / "unipelt.yaml")
+    cfg = load_config(RunConfig, ROOT / "configs" / "mini-t5" / "unipelt.yaml")
     loaded, state = build(cfg)
     c = loaded.model.config  # mini-t5: d = 256, 4 + 4 blocks, 8 heads x 32
     lora = 2 * (4 + 2 * 4) * (8 * (256 + 256) + 257)

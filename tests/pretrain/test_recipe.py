@@ -32,7 +32,7 @@ def corpus(tmp_path_factory):
 
 def cfg(name, corpus, steps, extra=()):
     tiny = TINY_T5 if "t5" in name else TINY_LLAMA
-    return load_pretrain_config(ROOT / "configs" / f"pretrain-{name}.yaml",
+    return load_pretrain_config(ROOT / "configs" / "pretrain" / f"{name}-v1.yaml",
                                 [f"corpus=[{corpus}]", f"train.max_steps={steps}", *COMMON, *tiny, *extra])
 
 

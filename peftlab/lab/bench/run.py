@@ -13,7 +13,7 @@ between them (each run builds its own and drops it; ``gc`` runs between runs).
 
 A spec::
 
-    base: ../seed000/lora_r32.yaml        # a run config (relative to this file), or a mapping
+    base: ../papers/seed000/lora_r32.yaml        # a run config (relative to this file), or a mapping
     overrides: {eval.max_examples: 100}   # run-config fields for every run (dotted keys)
     methods:                              # rows: each a list of method configs + a label
       - {label: LoRA r=32, methods: [{name: lora, r: 32}]}

@@ -18,7 +18,7 @@ This is exactly where AdapterHub ``adapters`` 1.3 puts them on T5 and LLaMA (its
 gets ``hidden_states = dropout(y)``, ``residual_input = h``, ``layer_norm=None``):
 ``DoubleSeqBnConfig`` (``original_ln_before=False``), ``SeqBnConfig`` (``original_ln_before=True``,
 ``residual_before_ln=True``) and ``ParBnConfig`` (the parallel adapter reads ``residual_input``).
-``tests/test_adapters_parity.py`` checks the logits against fixtures made with ``adapters``.
+``tests/methods/test_adapters_parity.py`` checks the logits against fixtures made with ``adapters``.
 Injection is by hooks (docs/design.md, hook point 2): a pre-hook on the sub-layer's norm records h, a
 hook on the branch output adds the adapter; base modules and parameter names are untouched.
 
