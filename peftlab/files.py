@@ -164,3 +164,13 @@ def owned(directory: Path) -> Iterator[None]:
 # ------------------------------------------------------------------------- stopping and failing
 
 
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read a MiB at a time."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+

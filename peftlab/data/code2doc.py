@@ -84,7 +84,7 @@ def read_codexglue_jsonl(
                 if max_examples is not None and len(examples) >= max_examples:
                     break
                 if line.strip():
-                    examples.append(_example(_json(line, f"{path}:{lineno}"), target_field, f"{path}:{lineno}", lineno))
+                    examples.append(_example(json_record(line, f"{path}:{lineno}"), target_field, f"{path}:{lineno}", lineno))
     except UnicodeDecodeError as e:
         raise DataError(f"{path}:{lineno + 1}: not UTF-8 ({e.reason})") from None
     if not examples:
@@ -105,10 +105,11 @@ def _sampled(path: Path, target_field: str, n: int) -> list[Code2DocExample]:
         raise DataError(f"{path}: no examples (empty split)")
     if len(lines) > n:
         lines = random.Random(0).sample(lines, n)
-    return [_example(_json(ln, f"{path}:{i}"), target_field, f"{path}:{i}", i) for i, ln in lines]
+    return [_example(json_record(ln, f"{path}:{i}"), target_field, f"{path}:{i}", i) for i, ln in lines]
 
 
-def _json(line: str, where: str) -> dict:
+def json_record(line: str, where: str) -> dict:
+    """One JSON object from one line of a JSONL file; ``where`` (``path:line``) names it in errors."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:

@@ -15,6 +15,8 @@ import logging
 from pathlib import Path
 from typing import Iterable, Optional
 
+from peftlab.files import sha256_file
+
 DATA = "data.json"
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,7 @@ def resolve_paths(cfg, base_dir: Optional[Path] = None):
 
 
 def _digest(path: Path) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"file": str(path), "sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return {"file": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def fingerprint(data, split: str) -> list[dict]:

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from peftlab.errors import ModelError
+from peftlab.files import sha256_file
 
 WEIGHTS = "peftlab_adapter.safetensors"
 MANIFEST = "peftlab_adapter.json"
@@ -55,7 +56,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
     tmp = out_dir / f".{WEIGHTS}.tmp"
     try:
         save_file(tensors, tmp, metadata={"format": "pt", "producer": "peftlab"})
-        manifest["sha256"] = _sha256(tmp)
+        manifest["sha256"] = sha256_file(tmp)
         os.replace(tmp, out_dir / WEIGHTS)
         tmp = out_dir / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=2))
@@ -65,15 +66,6 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
         raise
     return out_dir
 
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_safetensors(path: Path, error: type[Exception] = ModelError) -> dict:
@@ -158,7 +150,7 @@ def _read_weights(adapter_dir: Path, manifest: dict) -> dict:
             raise ModelError(f"{path}: damaged file, {name} has shape {list(weights[name].shape)} where "
                              f"{MANIFEST} recorded {shape}{advice}")
     want = manifest.get("sha256")  # older adapters have none; their damage shows only as above
-    if want is not None and _sha256(path) != want:
+    if want is not None and sha256_file(path) != want:
         raise ModelError(f"{path}: damaged file, its SHA-256 differs from the one {MANIFEST} recorded "
                          f"(overwritten since it was saved){advice}")
     return weights

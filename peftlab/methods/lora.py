@@ -73,14 +73,21 @@ class LoraLinear(AdapterModule):
             return linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         if self.fused and not self.fan_in_fan_out and self._frozen_base():
             return self._fused_forward(x)
+        a, b = self.factors(x)
+        return self.base_forward(x) + F.linear(F.linear(self.dropout(x), a), b) * self.scaling
+
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer's own output ``W x + b`` (a quantized base dequantizes on the fly)."""
         if self.base_layer is None:
-            y = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
-        else:
-            y = self.base_layer(x)
+            return linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
+        return self.base_layer(x)
+
+    def factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` and ``B`` in ``x``'s dtype where autocast does not cast them (fp32 factors, bf16 input)."""
         a, b = self.lora_a, self.lora_b
         if not torch.is_autocast_enabled(x.device.type) and a.dtype != x.dtype:
             a, b = a.to(x.dtype), b.to(x.dtype)
-        return y + F.linear(F.linear(self.dropout(x), a), b) * self.scaling
+        return a, b
 
     def _frozen_base(self) -> bool:
         return self.base_layer is None and not self.weight.requires_grad and (

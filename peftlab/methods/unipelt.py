@@ -56,7 +56,7 @@ from peftlab.methods.lora import LoraLinear, is_quantized
 from peftlab.methods.pfeiffer import PfeifferConfig
 from peftlab.methods.hooks.pooling import PooledGate, add_pools, reads_encoder
 from peftlab.methods.prefix import PrefixConfig, PrefixKV, PrefixMLP, rope_at
-from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, linear_forward, replace_module, stack_of
+from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, replace_module, stack_of
 
 MODULES = ("lora", "prefix", "adapter")
 POOLINGS = ("causal", "reference")
@@ -83,13 +83,8 @@ class GatedLoraLinear(PooledGate, LoraLinear):
         return iter((self.lora_a, self.lora_b, self.gate.weight, self.gate.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.base_layer is None:
-            y = linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
-        else:
-            y = self.base_layer(x)
-        a, b = self.lora_a, self.lora_b
-        if not torch.is_autocast_enabled(x.device.type) and a.dtype != x.dtype:
-            a, b = a.to(x.dtype), b.to(x.dtype)
+        y = self.base_forward(x)
+        a, b = self.factors(x)
         g = self.pooled_gate(x).to(y.dtype)  # (B, T or 1, 1)
         return y + F.linear(F.linear(self.dropout(x), a), b) * g
 

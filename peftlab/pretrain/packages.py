@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from peftlab.errors import ConfigError, DataError
+from peftlab.files import sha256_file
 
 CORPUS_VERSION = 1  # bump when the rules above change what a spec builds
 
@@ -113,8 +114,8 @@ def fetch(pin: str, spec: CorpusSpec, cache: Path, expect_sha256: Optional[str] 
         if done.returncode != 0 or found is None:
             tail = "\n".join(ln for ln in done.stderr.splitlines() if "is ignored" not in ln)[-600:]
             raise DataError(f"pip download {pin} failed (exit {done.returncode}): {tail}")
-    if expect_sha256 and sha256_of(found) != expect_sha256:
-        raise DataError(f"{found}: SHA-256 {sha256_of(found)[:12]}… is not the manifest's "
+    if expect_sha256 and sha256_file(found) != expect_sha256:
+        raise DataError(f"{found}: SHA-256 {sha256_file(found)[:12]}… is not the manifest's "
                         f"{expect_sha256[:12]}… for {pin}; the registry served another file")
     return found
 
@@ -128,13 +129,6 @@ def _cached_wheel(pin: str, cache: Path) -> Optional[Path]:
             return path
     return None
 
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ wheels, licences
@@ -330,7 +324,7 @@ def build(spec: CorpusSpec, cache: Path, out: Path, *, pinned: Optional[dict] = 
             forbidden_functions.add_file(text)
             heldout_files.append({"package": pin, "path": path, "sha256": file_digest(data)})
             n += 1
-        heldout_rows.append({"pin": pin, "wheel": wheel.name, "sha256": sha256_of(wheel), "licence": pkg.licence,
+        heldout_rows.append({"pin": pin, "wheel": wheel.name, "sha256": sha256_file(wheel), "licence": pkg.licence,
                              "files": n})
     kept: list[dict] = []
     stdlib_rows = {"files_read": 0, "kept": 0, "dropped": {}}
@@ -358,7 +352,7 @@ def build(spec: CorpusSpec, cache: Path, out: Path, *, pinned: Optional[dict] = 
     for pin in spec.packages:
         wheel = fetch(pin, spec, cache, pinned.get(pin))
         pkg = read_wheel(pin, wheel)
-        row = {"pin": pin, "wheel": wheel.name, "sha256": sha256_of(wheel), "licence": pkg.licence,
+        row = {"pin": pin, "wheel": wheel.name, "sha256": sha256_file(wheel), "licence": pkg.licence,
                "licence_class": pkg.licence_class, "files_read": len(pkg.files), "kept": 0, "dropped": {}}
         packages.append(row)
         if pkg.licence_class != "permissive":

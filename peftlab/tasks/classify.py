@@ -12,11 +12,11 @@ Scores: accuracy, macro-F1, and F1 of the positive class (label index 1) for bin
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
+from peftlab.data.code2doc import json_record
 from peftlab.errors import DataError
 from peftlab.tasks.base import Example, TaskConfig, sample_rows
 
@@ -50,13 +50,7 @@ def read_records(path: Path, fieldnames: Optional[Sequence[str]] = None) -> list
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            rows.append((n, rec))
+            rows.append((n, json_record(line, f"{path}:{n}")))
     else:
         reader = csv.DictReader(text.splitlines(), fieldnames=list(fieldnames) if fieldnames else None,
                                 delimiter="\t" if path.suffix == ".tsv" else ",",

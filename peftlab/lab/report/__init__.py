@@ -196,18 +196,10 @@ def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root
         if i == last:
             for name, path in plots.items():
                 parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
-    tuning = _tuning_lines(res)
-    if tuning:
-        parts += ["## Learning rates", "", *tuning, ""]
-    batch = _batch_lines(res)
-    if batch:
-        parts += ["## Batch sizes", "", *batch, ""]
-    timing = _timing(res)
-    if timing:
-        parts += ["## Timing", "", *timing, ""]
-    status = _status(res)
-    if status:
-        parts += ["## Missing runs", "", *status, ""]
+    for title, lines in (("Learning rates", _tuning_lines(res)), ("Batch sizes", _batch_lines(res)),
+                         ("Timing", _timing(res)), ("Missing runs", _status(res))):
+        if lines:
+            parts += [f"## {title}", "", *lines, ""]
     return "\n".join(parts)
 
 
