@@ -150,10 +150,11 @@ def _checked(predictions: Sequence[str], references: Sequence[str]) -> tuple[lis
         )
     if not predictions:
         raise ValueError("predictions and references are empty (length 0)")
-    return [_one_line(p) for p in predictions], [_one_line(r) for r in references]
+    return [one_line(p) for p in predictions], [one_line(r) for r in references]
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """A text with its line breaks and tabs as spaces, as every metric here scores it (module docstring)."""
     return _LINE_BREAK.sub(" ", text)
 
 

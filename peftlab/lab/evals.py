@@ -96,7 +96,7 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: O
     chosen ones (``peftlab eval --num-beams``...), recorded per task as ``decoding``."""
     from peftlab.lab.floors import beats, task_floors
     from peftlab.lab.rundata import load_examples
-    from peftlab.lab.run import load_trained, score
+    from peftlab.lab.run import load_trained, score, with_floor_rows
 
     run_dir = Path(run_dir)
     rundir.require_writable(run_dir, "an evaluation writes its scores there")
@@ -106,10 +106,12 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: O
     names = [t.describe() for t in cfg.data.tasks]  # the run's task names, as its metrics.json keys them
     test = load_examples(d, d.test_split, new.eval.max_examples, causal)
     chosen = run_decodings(run_dir, cfg, decoding)
-    per_task, preds = {}, []
+    per_task, preds, stats, floor_rows = {}, [], {}, {}
     for t, task_name in enumerate(names):
+        found: dict = {}
         scores, rows = score(loaded.model, loaded.tokenizer, new, [(i, e) for i, e in test if i == t],
-                             decodings={d.tasks[t].describe(): chosen[task_name]})
+                             decodings={d.tasks[t].describe(): chosen[task_name]}, row_stats=found)
+        stats[task_name] = found[d.tasks[t].describe()]
         per_task[task_name] = dict(scores["task_metrics"][d.tasks[t].describe()])
         preds += [{**({"task": task_name} if len(names) > 1 else {}), **{k: v for k, v in r.items() if k != "task"}}
                   for r in rows]
@@ -119,13 +121,16 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: O
     if new.eval.floors:
         train = load_examples(d, d.train_split, d.max_train_examples, causal)
         valid = load_examples(d, d.eval_split, d.max_eval_examples, causal)
-        floors = task_floors(d.tasks, train, valid, test)
+        by_task: dict = {}
+        floors = task_floors(d.tasks, train, valid, test, rows=by_task)
         floors = {names[i]: floors[t.describe()] for i, t in enumerate(d.tasks) if t.describe() in floors}
+        floor_rows = {names[i]: by_task[t.describe()] for i, t in enumerate(d.tasks) if t.describe() in by_task}
         record["floors"] = floors
         record["beats_floors"] = {n: beats(per_task[n], f) for n, f in floors.items()}
     rundir.make_dir(run_dir / EVALS, "evaluation directory")
     rundir.write_text(run_dir / EVALS / f"{name}.predictions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in preds))
+    rundir.write_json(run_dir / EVALS / f"{name}.{rundir.ROW_STATS}", with_floor_rows(stats, floor_rows))
     rundir.write_json(eval_path(run_dir, name), record)
     return record
 

@@ -84,7 +84,7 @@ def best_constant(task, train: Sequence, valid: Sequence, test: Sequence) -> dic
         score = task.metrics([c] * len(valid), list(valid))[key]
         if score > best_score:
             best, best_score = c, score
-    return {"prediction": best, "valid_" + key: best_score, **task.metrics([best] * len(test), list(test))}
+    return {"prediction": best, "valid_" + key: best_score, **_scored(task, [best] * len(test), test)}
 
 
 def majority(task, train: Sequence, test: Sequence) -> dict:
@@ -92,7 +92,7 @@ def majority(task, train: Sequence, test: Sequence) -> dict:
     counts = Counter(e.label for e in train)
     label = min(counts, key=lambda lab: (-counts[lab], lab))
     word = task.choices()[label]
-    return {"prediction": word, **task.metrics([word] * len(test), list(test))}
+    return {"prediction": word, **_scored(task, [word] * len(test), test)}
 
 
 def nearest_neighbour(task, train: Sequence, test: Sequence, fallback: str) -> dict:
@@ -100,7 +100,19 @@ def nearest_neighbour(task, train: Sequence, test: Sequence, fallback: str) -> d
     training row shares a term with it)."""
     hits = retrieve([e.source for e in train], [e.source for e in test])
     preds = [train[i].target if i >= 0 else fallback for i in hits]
-    return {"index": "bm25", "no_match": hits.count(-1), **task.metrics(preds, list(test))}
+    return {"index": "bm25", "no_match": hits.count(-1), **_scored(task, preds, test)}
+
+
+def _scored(task, preds: list, test: Sequence) -> dict:
+    """The task's metrics of a floor's predictions, and (under ``rows``) their per-row statistics."""
+    from peftlab.evaluate.rows import checked
+
+    metrics = task.metrics(preds, list(test))
+    row_stats = getattr(task, "row_stats", None)
+    if row_stats is None:  # a duck-typed task without them: no intervals
+        return metrics
+    kept = checked(row_stats(preds, list(test)), metrics)
+    return {**metrics, ROWS: {k: r.to_json() for k, r in kept.items()}}
 
 
 def floors(task, train: Sequence, valid: Sequence, test: Sequence) -> dict:
@@ -117,9 +129,14 @@ def floors(task, train: Sequence, valid: Sequence, test: Sequence) -> dict:
             "retrieval": nearest_neighbour(task, train, test, fallback=first["prediction"])}
 
 
-def task_floors(tasks: Sequence, train_rows, valid_rows, test_rows, cache: bool = True) -> dict[str, dict]:
+ROWS = "rows"  # a floor's per-row statistics, kept in the cache, handed out apart from its metrics
+
+
+def task_floors(tasks: Sequence, train_rows, valid_rows, test_rows, cache: bool = True,
+                rows: dict | None = None) -> dict[str, dict]:
     """Floors of every task of a run, keyed by ``task.describe()``; rows are ``(task index, Example)``.
-    ``cache``: read and keep them under ``PEFTLAB_CACHE/floors/`` (see the module docstring)."""
+    ``cache``: read and keep them under ``PEFTLAB_CACHE/floors/`` (see the module docstring). ``rows``:
+    filled with each task's floors' per-row statistics (``{task: {floor: {metric: json}}}``)."""
     def mine(rows, t):
         return [e for i, e in rows if i == t]
 
@@ -130,11 +147,15 @@ def task_floors(tasks: Sequence, train_rows, valid_rows, test_rows, cache: bool 
             continue
         path = _cache_path(task, splits) if cache else None
         found = _read(path) if path is not None else None
-        if found is None:
+        stale = hasattr(task, "row_stats") and any(isinstance(f, dict) and ROWS not in f for f in (found or {}).values())
+        if found is None or stale:  # a floor cached before it kept its rows is made again
             found = floors(task, *splits)
             if path is not None:
                 _write(path, found)
-        out[task.describe()] = found
+        if rows is not None:
+            rows[task.describe()] = {n: f[ROWS] for n, f in found.items() if isinstance(f, dict) and ROWS in f}
+        out[task.describe()] = {n: ({k: v for k, v in f.items() if k != ROWS} if isinstance(f, dict) else f)
+                                for n, f in found.items()}
     return out
 
 

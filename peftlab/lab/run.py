@@ -61,13 +61,14 @@ def run_methods(cfg: RunConfig) -> list:
 
 
 def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=(),
-          decodings: Optional[dict[str, dict]] = None) -> tuple[dict, list[dict]]:
+          decodings: Optional[dict[str, dict]] = None, row_stats: Optional[dict] = None) -> tuple[dict, list[dict]]:
     """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
 
     One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
     ``task_metrics``. With ``eval.select``, a generation task's decoding is chosen on its
     ``valid_rows`` first (``peftlab.evaluate.select``). ``decodings`` (by task name: settings over
-    ``eval``'s, e.g. a finished run's recorded choice) fixes every task's decoding: none is chosen."""
+    ``eval``'s, e.g. a finished run's recorded choice) fixes every task's decoding: none is chosen.
+    ``row_stats``: filled with each task's per-row statistics (``rows_record``), for intervals."""
     from peftlab.data.seq2seq import tail_tokens
     from peftlab.evaluate.generate import Decoding
     from peftlab.evaluate.select import score_selected
@@ -90,6 +91,8 @@ def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=(),
             task_id=t if multi and wants_task_ids(cfg) else None,
         )
         per_task[task.describe()] = metrics
+        if row_stats is not None:
+            row_stats[task.describe()] = rows_record(task, preds, examples, metrics)
         out_rows += [{**({"task": task.describe()} if multi else {}), **e.meta, "prediction": p, "reference": e.target}
                      for e, p in zip(examples, preds)]
     flat = dict(next(iter(per_task.values()))) if len(per_task) == 1 else {
@@ -264,17 +267,39 @@ def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) ->
     predictions; the metrics are ``trained``, the scores, the perplexity (``eval.perplexity``) and
     the task floors."""
     train_rows, eval_rows, test = splits
-    scores, rows = score(model, tok, cfg, test, eval_rows)
+    stats: dict = {}
+    scores, rows = score(model, tok, cfg, test, eval_rows, row_stats=stats)
     ppl_texts = perplexity_texts(cfg, not model.config.is_encoder_decoder)
     if ppl_texts:
         scores.update(perplexity_scores(model, tok, cfg, ppl_texts))
     write_predictions(run_dir, rows)
+    floor_rows: dict = {}
+    floors = _floors(cfg, train_rows, eval_rows, test, scores, floor_rows)
+    rundir.write_json(run_dir / rundir.ROW_STATS, with_floor_rows(stats, floor_rows))
     return {
         **with_scores(trained, scores),
         "test_split": cfg.data.test_split,
         "test_examples": scores["eval_examples"],
-        **_floors(cfg, train_rows, eval_rows, test, scores),
+        **floors,
     }
+
+
+def rows_record(task, predictions, examples, metrics: dict) -> dict:
+    """``{"rows": [row id...], "metrics": {name: RowStats json}}``: the per-row statistics of the
+    task's metrics that reproduce its figures (``peftlab.evaluate.rows.checked``), and an id of each
+    row (its source and target) so that paired tests only pair the same rows."""
+    import hashlib
+
+    from peftlab.evaluate.rows import checked
+
+    ids = [hashlib.sha256(f"{e.source}\0{e.target}".encode()).hexdigest()[:12] for e in examples]
+    kept = checked(task.row_stats(predictions, examples), metrics)
+    return {"rows": ids, "metrics": {k: r.to_json() for k, r in kept.items()}}
+
+
+def with_floor_rows(stats: dict, floor_rows: dict) -> dict:
+    """The row-statistics file: per task, the method's and each floor's."""
+    return {"version": 1, "tasks": {t: {**rec, "floors": floor_rows.get(t, {})} for t, rec in stats.items()}}
 
 
 def with_scores(trained: dict, scores: dict) -> dict:
@@ -295,13 +320,14 @@ def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
     return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, splits, rundir.read_trained(run_dir))
 
 
-def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict) -> dict:
-    """``floors`` (model-free baselines per task, on the same rows) and ``beats_floors`` for metrics.json."""
+def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict, rows: Optional[dict] = None) -> dict:
+    """``floors`` (model-free baselines per task, on the same rows) and ``beats_floors`` for metrics.json;
+    ``rows`` is filled with each floor's per-row statistics."""
     if not cfg.eval.floors:
         return {}
     from peftlab.lab.floors import beats, task_floors
 
-    floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows)
+    floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows, rows=rows)
     return {"floors": floors, "beats_floors": {t: beats(scores["task_metrics"][t], f) for t, f in floors.items()}}
 
 

@@ -32,6 +32,7 @@ STATUS = "status.json"
 METRICS = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 PREDICTIONS = "predictions.jsonl"
+ROW_STATS = "row_stats.json"  # per-row statistics of the test scores and floors (intervals, paired tests)
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 TRAINED = "trained.json"  # training's own results, written once the adapter is saved whole

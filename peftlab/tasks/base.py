@@ -103,3 +103,11 @@ class TaskConfig(NamedConfig):
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
         """Scores of ``predictions`` (one string per example) against the examples' targets."""
         raise NotImplementedError
+
+    def row_stats(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
+        """Per-row statistics of the metrics (``peftlab.evaluate.rows``: what intervals and paired tests
+        resample). Default: each mean metric from the task's metric on each row alone, corpus BLEU from
+        its counts; a task whose metrics are of another kind (classification, micro counts) overrides."""
+        from peftlab.evaluate.rows import by_single_rows
+
+        return by_single_rows(self.metrics, predictions, examples, self.metric_names)

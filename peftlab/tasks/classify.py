@@ -171,3 +171,9 @@ class ClassifyTask(TaskConfig):
 
         pred = [self.predict_label(p) for p in predictions]
         return classification_metrics(pred, [e.label for e in examples], len(self.choices()))
+
+    def row_stats(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
+        from peftlab.evaluate.rows import classification_rows
+
+        return classification_rows([self.predict_label(p) for p in predictions], [e.label for e in examples],
+                                   len(self.choices()))

@@ -161,6 +161,9 @@ class GlueTask(TaskConfig):
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
         return self.classify.metrics(predictions, examples)
 
+    def row_stats(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
+        return self.classify.row_stats(predictions, examples)
+
     def split_files(self, split: str) -> list[str]:
         # validation and test are carved from dev (or train) by size, so every split reads both
         return [str(Path(self.path) / f) for f in (self.layout.train, self.layout.dev)]

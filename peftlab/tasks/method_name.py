@@ -103,3 +103,17 @@ class MethodNameTask(SourceTask):
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
         return name_metrics(list(predictions), [e.target for e in examples])
 
+    def row_stats(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict:
+        """Exact match per row; precision, recall and F1 from each row's sub-token counts (micro)."""
+        from peftlab.evaluate.rows import mean_rows, micro_rows
+
+        tp, fp, fn, exact = [], [], [], []
+        for p, e in zip(predictions, examples):
+            pred, ref = Counter(subtokens(p)), Counter(subtokens(e.target))
+            hit = sum((pred & ref).values())
+            tp.append(hit)
+            fp.append(sum(pred.values()) - hit)
+            fn.append(sum(ref.values()) - hit)
+            exact.append(100.0 * (subtokens(p) == subtokens(e.target)))
+        return {"exact_match": mean_rows(exact), **micro_rows(tp, fp, fn)}
+

@@ -8,29 +8,30 @@ import numpy as np
 import pytest
 
 from peftlab.evaluate.metrics import classification_metrics, corpus_bleu
+from peftlab.evaluate import rows
 from peftlab.lab.report import stats
 
 
 def test_row_statistics_reproduce_the_metrics_on_any_subset():
     preds = ["return the sum of a and b", "open the file", "a b c d", "compute the mean value", "x"]
     refs = ["return the sum of two numbers", "open a file for reading", "a b c", "compute the mean", "y z"]
-    rows = stats.corpus_bleu_rows(preds, refs)
+    bleu = rows.corpus_bleu_rows(preds, refs)
     for subset in ([0, 1, 2, 3, 4], [0, 3], [1, 1, 4]):
         w = np.bincount(subset, minlength=5).astype(float)[None]
-        assert rows.score(w)[0] == pytest.approx(corpus_bleu([preds[i] for i in subset], [refs[i] for i in subset]))
+        assert bleu.score(w)[0] == pytest.approx(corpus_bleu([preds[i] for i in subset], [refs[i] for i in subset]))
     predicted, gold = [0, 1, 2, 2, -1, 1], [0, 1, 1, 2, 2, 0]
-    f1 = stats.macro_f1_rows(predicted, gold, 3)
+    f1 = rows.classification_rows(predicted, gold, 3)["macro_f1"]
     assert f1.score() == pytest.approx(classification_metrics(predicted, gold, 3)["macro_f1"])
     w = np.array([[2, 0, 1, 1, 0, 3]], dtype=float)
     expand = [i for i, c in enumerate(w[0]) for _ in range(int(c))]
     assert f1.score(w)[0] == pytest.approx(classification_metrics([predicted[i] for i in expand],
                                                                   [gold[i] for i in expand], 3)["macro_f1"])
-    assert stats.mean_rows([1, 0, 1, 1]).score() == pytest.approx(0.75)
+    assert rows.mean_rows([1, 0, 1, 1]).score() == pytest.approx(0.75)
 
 
 def test_bootstrap_by_hand_on_two_rows_and_two_seeds():
     """Every (seed draw, row draw) of a tiny cell enumerated: the replicates' distribution is known."""
-    seeds = [stats.mean_rows([0.0, 1.0]), stats.mean_rows([1.0, 1.0])]
+    seeds = [rows.mean_rows([0.0, 1.0]), rows.mean_rows([1.0, 1.0])]
     row_weights = np.array([[2, 0], [1, 1], [0, 2]], dtype=float)  # rows (0,0), (0,1), (1,1)
     seed_draws = np.array([[0, 0], [0, 1], [1, 1]])
     reps = [stats.bootstrap(seeds, row_weights=row_weights[[r]], seed_draws=seed_draws[[s]])[0]
@@ -41,8 +42,8 @@ def test_bootstrap_by_hand_on_two_rows_and_two_seeds():
 
 def test_interval_covers_the_truth_and_narrows_with_rows():
     rng = np.random.default_rng(1)
-    wide = [stats.mean_rows(rng.random(50) < 0.6) for _ in range(3)]
-    narrow = [stats.mean_rows(rng.random(2000) < 0.6) for _ in range(3)]
+    wide = [rows.mean_rows(rng.random(50) < 0.6) for _ in range(3)]
+    narrow = [rows.mean_rows(rng.random(2000) < 0.6) for _ in range(3)]
     m1, lo1, hi1 = stats.interval(wide)
     m2, lo2, hi2 = stats.interval(narrow)
     assert lo1 <= m1 <= hi1 and lo2 <= 0.6 <= hi2
@@ -55,8 +56,8 @@ def test_paired_test_by_hand_on_three_rows():
     """One seed each, rows where a and b differ: 2 of 3. Under every swap pattern the difference is
     (sum of signed differences) / 3; exactly the patterns with both differing rows unswapped or both
     swapped reach |observed| = 2/3: half of them, so p -> 1/2."""
-    a = [stats.mean_rows([1.0, 1.0, 0.0])]
-    b = [stats.mean_rows([0.0, 0.0, 0.0])]
+    a = [rows.mean_rows([1.0, 1.0, 0.0])]
+    b = [rows.mean_rows([0.0, 0.0, 0.0])]
     diff, p = stats.paired_test(a, b, n_perm=20000, rng=np.random.default_rng(0))
     assert diff == pytest.approx(2 / 3)
     assert p == pytest.approx(0.5, abs=0.02)
@@ -64,7 +65,7 @@ def test_paired_test_by_hand_on_three_rows():
 
 def _cell(truth, rate, rng, seeds=3):
     """Seeds of a method that gets a row right when its difficulty is below ``rate``, or by luck (10%)."""
-    return [stats.mean_rows((truth < rate) | (rng.random(len(truth)) < 0.1)) for _ in range(seeds)]
+    return [rows.mean_rows((truth < rate) | (rng.random(len(truth)) < 0.1)) for _ in range(seeds)]
 
 
 def test_paired_test_finds_true_differences_and_holds_its_level_on_false_ones():

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 # What a report reads from a run (and what says how the run was made); weights and predictions stay behind.
-RUN_FILES = ("config.yaml", "status.json", "metrics.json", "train_log.jsonl", "data.json", "trained.json")
+RUN_FILES = ("config.yaml", "status.json", "metrics.json", "train_log.jsonl", "data.json", "trained.json", "row_stats.json")
 BENCH_FILES = ("bench.json", "bench.yaml")
-TASK_METHOD_FILES = ("batch_fit.json",)  # per task × method, beside the seeds
+TASK_METHOD_FILES = ("batch_fit.json", "tuning.json")  # per task × method, beside the seeds
 
 
 def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:

@@ -1,11 +1,9 @@
 """Intervals and tests for a bench's cells: which differences between methods are real.
 
 A cell is one method on one task: several training seeds, each scored on the same n test rows.
-Every metric the report shows is a function of *row statistics* summed over rows — a mean of
-per-row scores (accuracy, CodeXGLUE BLEU, ROUGE-L, edit similarity, exact match) is ``(sum of
-scores, count)``, corpus BLEU is its clipped n-gram counts and lengths (sacrebleu's own sufficient
-statistics), macro F1 is per-class true/false positives and false negatives. So a resample of rows
-is a weighted sum of an ``(n, k)`` array, and thousands of resamples cost one matrix product.
+Every metric the report shows is a function of *row statistics* summed over rows
+(``peftlab.evaluate.rows``: a run writes them to ``row_stats.json``), so a resample of rows is a
+weighted sum of an ``(n, k)`` array, and thousands of resamples cost one matrix product.
 
 * **Interval** (``interval``): a two-level bootstrap (Davison & Hinkley 1997, §3.8): each replicate
   draws the seeds with replacement and the test rows with replacement (the same rows for every
@@ -26,74 +24,15 @@ is a weighted sum of an ``(n, k)`` array, and thousands of resamples cost one ma
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from peftlab.evaluate.rows import KINDS, RowStats
 
 ALPHA = 0.05
 N_BOOT = 2000
 N_PERM = 2000
-
-
-@dataclass(frozen=True)
-class RowStats:
-    """Per-row sufficient statistics of one seed's predictions, and how they become the metric."""
-
-    stats: np.ndarray  # (n rows, k)
-    reduce: Callable[[np.ndarray], np.ndarray]  # (..., k) summed stats -> (...) scores
-
-    def score(self, weights: np.ndarray | None = None) -> np.ndarray:
-        """The metric on all rows, or on each row-weighting in ``weights`` (R, n) (bootstrap counts)."""
-        summed = self.stats.sum(0) if weights is None else weights @ self.stats
-        return self.reduce(summed)
-
-
-def _mean_reduce(s: np.ndarray) -> np.ndarray:
-    return s[..., 0] / np.maximum(s[..., 1], 1e-12)
-
-
-def mean_rows(values: Sequence[float]) -> RowStats:
-    """A metric that is the mean of per-row scores (already on the report's scale)."""
-    v = np.asarray(values, dtype=float)
-    return RowStats(np.stack([v, np.ones_like(v)], axis=1), _mean_reduce)
-
-
-def corpus_bleu_rows(predictions: Sequence[str], references: Sequence[str]) -> RowStats:
-    """sacrebleu's corpus BLEU (defaults) from per-row n-gram counts: equal to ``corpus_bleu`` on any subset."""
-    from sacrebleu.metrics import BLEU
-
-    bleu = BLEU()
-    rows = []
-    for p, r in zip(predictions, references):
-        s = bleu.corpus_score([p], [[r]])
-        rows.append(list(s.counts) + list(s.totals) + [s.sys_len, s.ref_len])
-
-    def reduce(summed: np.ndarray) -> np.ndarray:
-        flat = summed.reshape(-1, summed.shape[-1])
-        out = [BLEU.compute_bleu([int(c) for c in row[:4]], [int(t) for t in row[4:8]], int(row[8]), int(row[9]),
-                                 smooth_method="exp").score for row in flat]
-        return np.asarray(out).reshape(summed.shape[:-1])
-
-    return RowStats(np.asarray(rows, dtype=float), reduce)
-
-
-def macro_f1_rows(predicted: Sequence[int], gold: Sequence[int], n_labels: int) -> RowStats:
-    """Macro F1 (x100) over all ``n_labels`` classes, as ``classification_metrics`` computes it (a
-    prediction of -1 is wrong for every class), from per-row one-hot TP / FP / FN counts."""
-    predicted, gold = np.asarray(predicted), np.asarray(gold)
-    eye = np.eye(n_labels)
-    tp = eye[gold] * (predicted == gold)[:, None]
-    fp = eye[np.clip(predicted, 0, n_labels - 1)] * ((predicted != gold) & (predicted >= 0))[:, None]
-    fn = eye[gold] * (predicted != gold)[:, None]
-
-    def reduce(summed: np.ndarray) -> np.ndarray:
-        t, p, n = summed[..., :n_labels], summed[..., n_labels:2 * n_labels], summed[..., 2 * n_labels:]
-        denom = 2 * t + p + n
-        f1 = np.where(t > 0, 2 * t / np.maximum(denom, 1e-12), 0.0)
-        return 100 * f1.sum(-1) / n_labels
-
-    return RowStats(np.concatenate([tp, fp, fn], axis=1), reduce)
 
 
 # ------------------------------------------------------------------------------------- bootstrap
@@ -144,10 +83,12 @@ def paired_test(a: Sequence[RowStats], b: Sequence[RowStats], *, n_perm: int = N
     for x, y in zip(a, b):
         if x.stats.shape[1] != y.stats.shape[1]:
             raise ValueError("the two methods' row statistics are of different metrics")
+        if x.kind != y.kind:
+            raise ValueError("the two methods' row statistics are of different metrics")
         wa_x, wa_y = (~swap).astype(float), swap.astype(float)  # what a' takes from x and from y
         sa = wa_x @ x.stats + wa_y @ y.stats
         sb = wa_y @ x.stats + wa_x @ y.stats
-        diffs += x.reduce(sa) - y.reduce(sb)
+        diffs += KINDS[x.kind](sa) - KINDS[y.kind](sb)
     diffs /= k
     hits = int(np.sum(np.abs(diffs) >= abs(observed) - 1e-12))
     return observed, (hits + 1) / (n_perm + 1)
