@@ -74,6 +74,11 @@ class MethodConfig(NamedConfig):
         when there is nothing to fold (the default). Called by ``state.fold_methods`` after training."""
         return None
 
+    def comparison_defect(self) -> str | None:
+        """Why runs trained with this configuration must not be compared (a report marks them
+        invalid), or None. UniPELT's reference gate reads later tokens, for one."""
+        return None
+
     def training_only(self) -> bool:
         """True when the method changes training only and the trained model runs without it (S²-Attn:
         sparse attention while training, dense after); export and merge then leave it out."""

@@ -187,6 +187,12 @@ class UniPELTConfig(MethodConfig):
     def describe(self) -> str:
         return "UniPELT" + ("" if set(self.modules) == set(MODULES) else f" ({'+'.join(self.modules)})")
 
+    def comparison_defect(self) -> str | None:
+        if self.gate_pooling == "reference":
+            return ("trained with the reference gate, which pools over later tokens and padding (teacher "
+                    "forcing can read the answer)")
+        return None
+
     def _prefix(self) -> PrefixConfig:
         return PrefixConfig(self.prefix_length, self.prefix_projection, self.encoder_self, self.decoder_self, self.cross)
 

@@ -78,10 +78,13 @@ def test_mean_and_std_over_seeds_match_hand_computed_values(tmp_path):
     assert constant == ["floor: best constant", "11.00", "–", "–", "–", "–", "–"]
     assert majority == ["floor: majority class", "–", "55.00", "–", "–", "–", "–"]
     assert retrieval == ["floor: BM25 retrieval", "9.50", "40.00", "–", "–", "–", "–"]
-    # best of each column: the higher score, the lower rank, memory and time; parameter counts unmarked
-    assert table.bold == {(0, 1), (1, 2), (0, 3), (1, 5), (1, 6)}
+    # no per-row statistics: no score is tested, so none is marked best; the costs' lowest means are
+    # (memory, time), mean ranks are left to the critical difference, parameter counts unmarked
+    assert table.bold == {(1, 5), (1, 6)}
     md = table.markdown()
-    assert "| A | **12.00 ± 2.00** | 50.00 ± 0.00 † |" in md and "†: the mean does not exceed a floor" in md
+    assert "| A | 12.00 ± 2.00 | 50.00 ± 0.00 † |" in md and "†: the mean does not exceed a floor" in md
+    assert "No per-row statistics were kept, so no difference is tested" in md
+    assert table.untested == ["t1 CodeXGLUE BLEU", "t2 Accuracy"] and not table.claims
     t1 = task_table(res, TASKS[0], TASKS[0]["tasks"][0])
     assert t1.header[:3] == ["Method", "CodeXGLUE BLEU", "BLEU"] and "Perplexity" not in t1.header  # no empty column
     # BLEU = score / 10: A 1.2 ± 0.2, B 1.0 ± 0.26; both at or below the retrieval floor's BLEU (2.0)
@@ -97,7 +100,8 @@ def test_report_files_and_missing_runs(tmp_path):
     assert "## Missing runs" in md and "`t2/b/seed2`: failed (RuntimeError: boom)" in md
     assert "## Task: t1" in md and "## Task: t2" in md
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<b>12.00 ± 2.00</b>" in html
+    assert html.count("data:image/png;base64,") == 4 and "<td class=\"num\">12.00 ± 2.00</td>" in html
+    assert "What the tests say" in md and "t1 CodeXGLUE BLEU: no test" in md
     for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
         assert (root / "plots" / f"{name}.png").is_file()
 
@@ -175,3 +179,65 @@ def test_ranks_share_ties():
 
     assert rank_values({"a": 3.0, "b": 5.0, "c": 3.0, "d": 1.0}) == {"b": 1.0, "a": 2.5, "c": 2.5, "d": 4.0}
     assert rank_values({}) == {}
+
+
+def _with_rows(root, truth_rate: dict, n=120):
+    """Per-row statistics for every finished run of ``make_bench``: on t1 (mean metric), method A gets a
+    row right where its difficulty is below its rate; t2's methods share one rate (no true difference)."""
+    import numpy as np
+
+    from peftlab.evaluate.rows import mean_rows
+
+    rng = np.random.default_rng(3)
+    hard = rng.random(n)
+    ids = [f"r{i}" for i in range(n)]
+    for m, tasks in SCORES.items():
+        for t, seeds in tasks.items():
+            for seed, value in enumerate(seeds):
+                d = root / t / m.lower() / f"seed{seed}"
+                if value is None:
+                    continue
+                hits = 100.0 * ((hard < truth_rate[(m, t)]) | (rng.random(n) < 0.05))
+                score = float(hits.mean())
+                metric = "codexglue_bleu" if t == "t1" else "accuracy"
+                floors = {f: {metric: mean_rows(100.0 * (hard < 0.3)).to_json()} for f in ("constant", "retrieval", "majority")}
+                (d / "row_stats.json").write_text(json.dumps({"version": 1, "tasks": {t: {
+                    "rows": ids, "metrics": {metric: mean_rows(hits).to_json()}, "floors": floors}}}))
+                metrics = json.loads((d / "metrics.json").read_text())
+                metrics["task_metrics"][t][metric] = score
+                (d / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_best_is_marked_only_where_the_paired_test_finds_it_and_cells_carry_intervals(tmp_path):
+    root = make_bench(tmp_path)
+    _with_rows(root, {("A", "t1"): 0.8, ("B", "t1"): 0.4, ("A", "t2"): 0.5, ("B", "t2"): 0.5})
+    res = collect(root)
+    table = main_table(res, None, [])
+    a, b = table.rows[:2]
+    assert a[1].count("[") == 1  # "mean [lo, hi]"
+    lo, hi = (float(x) for x in a[1].split("[")[1].split("]")[0].split(", "))
+    mean = float(a[1].split(" [")[0])
+    assert lo < mean < hi and hi - lo < 25  # ~120 rows: an interval of a few points around the mean
+    assert "(2/3)" in b[2]  # B's t2 lost a seed
+    t1, t2 = {c.column: c for c in table.claims}["t1 CodeXGLUE BLEU"], {c.column: c for c in table.claims}["t2 Accuracy"]
+    assert t1.best == "A" and t1.real and t1.p_holm < 0.01  # a 40-point true difference is found
+    assert not t2.real and t2.p_holm > 0.05  # the same rate: no winner
+    assert (0, 1) in table.bold and not any(j == 2 for _, j in table.bold)
+    assert table.rows[2][1].endswith("]")  # the constant floor with its interval over the rows
+    md = table.markdown()
+    assert "95% interval over seeds and the n = 120 test rows" in md
+    write_report(root)
+    report = (root / "report.md").read_text()
+    assert "t1 CodeXGLUE BLEU: A ahead of B" in report and ": real." in report
+    assert "t2 Accuracy:" in report and "not distinguishable from chance" in report
+
+
+def test_a_run_unfit_for_comparison_is_in_no_cell(tmp_path):
+    root = make_bench(tmp_path)
+    for seed in range(3):  # every A run on t1 was trained with UniPELT's leaking reference gate
+        (root / "t1" / "a" / f"seed{seed}" / "config.yaml").write_text("methods:\n- {name: unipelt, r: 4}\n")
+    res = collect(root)
+    table = main_table(res, None, [])
+    assert table.rows[0][1] == "invalid"
+    md = table.markdown()
+    assert "A: invalid, 3 runs left out (unipelt: trained with the reference gate" in md

@@ -14,7 +14,8 @@ import json
 from html import escape
 from pathlib import Path
 
-from peftlab.lab.report.table import Results, Table, collect, main_table, task_table
+from peftlab.lab.report.results import Results, collect
+from peftlab.lab.report.table import Table, main_table, task_table
 
 __all__ = ["Results", "collect", "main_table", "task_table", "write_report"]
 
@@ -188,11 +189,24 @@ def _last_results(sections: list[tuple[str, Table]]) -> int:
     return max(i for i, (title, _) in enumerate(sections) if title.startswith("Results"))
 
 
+def _words(title: str, table: Table) -> list[str]:
+    """Under a results table: which differences its tests call real, in words."""
+    if not title.startswith("Results") or not (table.claims or table.untested):
+        return []
+    from peftlab.lab.report.claims import in_words
+
+    return ["What the tests say (each column's best mean against its runner-up):",
+            *in_words(table.claims, table.untested)]
+
+
 def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root: Path) -> str:
     parts = [f"# {res.title}", "", *_about(res), ""]
     last = _last_results(sections)
     for i, (title, table) in enumerate(sections):
         parts += [f"## {title}", "", table.markdown(), ""]
+        words = _words(title, table)
+        if words:
+            parts += [*words, ""]
         if i == last:
             for name, path in plots.items():
                 parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
@@ -215,6 +229,9 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
     last = _last_results(sections)
     for i, (title, table) in enumerate(sections):
         body += [f"<h2>{escape(title)}</h2>", table.html()]
+        words = _words(title, table)
+        if words:
+            body += [f"<p>{_inline(words[0])}</p><ul>"] + [f"<li>{_inline(w[2:])}</li>" for w in words[1:]] + ["</ul>"]
         if i == last:
             for name, path in plots.items():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")

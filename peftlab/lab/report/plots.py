@@ -1,5 +1,5 @@
 """A bench's figures (matplotlib, Agg): loss curves, score vs trainable parameters, score vs train
-time, peak memory. Each function draws one PNG from ``peftlab.lab.report.table.Results`` and returns
+time, peak memory. Each function draws one PNG from ``peftlab.lab.report.results.Results`` and returns
 its path; scores are each task's primary metric, mean over seeds with the std as error bars, and
 the task's floors as dashed lines (a method below one learned less than a model-free baseline).
 Score vs parameters is drawn again for each evaluation of the bench (``evals:``), on its rows.
@@ -12,7 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from peftlab.lab.report.table import FLOOR_ROWS, METRIC_TITLES, Results, cell
+from peftlab.lab.report.results import Results
+from peftlab.lab.report.table import FLOOR_ROWS, METRIC_TITLES, cell
 
 
 def _plt():

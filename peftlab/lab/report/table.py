@@ -5,10 +5,15 @@
 primary metric (or the metrics the spec's ``report.metrics`` names) and then the run's cost columns;
 ``task_table`` has every metric of one task. A ``Table`` renders to Markdown and to HTML.
 
-* **mean ± std**: over the seeds that finished; std is the sample standard deviation (n − 1), left
-  out with one seed; a cell over fewer seeds than the bench has says so (``(2/3)``).
-* **best**: the best mean among the methods (not the floors) is bold: the highest score, and the
-  lowest cost (memory, time, loss) among methods that trained; parameter counts are not marked.
+* **scores**: the mean over the seeds that finished with its 95% interval over seeds and test rows
+  (``peftlab.lab.report.claims``), where the runs kept per-row statistics; otherwise mean ± sample
+  std (n − 1). A cell over fewer seeds than the bench has says so (``(2/3)``).
+* **best**: a score column's best mean is bold only where a paired test over the same test rows
+  finds it ahead of the runner-up (Holm-corrected over the table's columns, p < 0.05): the table
+  says which differences are real (``Table.claims``); cost columns (memory, time, loss) bold their
+  lowest mean among methods that trained, untested; parameter counts are not marked.
+* **invalid runs**: a run whose method configuration is unfit for comparison (UniPELT's reference
+  gate reads later tokens) is in no cell; its method's cells say ``invalid`` and a note says why.
 * **floors**: the model-free baselines every run records on the same test rows (best constant
   output or majority class, BM25 retrieval: ``peftlab.lab.floors``) are rows; a method whose
   mean does not exceed some floor of that task on that metric is marked ``†``.
@@ -20,15 +25,13 @@ primary metric (or the metrics the spec's ``report.metrics`` names) and then the
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
-from peftlab.errors import RunDirError
-from peftlab.lab.evals import read_evals
+from peftlab.lab.report import claims
+from peftlab.lab.report.results import Results, Run
 
 BELOW_FLOOR = "†"
 # Task metrics: title and format (scores are 0-100 except fractions shown as %)
@@ -54,126 +57,6 @@ RUN_COLUMNS = {
 }
 FLOOR_ROWS = (("constant", "floor: best constant"), ("majority", "floor: majority class"),
               ("retrieval", "floor: BM25 retrieval"))
-
-
-@dataclass
-class Run:
-    method: str
-    task: str  # the task entry's label
-    seed: int
-    dir: Path
-    state: str  # complete, failed, pending, ...
-    metrics: Optional[dict] = None  # metrics.json when complete
-    log: list = field(default_factory=list)  # train_log.jsonl rows
-    batch_size: Optional[int] = None
-    evals: dict = field(default_factory=dict)  # name -> RUN/evals/<name>.json (peftlab.lab.evals)
-
-    def scored(self, eval_name: Optional[str] = None) -> Optional[dict]:
-        """What holds the task scores and floors: metrics.json, or one of the run's evaluations."""
-        if self.metrics is None:
-            return None
-        return self.metrics if eval_name is None else self.evals.get(eval_name)
-
-    def value(self, key: str, subtask: Optional[str] = None, eval_name: Optional[str] = None):
-        """A task metric of ``subtask`` (from ``task_metrics``; of evaluation ``eval_name`` if given),
-        or a run-level field."""
-        if self.metrics is None:
-            return None
-        if subtask is not None:
-            return ((self.scored(eval_name) or {}).get("task_metrics") or {}).get(subtask, {}).get(key)
-        if key == "peak_memory_mib":
-            peak = self.metrics.get("peak_memory_bytes")
-            return peak / 2**20 if peak else None
-        if key == "batch_size":
-            return self.batch_size
-        return self.metrics.get(key)
-
-
-@dataclass
-class Results:
-    title: str
-    root: Path
-    methods: list[str]
-    tasks: list[dict]  # {"label", "dir", "tasks": [{"name", "kind", "primary_metric", "metrics"}]}
-    seeds: list[int]
-    runs: list[Run]
-    index: dict
-
-    def runs_of(self, method: str, task: Optional[str] = None) -> list[Run]:
-        return [r for r in self.runs if r.method == method and (task is None or r.task == task)
-                and r.metrics is not None]
-
-    def floors(self, task: str, subtask: str, eval_name: Optional[str] = None) -> dict:
-        """``{floor name: {metric: value}}`` of one (sub)task (on evaluation ``eval_name``'s rows if
-        given), from the first run that recorded them."""
-        for r in self.runs:
-            where = r.scored(eval_name) if r.task == task else None
-            if where and subtask in (where.get("floors") or {}):
-                return {k: v for k, v in where["floors"][subtask].items() if isinstance(v, dict)}
-        return {}
-
-    @property
-    def eval_names(self) -> list[str]:
-        """The bench's evaluations that some run has made (``evals`` in the spec)."""
-        return [n for n in (self.index.get("evals") or {}) if any(n in r.evals for r in self.runs if r.metrics)]
-
-
-def collect(bench_dir: Path) -> Results:
-    """Everything a report shows, read from a bench directory."""
-    bench_dir = Path(bench_dir)
-    try:
-        index = json.loads((bench_dir / "bench.json").read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{bench_dir}: not a bench directory (no bench.json; `peftlab bench SPEC --out "
-                          f"{bench_dir}` makes one)") from None
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{bench_dir / 'bench.json'}:{e.lineno}: damaged ({e.msg})") from None
-    runs = []
-    for entry in index["runs"]:
-        if entry.get("stage") == "tune":  # tuning runs scored the validation split: the tuning section's
-            continue
-        d = bench_dir / entry["dir"]
-        metrics = _read_json(d / "metrics.json") if _complete(d) else None
-        runs.append(Run(entry["method"], entry["task"], entry["seed"], d, "complete" if metrics else entry["state"],
-                        metrics, _read_log(d / "train_log.jsonl"), entry.get("batch_size") or _batch(d),
-                        read_evals(d) if metrics else {}))
-    return Results(index.get("title", bench_dir.name), bench_dir, [m["label"] for m in index["methods"]],
-                   index["tasks"], index["seeds"], runs, index)
-
-
-def _complete(d: Path) -> bool:
-    status = _read_json(d / "status.json") or {}
-    return status.get("state") == "complete" and (d / "metrics.json").is_file()
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _read_log(path: Path) -> list:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a row torn by a kill
-                pass
-    return rows
-
-
-def _batch(d: Path) -> Optional[int]:
-    import yaml
-
-    try:
-        return yaml.safe_load((d / "config.yaml").read_text())["train"]["batch_size"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-
-
-# ------------------------------------------------------------------------------------ numbers
 
 
 @dataclass(frozen=True)
@@ -222,6 +105,8 @@ class Table:
     bold: set = field(default_factory=set)  # (row, column) of the best cells
     notes: list[str] = field(default_factory=list)
     right: list[bool] = field(default_factory=list)  # numeric columns, right-aligned
+    claims: list = field(default_factory=list)  # the score columns' tests (peftlab.lab.report.claims.Claim)
+    untested: list[str] = field(default_factory=list)  # score columns no test could be made for
 
     def markdown(self) -> str:
         def text(i, j, s):
@@ -257,6 +142,8 @@ class Column:
     score: bool = False  # a task metric (floors compare with it)
     count: bool = False  # the same for every seed by construction (parameters, steps): no ± 0
     by_seed: Optional[Callable[[str, int], Cell]] = None  # (method label, seed) -> that seed's cell
+    rows: Callable[[str], Optional[claims.Rows]] = lambda m: None  # a score's per-row statistics, by method
+    floor_rows: Callable[[str], Optional[claims.Rows]] = lambda f: None  # ... by floor name
 
     def get_seed(self, method: str, seed: int) -> Cell:
         return self.by_seed(method, seed) if self.by_seed else Cell(())
@@ -269,11 +156,19 @@ def _task_column(res: Results, task: dict, sub: dict, metric: str, titled: bool,
     where = sub["name"] if len(task["tasks"]) > 1 else task["label"]
     title = f"{where} {name}" if titled else name
     percent = metric in PERCENT_METRICS  # not a score: how many distinct outputs, unmarked
+    def rows(m: str):
+        return claims.cell_rows([r.row_record(sub["name"], metric, eval_name) for r in res.runs_of(m, task["label"])])
+
+    def floor_rows(f: str):
+        first = next((r for r in res.runs if r.task == task["label"] and r.metrics is not None), None)
+        return claims.cell_rows([first.row_record(sub["name"], metric, eval_name, floor=f)]) if first else None
+
     return Column(title, "{:.2f}", None if percent else "high",
                   lambda m: cell(res.runs_of(m, task["label"]), metric, sub["name"], eval_name),
                   lambda f: (floors.get(f) or {}).get(metric), percent, score=not percent,
                   by_seed=lambda m, seed: cell([r for r in res.runs_of(m, task["label"]) if r.seed == seed],
-                                               metric, sub["name"], eval_name))
+                                               metric, sub["name"], eval_name),
+                  rows=rows if not percent else (lambda m: None), floor_rows=floor_rows)
 
 
 def _rank_column(res: Results, scores: list[Column]) -> Column:
@@ -295,8 +190,8 @@ def _rank_column(res: Results, scores: list[Column]) -> Column:
         for m, rs in per_method.items():
             if len(rs) == len(scores):
                 ranks[m].append(statistics.fmean(rs))
-    return Column("Mean rank", "{:.1f}", "low",
-                  lambda m: Cell(tuple(ranks[m])))
+    # not bolded: which mean ranks differ is the critical difference's to say (the table's note)
+    return Column("Mean rank", "{:.1f}", None, lambda m: Cell(tuple(ranks[m])))
 
 
 def rank_values(values: dict[str, float]) -> dict[str, float]:
@@ -338,7 +233,8 @@ def main_table(res: Results, metrics: Optional[list[str]] = None, columns: Optio
     table = _table(res, cols)
     if len(ranked) > 1:
         table.notes.append(f"Mean rank: per seed, the methods ranked on each of the {len(ranked)} task columns "
-                           "(1 = best, ties share), averaged over the columns; mean ± std over seeds.")
+                           "(1 = best, ties share), averaged over the columns; mean ± std over seeds. "
+                           + _rank_note(res, cols[len(scores)], len(ranked)))
     if eval_name is not None:
         edits = ", ".join(f"{k}={v}" for k, v in (res.index.get("evals") or {}).get(eval_name, {}).items())
         table.notes.append(f"{eval_name}: the same trained runs scored on other test rows ({edits}), each "
@@ -347,6 +243,18 @@ def main_table(res: Results, metrics: Optional[list[str]] = None, columns: Optio
         table.notes.append("Cost columns: mean ± std over all of a method's runs (every task and seed); per task in "
                            "the tables below.")
     return table
+
+
+def _rank_note(res: Results, rank: Column, n_columns: int) -> str:
+    """Which mean ranks Demšar's critical difference cannot tell apart."""
+    means = {m: rank.get(m).mean for m in res.methods if rank.get(m).mean is not None}
+    if len(means) < 2:
+        return ""
+    cd, groups = claims.rank_groups(means, n_columns)
+    if not groups:
+        return f"Critical difference {cd:.1f} (Nemenyi, p < 0.05): every mean rank is distinguishable from the others."
+    return (f"Critical difference {cd:.1f} (Nemenyi, p < 0.05 over {n_columns} columns): not distinguishable "
+            "from each other: " + "; ".join("{" + ", ".join(g) + "}" for g in groups) + ".")
 
 
 def task_table(res: Results, task: dict, sub: dict, eval_name: Optional[str] = None) -> Table:
@@ -362,36 +270,83 @@ def _table(res: Results, cols: list[Column]) -> Table:
     expected = len(res.seeds)
     cells = {m: [c.get(m) for c in cols] for m in res.methods}
     header = ["Method"] + [c.title for c in cols]
-    rows, bold, below = [], set(), False
+    rows, bold, below, n_rows = [], set(), False, set()
     trained = {m for m in res.methods if any((r.value("steps") or 0) > 0 for r in res.runs_of(m))}
+    invalid = {m: res.invalid(m) for m in res.methods if res.invalid(m)}
     for m in res.methods:
         row = [m]
         for c, x in zip(cols, cells[m]):
-            text = fmt_cell(x, c.fmt, c.percent, expected, spread=not c.count)
+            found = c.rows(m) if c.score and x.mean is not None else None
+            if found is not None:
+                mean, lo, hi = claims.interval(found)
+                text = f"{mean:.2f} [{lo:.2f}, {hi:.2f}]" + (f" ({x.n}/{expected})" if x.n < expected else "")
+                n_rows.add(len(found.ids))
+            elif x.mean is None and m in invalid:
+                text = "invalid"
+            else:
+                text = fmt_cell(x, c.fmt, c.percent, expected, spread=not c.count)
             floor_values = [v for v in (c.floor(f) for f, _ in FLOOR_ROWS) if v is not None]
             if c.score and x.mean is not None and floor_values and x.mean <= max(floor_values):
                 text += f" {BELOW_FLOOR}"
                 below = True
             row.append(text)
         rows.append(row)
+    tested, untested = [], []
     for j, c in enumerate(cols):
         if c.better is None:
             continue
-        pool = [(i, cells[m][j].mean) for i, m in enumerate(res.methods) if cells[m][j].mean is not None
-                and (c.score or m in trained)]
+        pool = {m: cells[m][j].mean for m in res.methods if cells[m][j].mean is not None and (c.score or m in trained)}
         if len(pool) < 2:
             continue
-        best = (max if c.better == "high" else min)(v for _, v in pool)
-        bold |= {(i, j + 1) for i, v in pool if v == best}
+        if not c.score:  # a cost: its lowest mean, untested
+            best = (max if c.better == "high" else min)(pool.values())
+            bold |= {(res.methods.index(m), j + 1) for m, v in pool.items() if v == best}
+            continue
+        claim = claims.best_vs_runner_up(c.title, pool, {m: c.rows(m) for m in pool}, c.better == "high")
+        if claim is None:
+            untested.append(c.title)
+        else:
+            tested.append((j, claim))
+    corrected = claims.holm_corrected([cl for _, cl in tested])
+    for (j, _), claim in zip(tested, corrected):
+        if claim.real:
+            bold.add((res.methods.index(claim.best), j + 1))
     for f, label in FLOOR_ROWS:
         values = [c.floor(f) for c in cols]
         if any(v is not None for v in values):
-            rows.append([label] + ["–" if v is None else (f"{100 * v:.1f}%" if c.percent else c.fmt.format(v))
-                                   for c, v in zip(cols, values)])
+            rows.append([label] + [_floor_text(c, f, v) for c, v in zip(cols, values)])
+    return Table(header, rows, bold, _notes(res, below, bool(tested or untested), n_rows, invalid),
+                 [False] + [True] * len(cols), claims=corrected, untested=untested)
+
+
+def _floor_text(c: Column, name: str, value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    if c.percent:
+        return f"{100 * value:.1f}%"
+    found = c.floor_rows(name) if c.score else None
+    if found is None:
+        return c.fmt.format(value)
+    _, lo, hi = claims.interval(found)
+    return f"{c.fmt.format(value)} [{lo:.2f}, {hi:.2f}]"
+
+
+def _notes(res: Results, below: bool, scores: bool, n_rows: set, invalid: dict) -> list[str]:
+    expected = len(res.seeds)
     notes = []
     if below:
         notes.append(f"{BELOW_FLOOR}: the mean does not exceed a floor of its task on that metric (model-free "
                      "baselines on the same test rows: best constant output or majority class, BM25 retrieval).")
-    notes.append(f"Mean ± sample std over {expected} seed{'s' if expected > 1 else ''} "
-                 f"({', '.join(map(str, res.seeds))}); bold: best mean of a column.")
-    return Table(header, rows, bold, notes, [False] + [True] * len(cols))
+    seeds = f"{expected} seed{'s' if expected > 1 else ''} ({', '.join(map(str, res.seeds))})"
+    if n_rows:
+        notes.append(f"Scores: mean over {seeds} [95% interval over seeds and the n = "
+                     f"{', '.join(map(str, sorted(n_rows)))} test rows, two-level bootstrap]; floors: [interval over "
+                     "the test rows]. Bold: the best mean of a column where a paired test over the same test rows "
+                     "finds it ahead of the runner-up (approximate randomisation, Holm-corrected over the table's "
+                     f"columns, p < {claims.ALPHA}); no bold where it does not. Other columns: mean ± sample std.")
+    else:
+        notes.append(f"Mean ± sample std over {seeds}." + (" No per-row statistics were kept, so no difference "
+                                                          "is tested and no best score is marked." if scores else ""))
+    for m, runs in invalid.items():
+        notes.append(f"{m}: invalid, {len(runs)} run{'s' if len(runs) != 1 else ''} left out ({runs[0].invalid}).")
+    return notes
