@@ -107,6 +107,19 @@ def expand(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
+def run_names(paths: Sequence[Path]) -> list[str]:
+    """Each config's run directory name: its file's stem, or ``<folder>-<stem>`` where two configs
+    share a stem (``mini-t5/ia3.yaml`` and ``mini-llama/ia3.yaml``); two that would still share a name
+    (the same file given twice) are refused: their runs would overwrite each other."""
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}-{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"configs {', '.join(str(p) for p in paths if p.stem in {t.split('-')[-1] for t in twice})} "
+                          f"would share the run directory {twice[0]!r}; give each config once, or rename one")
+    return names
+
+
 def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = (), progress: bool = True,
             isolate: bool = True) -> list[dict]:
     from peftlab.config import load_config
@@ -114,14 +127,16 @@ def compare(configs: Sequence[Path], out: Path, *, overrides: Sequence[str] = ()
 
     paths = expand(configs)
     loaded = [(p, load_config(RunConfig, p, overrides)) for p in paths]  # fail fast on any bad config
+    names = run_names(paths)
     rundir.make_dir(out, "--out")
     with rundir.owned(out), rundir.stop_on_signals():  # one comparison per --out; SIGTERM lets go of it
         rows = []
-        for path, cfg in loaded:
-            done = rundir.read_status(out / path.stem).get("state") == "complete" and same_config(out / path.stem, cfg)
-            metrics = (_run_in_a_process(path, overrides, out / path.stem, progress) if isolate and not done
-                       else _run(cfg, out / path.stem, progress))  # (a complete run is only read)
-            rows.append(_row(metrics, path, out / path.stem))
+        for (path, cfg), name in zip(loaded, names):
+            run_dir = out / name
+            done = rundir.read_status(run_dir).get("state") == "complete" and same_config(run_dir, cfg)
+            metrics = (_run_in_a_process(path, overrides, run_dir, progress) if isolate and not done
+                       else _run(cfg, run_dir, progress))  # (a complete run is only read)
+            rows.append(_row(metrics, path, run_dir))
         floors = floor_rows(rows)
         table = markdown_table(rows + floors)
         print(table)

@@ -28,10 +28,37 @@ class Layers:
                 self.where[path + p[len(root):]] = location(source, ln)
         self.where[path] = location(source, line_of(lines, root))
 
-    def put_overrides(self, overrides: dict, source: str, lines: dict, root: tuple) -> None:
+    def put_overrides(self, overrides: dict, source: str, lines: dict, root: tuple, prefix: tuple = ()) -> None:
+        """Each ``dotted.key: value`` over what is there. A mapping given for a section of the run
+        config (``train: {lr: 0.01}``) edits the fields it names and keeps the others; a mapping for a
+        field whose value is itself a mapping or a named config (``eval.select``, ``data.task``,
+        ``model.config``) replaces it whole, as any value does."""
         for key, value in overrides.items():
-            path = tuple(int(p) if p.isdigit() else p for p in str(key).split("."))
-            self.put(path, value, source, lines, root + (key,), text=f"{key}: {value!r}")
+            path = prefix + tuple(int(p) if p.isdigit() else p for p in str(key).split("."))
+            if isinstance(value, dict) and value and is_section(path):
+                self.put_overrides(value, source, lines, root + (key,), path)
+                continue
+            self.put(path, value, source, lines, root + (key,), text=f"{'.'.join(map(str, path))}: {value!r}")
+
+
+def is_section(path: tuple) -> bool:
+    """Whether ``path`` names a section of the run config: a plain config dataclass (``train``,
+    ``eval``, ``model``, ``data``), whose fields a mapping edits one by one."""
+    import dataclasses
+    import typing
+
+    from peftlab.config import NamedConfig
+    from peftlab.schema import RunConfig
+
+    cls = RunConfig
+    for part in path:
+        if not (dataclasses.is_dataclass(cls) and isinstance(part, str)):
+            return False
+        hint = typing.get_type_hints(cls).get(part)
+        if hint is None:
+            return False
+        cls = hint
+    return isinstance(cls, type) and dataclasses.is_dataclass(cls) and not issubclass(cls, NamedConfig)
 
 
 def line_of(lines: dict, path: tuple):

@@ -42,6 +42,7 @@ from peftlab.lab import rundir
 from peftlab.config import to_dict
 from peftlab.errors import PeftlabError
 from peftlab.lab.evals import is_current
+from peftlab.lab.bench.preflight import check_applicable, plan_digest
 from peftlab.lab.bench.spec import Bench, PlannedRun, load_bench, slug
 from peftlab.tasks import TaskConfig
 
@@ -62,11 +63,13 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
     returns the index written to ``out/bench.json``. Failed runs are recorded and the bench goes on;
     a ``BenchError`` at the end names them."""
     bench = load_bench(path, overrides)  # every config checked before anything runs
+    check_applicable(bench.runs)  # and every method list applied to its model (meta device)
     out = Path(out)
     rundir.make_dir(out, "--out")
     with rundir.owned(out), rundir.stop_on_signals():  # one bench per directory; SIGTERM stops it cleanly
         rundir.write_text(out / SPEC_COPY, Path(path).read_text(encoding="utf-8"))
         index = _index(bench, out)
+        index["plan_digest"] = plan_digest(bench.spec, bench.runs)
         if bench.spec.workers > 1:  # tuning runs first: the others train at the rates they choose
             _side_by_side(bench, path, overrides, out, index, "tune")
             _side_by_side(bench, path, overrides, out, index, "main")
@@ -78,7 +81,7 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
             if reused is not None:  # complete with this config: nothing to start a process for
                 index["runs"][i].update(reused)
             elif bench.spec.isolate:
-                index["runs"][i].update(_one_in_a_process(path, overrides, i, out, progress))
+                index["runs"][i].update(_one_in_a_process(path, overrides, i, out, progress, index["plan_digest"]))
             else:
                 index["runs"][i].update(_one(bench, planned, out, progress))
             _logged(bench, i, index, out)
@@ -117,7 +120,7 @@ def _side_by_side(bench: Bench, path: Path, overrides: tuple[str, ...], out: Pat
         if reused is not None:
             index["runs"][i].update(reused)
             continue
-        args = [str(path), str(out), str(i), json.dumps(list(overrides)), "0"]
+        args = [str(path), str(out), str(i), json.dumps(list(overrides)), "0", index["plan_digest"]]
         jobs.append(Job(i, "peftlab.lab.bench.run", args, out / f".run-{i}.json"))
     slot = worker_slots(bench.spec.workers)[0]
     index["workers"] = {"runs": bench.spec.workers, "threads_each": int(slot.get("OMP_NUM_THREADS", 0)) or None}
@@ -191,22 +194,26 @@ def _one(bench: Bench, planned: PlannedRun, out: Path, progress: bool) -> dict:
         return {"state": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
-def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path, progress: bool) -> dict:
-    """``_one`` for run ``i`` in a child process (``python -m peftlab.lab.bench.run``; ``peftlab.lab.child``)."""
+def _one_in_a_process(path: Path, overrides: tuple[str, ...], i: int, out: Path, progress: bool, digest: str) -> dict:
+    """``_one`` for run ``i`` in a child process (``python -m peftlab.lab.bench.run``; ``peftlab.lab.child``),
+    which refuses to run if the spec no longer plans what ``digest`` says the bench started with."""
     from peftlab.lab.child import in_a_process
 
-    args = [str(path), str(out), str(i), json.dumps(list(overrides)), "1" if progress else "0"]
+    args = [str(path), str(out), str(i), json.dumps(list(overrides)), "1" if progress else "0", digest]
     return in_a_process("peftlab.lab.bench.run", args, out / f".run-{i}.json")
 
 
-def _child(argv: list[str]) -> int:
-    """``python -m peftlab.lab.bench.run SPEC OUT I OVERRIDES PROGRESS RESULT``: one run of a bench."""
+def child(argv: list[str]) -> int:
+    """``python -m peftlab.lab.bench.run SPEC OUT I OVERRIDES PROGRESS DIGEST RESULT``: one run of a bench."""
     from peftlab.lab.child import child_main
 
-    spec, out, i, overrides, progress, result = argv
+    spec, out, i, overrides, progress, digest, result = argv
 
     def work(show_progress: bool) -> dict:
         bench = load_bench(Path(spec), tuple(json.loads(overrides)))
+        if plan_digest(bench.spec, bench.runs) != digest:
+            raise BenchError(f"{spec} (or a run config it names) changed while the bench ran: this run would train "
+                             f"another plan than the one started; rerun the bench to use the edited spec")
         return _one(bench, bench.runs[int(i)], Path(out), show_progress)
 
     return child_main(result, progress, work)
@@ -352,4 +359,4 @@ def _empty_cuda_cache() -> None:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(_child(sys.argv[1:]))
+    sys.exit(child(sys.argv[1:]))

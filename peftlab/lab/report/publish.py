@@ -32,8 +32,10 @@ def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:
         raise RunDirError(f"{bench_dir}: not a bench directory (no bench.json)")
     if dest.resolve() == bench_dir.resolve():
         raise RunDirError(f"{dest}: --publish needs another directory than the bench's own")
-    rundir.make_dir(dest, "--publish directory")
     index = json.loads((bench_dir / "bench.json").read_text())
+    _check_own(dest, bench_dir, index)
+    rundir.make_dir(dest, "--publish directory")
+    rundir.write_json(dest / MARK, _mark(bench_dir, index))
     for name in BENCH_FILES:
         _copy(bench_dir / name, dest / name)
     for run in index["runs"]:
@@ -45,6 +47,35 @@ def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:
         for name in TASK_METHOD_FILES:
             _copy(src.parent / name, out.parent / name)
     return write_report(dest)
+
+
+MARK = "published.json"  # in DEST: which bench this record was published from
+
+
+def _mark(bench_dir: Path, index: dict) -> dict:
+    return {"from": str(Path(bench_dir).resolve()), "spec": index.get("spec"), "started": index.get("started")}
+
+
+def _check_own(dest: Path, bench_dir: Path, index: dict) -> None:
+    """DEST must be new or empty, or an earlier publication of this very bench (its ``published.json``
+    names it): publishing over another bench's record would leave that bench's adapters with this
+    bench's scores."""
+    from peftlab.errors import RunDirError
+
+    if not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return
+    if not dest.is_dir():
+        raise RunDirError(f"{dest}: is a file; --publish needs a directory")
+    try:
+        mark = json.loads((dest / MARK).read_text())
+    except (OSError, ValueError):
+        raise RunDirError(f"{dest}: is not empty and was not published from {bench_dir} (no {MARK}); "
+                          f"--publish writes only into a new directory or its own earlier publication") from None
+    mine = _mark(bench_dir, index)
+    if (mark.get("spec"), mark.get("started")) != (mine["spec"], mine["started"]):
+        raise RunDirError(f"{dest}: holds the record of another bench ({mark.get('spec')}, started "
+                          f"{mark.get('started')}, from {mark.get('from')}); publishing {bench_dir} there would "
+                          f"replace its scores; choose another directory")
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -79,6 +79,7 @@ def run_search(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progre
     rundir.make_dir(out, "--out")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with rundir.owned(out), rundir.stop_on_signals():
+        _same_search(search, out)
         rundir.write_text(out / "search.yaml", Path(path).read_text(encoding="utf-8"))
         if any(e.per_layer for e in search.spec.space):
             search.blocks = _blocks(trial_config(search, []))
@@ -88,6 +89,32 @@ def run_search(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progre
             _one_trial(study, search, out, progress)
             write_front(study, search, out)
         return write_front(study, search, out)
+
+
+PLAN = "search_plan.json"  # what the trials in this directory were made by (all but the number of trials)
+
+
+def _same_search(search: Search, out: Path) -> None:
+    """Refuse to continue trials made by another search (another task, space, budget or base): a
+    rerun into the same directory may only add trials, never mix two searches in one Pareto table."""
+    import hashlib
+    import json
+
+    from peftlab.config import to_dict
+
+    plan = {k: v for k, v in to_dict(search.spec).items() if k != "trials"}
+    plan["trial_base"] = to_dict(trial_config(search, []))
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
+    record = out / PLAN
+    if record.is_file():
+        old = json.loads(record.read_text())
+        if old.get("digest") != digest:
+            changed = sorted(k for k in set(plan) | set(old.get("plan", {})) if plan.get(k) != old.get("plan", {}).get(k))
+            raise ConfigError(f"{out}: holds the trials of another search (it differs in {', '.join(changed)}); "
+                              f"choose another --out, or restore the spec those trials were made with")
+    elif (out / STORAGE).exists():
+        raise ConfigError(f"{out}: holds trials but no {PLAN} saying which search made them; choose another --out")
+    rundir.write_json(record, {"digest": digest, "plan": json.loads(json.dumps(plan, default=str))})
 
 
 def _open_study(search: Search, out: Path):
