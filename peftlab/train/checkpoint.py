@@ -2,9 +2,10 @@
 
 A checkpoint is a directory ``step-00000100/`` holding ``trainable.safetensors`` (weights by
 parameter name), ``optimizer.safetensors`` (AdamW moments by parameter name) and ``state.json``
-(step, data position, scheduler progress, RNG states, elapsed time). It is written into a
-temporary sibling and renamed into place, so a crash never leaves a half checkpoint behind, and
-older checkpoints are pruned only after the new one is complete.
+(step, data position, scheduler progress, RNG states, elapsed time, and the SHA-256 of the two
+tensor files, checked when read back: a checkpoint changed in place is set aside, never resumed
+from). It is written into a temporary sibling and renamed into place, so a crash never leaves a
+half checkpoint behind, and older checkpoints are pruned only after the new one is complete.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def _write(tmp: Path, step: int, weights: dict, per_param: dict, state: dict) ->
             else:
                 scalars[f"{pname}::{key}"] = value
     save_file(tensors, tmp / "optimizer.safetensors")
-    full_state = dict(state, step=step, rng=_rng_state(), optimizer_scalars=scalars)
+    from peftlab.files import sha256_file
+
+    digests = {name: sha256_file(tmp / name) for name in TENSOR_FILES}
+    full_state = dict(state, step=step, rng=_rng_state(), optimizer_scalars=scalars, sha256=digests)
     (tmp / "state.json").write_text(json.dumps(full_state))
     for f in tmp.iterdir():  # data reaches the disk before the rename makes it visible
         with open(f, "rb") as fh:
@@ -113,16 +117,29 @@ class DamagedCheckpoint(PeftlabError):
     """A checkpoint file that does not read back whole (truncated, overwritten, non-finite)."""
 
 
+TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors")
+
+
 def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     """``(state, weights, optimizer state per parameter name)`` as saved; no model needed.
 
-    Raises ``DamagedCheckpoint`` naming the file when one does not read back whole."""
+    Raises ``DamagedCheckpoint`` naming the file when one does not read back whole, or when its bytes
+    are not those written (the SHA-256 in state.json; checkpoints from before it was kept are not checked)."""
+    from peftlab.files import sha256_file
     from peftlab.methods.io import read_safetensors
 
     try:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:
         raise DamagedCheckpoint(f"{path / 'state.json'}: damaged checkpoint file ({e})") from None
+    for name, digest in (state.get("sha256") or {}).items():
+        try:
+            found = sha256_file(path / name)
+        except OSError as e:
+            raise DamagedCheckpoint(f"{path / name}: unreadable checkpoint file ({e.strerror})") from None
+        if found != digest:
+            raise DamagedCheckpoint(f"{path / name}: its bytes are not the ones written (SHA-256 {found[:12]}…, "
+                                    f"recorded {digest[:12]}…)")
     weights = read_safetensors(path / "trainable.safetensors", DamagedCheckpoint)
     optim = read_safetensors(path / "optimizer.safetensors", DamagedCheckpoint)
     per_param: dict[str, dict] = {}

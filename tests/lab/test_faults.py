@@ -84,6 +84,30 @@ def test_kill_between_tensor_files_and_json_then_resume(tmp_path, data, referenc
     assert_same_run(run, reference)
 
 
+def test_a_checkpoint_corrupted_in_place_is_set_aside_not_resumed_from(tmp_path, data, reference, caplog):
+    """A flipped byte inside a tensor keeps the file loadable (safetensors checks only its header):
+    the SHA-256 recorded in state.json tells, and the run resumes from the checkpoint before it."""
+    run = tmp_path / "bitrot"
+    assert train(run, data, *STEPS, "train.max_steps=4") == 0
+    newest = run / "checkpoints" / "step-00000004"
+    weights = newest / "trainable.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0xFF  # inside the last tensor's data
+    weights.write_bytes(bytes(raw))
+    status_path = run / "status.json"
+    st = json.loads(status_path.read_text())
+    status_path.write_text(json.dumps({**st, "state": "interrupted"}))
+    for name in ("metrics.json", "trained.json"):
+        (run / name).unlink(missing_ok=True)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("max_steps: 4", "max_steps: 6"))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "its bytes are not the ones written" in caplog.text
+    assert (run / "checkpoints" / "damaged-step-00000004").is_dir()
+    assert status(run)["resumed_from_step"] == 2 and status(run)["state"] == "complete"
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+
+
 # --------------------------------------------------------------------------- a full disk
 
 
