@@ -85,6 +85,22 @@ def _compiler() -> Optional[str]:
     return None
 
 
+def _check_trusted(target: Path) -> None:
+    """Load only a library this user built in directories no one else may write: in a shared or
+    planted cache another user could put code there that every training run would execute."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if uid is None:  # no POSIX ownership to check (Windows)
+        return
+    for path in (target, target.parent, target.parent.parent):
+        st = path.stat()
+        if st.st_uid != uid:
+            raise RuntimeError(f"{path} belongs to another user (uid {st.st_uid}); not loading code from it "
+                               f"(set PEFTLAB_CACHE to a directory of your own)")
+        if st.st_mode & 0o022 and not (path.is_dir() and st.st_mode & 0o1000):
+            raise RuntimeError(f"{path} is writable by others (mode {oct(st.st_mode & 0o777)}); not loading code "
+                               f"from it (set PEFTLAB_CACHE to a directory of your own)")
+
+
 def _build() -> ctypes.CDLL:
     source = b"".join(path.read_bytes() for path in _SOURCES + _HEADERS)
     key = hashlib.sha256(source + _cpu_key().encode()).hexdigest()[:16]
@@ -101,6 +117,7 @@ def _build() -> ctypes.CDLL:
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
             os.replace(out, target)  # atomic: a concurrent build writes the same bytes
+    _check_trusted(target)
     lib = ctypes.CDLL(str(target))
     args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint64,
             ctypes.c_uint32, ctypes.c_float]

@@ -139,6 +139,26 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     assert native.library() is not None and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
 
 
+@pytest.mark.skipif(native._compiler() is None or not hasattr(__import__("os"), "getuid"),
+                    reason="no C compiler, or no POSIX ownership")
+def test_a_library_in_a_cache_others_can_write_or_own_is_not_loaded(monkeypatch, tmp_path):
+    """Code is loaded only from a cache this user owns and no one else may write (a shared cache
+    would let another user plant a library every training run executes)."""
+    import os
+
+    _fresh(monkeypatch, tmp_path)
+    assert native.library() is not None
+    (tmp_path / "native").chmod(0o777)
+    _fresh(monkeypatch, tmp_path)
+    assert "writable by others" in native.status() and native.library() is None
+    (tmp_path / "native").chmod(0o755)
+    if os.getuid() == 0:  # only root can give a file away
+        built = next(tmp_path.rglob("kernels-*.so"))
+        os.chown(built, 12345, -1)
+        _fresh(monkeypatch, tmp_path)
+        assert "belongs to another user" in native.status()
+
+
 @needs_native
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
 def test_a_forked_child_splits_calls_with_its_own_threads(monkeypatch):
