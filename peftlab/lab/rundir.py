@@ -47,9 +47,44 @@ def create(run_dir: Path) -> Path:
     if any(p.name != LOCK for p in run_dir.iterdir()):
         release(run_dir)
         state = read_status(run_dir).get("state", "unknown") if (run_dir / STATUS).exists() else "not a run"
-        raise RunDirError(f"{run_dir}: already exists ({state}); choose another --out or remove it")
+        raise RunDirError(f"{run_dir}: already exists ({state}); {what_next(run_dir, state)}")
     set_status(run_dir, "running", started=now())
     return run_dir
+
+
+UNFINISHED = ("failed", "interrupted", "running")  # "running" without a live owner: killed (SIGKILL, power)
+
+
+def what_next(run_dir: Path, state: str) -> str:
+    """What to do about an existing run directory that a new run was pointed at."""
+    if state == "complete":
+        return "choose another --out (a finished run is never overwritten)"
+    if state in UNFINISHED:
+        return (f"continue it with `peftlab train --resume {run_dir}`, or start it again with --overwrite (the "
+                f"old directory is renamed aside, never deleted)")
+    return "choose another --out or remove it"
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """``peftlab train --overwrite``: rename a failed or interrupted run directory to
+    ``RUN.<state>-<time>`` (nothing is deleted) so that a fresh run takes its place; returns the new
+    name (None: nothing there). A complete run, a directory that is not a run and one whose process
+    still lives are refused."""
+    if not run_dir.is_dir() or not any(p.name != LOCK for p in run_dir.iterdir()):
+        return None
+    state = read_status(run_dir).get("state") if (run_dir / STATUS).exists() else None
+    if state == "complete":
+        raise RunDirError(f"{run_dir}: already exists (complete); --overwrite never replaces a finished run: "
+                          f"choose another --out")
+    if state not in UNFINISHED:
+        raise RunDirError(f"{run_dir}: not a run directory ({state or 'no status.json'}); --overwrite only sets "
+                          f"aside a failed or interrupted run: choose another --out")
+    with owned(run_dir):  # refused while a live process writes it
+        pass
+    aside = run_dir.with_name(f"{run_dir.name}.{state}-{now().replace(':', '')}")
+    run_dir.rename(aside)
+    log.warning("%s: %s; set aside as %s", run_dir, state, aside.name)
+    return aside
 
 
 def create_plain(out: Path) -> Path:
@@ -187,4 +222,12 @@ def stopped(run_dir: Path, exc: BaseException) -> BaseException:
 
 
 def read_metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / METRICS).read_text())
+    """``metrics.json`` of a run; ``RunDirError`` naming the file when it is not a JSON object."""
+    path = run_dir / METRICS
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunDirError(f"{path}: unreadable ({e}); rerun that config with --overwrite") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: not a JSON object (a {type(data).__name__}); the run's record is damaged")
+    return data

@@ -241,3 +241,19 @@ def test_a_run_unfit_for_comparison_is_in_no_cell(tmp_path):
     assert table.rows[0][1] == "invalid"
     md = table.markdown()
     assert "A: invalid, 3 runs left out (unipelt: trained with the reference gate" in md
+
+
+def test_damaged_metrics_are_a_missing_result_not_a_traceback(tmp_path):
+    from peftlab.lab.rundir import read_metrics
+
+    root = make_bench(tmp_path)
+    run = root / "t1" / "a" / "seed0"
+    (run / "metrics.json").write_text("[1, 2, 3]")
+    assert main(["report", str(root)]) == 0
+    md = (root / "report.md").read_text()
+    assert "`t1/a/seed0`: damaged (metrics.json is not a JSON object)" in md
+    with pytest.raises(RunDirError, match="metrics.json: not a JSON object"):
+        read_metrics(run)
+    (run / "metrics.json").write_text("{garbage")
+    with pytest.raises(RunDirError, match="metrics.json: unreadable"):
+        read_metrics(run)

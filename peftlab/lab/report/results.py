@@ -108,6 +108,8 @@ def collect(bench_dir: Path) -> Results:
             continue
         d = bench_dir / entry["dir"]
         metrics = _read_json(d / "metrics.json") if _complete(d) else None
+        if metrics is None and _complete(d):
+            entry = {**entry, "state": "damaged (metrics.json is not a JSON object)"}
         evals = read_evals(d) if metrics else {}
         rows = {None: _read_json(d / "row_stats.json") or {}}
         rows.update({n: _read_json(d / EVALS / f"{n}.row_stats.json") or {} for n in evals})
@@ -126,10 +128,13 @@ def _complete(d: Path) -> bool:
 
 
 def _read_json(path: Path) -> Optional[dict]:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object (a damaged
+    record is a missing result, named as such, never a traceback)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _read_log(path: Path) -> list:
