@@ -31,7 +31,7 @@ def evaluate_run(run_dir: Path, split: Optional[str] = None, max_examples: Optio
     split = split or cfg.data.test_split
     n = max_examples if max_examples is not None else cfg.eval.max_examples
     causal = loaded.family.kind == "causal"
-    examples = load_examples(cfg.data, split, n, causal=causal)
+    examples = load_examples(cfg.data, split, n, causal=causal, tokenizer=loaded.tokenizer)
     change = fingerprint.changed(run_dir, cfg.data, split)  # other data than the run saw: say so
     if change:
         log.warning("%s", change["message"])
@@ -156,10 +156,22 @@ def merge_run(run_dir: Path, out: Path) -> Path:
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write a finished run's adapter in HF peft's format, naming exactly the base it was
     trained on (a random or config-overridden base is written beside it, in ``out/base``)."""
-    from peftlab.methods.export import export_peft, exported_base
+    from peftlab.methods.export import export_peft, exported_base, peft_form
 
     cfg, loaded = load_trained(Path(run_dir), full_precision=True)
+    form = peft_form(loaded.model)  # a method peft cannot hold is refused before anything is written
     out = rundir.create_plain(Path(out))
-    base = exported_base(cfg.model, cfg.train.seed, loaded.source, out)
-    revision = cfg.model.revision if base == loaded.source else None  # a base written here has none
-    return export_peft(loaded.model, out, base, revision, spec=cfg.model)
+    try:
+        base = exported_base(cfg.model, cfg.train.seed, loaded.source, out)
+        revision = cfg.model.revision if base == loaded.source else None  # a base written here has none
+        return export_peft(loaded.model, out, base, revision, spec=cfg.model, form=form)
+    except BaseException:  # a full disk half-way: out was new or empty, so it is left so again
+        _empty(out)
+        raise
+
+
+def _empty(directory: Path) -> None:
+    import shutil
+
+    for child in directory.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -30,12 +30,17 @@ def _applied(model: nn.Module, what: str) -> list:
     return [c for c in state.configs if not c.training_only()]
 
 
-def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str,
-                revision: str | None = None, spec=None) -> Path:
-    """Write the model's adapter in HF peft's on-disk format (one method, through its ``to_peft``).
+def _family(model: nn.Module):
+    """The family the model's methods were applied through (a table, or the one inferred)."""
+    from peftlab.methods.state import peft_state
+    from peftlab.models.arch import family_for
 
-    ``base_model_name_or_path`` must load exactly the base the adapter was trained on (see
-    ``exported_base``); with the run's ``spec`` (a ``ModelSpec``) a README.md says how to load it."""
+    return getattr(peft_state(model), "family", None) or family_for(model)
+
+
+def peft_form(model: nn.Module) -> tuple[dict, dict]:
+    """``(adapter_config fields, adapter tensors)`` of the model's one method in HF peft's format,
+    through its ``to_peft``; ``ModelError`` with the reason when there is none (nothing written)."""
     from peftlab.models.arch import family_of
 
     configs = [c for c in _applied(model, "peft export") if c.adds_modules]
@@ -49,17 +54,28 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
     form = cfg.to_peft(model, family_of(model))
     if form is None:
         raise ModelError(f"peft export: HF peft has no form of {cfg.name} ({cfg.describe()})")
-    return _write(out_dir, model, base_model_name_or_path, *form, revision=revision, spec=spec)
+    return form
+
+
+def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str,
+                revision: str | None = None, spec=None, form: tuple[dict, dict] | None = None) -> Path:
+    """Write the model's adapter in HF peft's on-disk format (``peft_form``, or ``form`` if given).
+
+    ``base_model_name_or_path`` must load exactly the base the adapter was trained on (see
+    ``exported_base``); with the run's ``spec`` (a ``ModelSpec``) a README.md says how to load it."""
+    return _write(out_dir, model, base_model_name_or_path, *(form or peft_form(model)), revision=revision, spec=spec)
 
 
 def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict, *,
-           revision: str | None = None, spec=None) -> Path:
+           revision: str | None = None, spec=None, kind: str = "causal") -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    config = {**config, "task_type": "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM",
+    # an encoder (BERT) has no peft task type of its own here: peft then loads a plain PeftModel
+    task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM" if kind == "causal" else None
+    config = {**config, "task_type": task_type,
               "base_model_name_or_path": base_model_name_or_path, "revision": revision, "inference_mode": True}
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     if spec is not None:
@@ -92,11 +108,26 @@ def adapter_card(base: str, spec, encoder_decoder: bool, revision: str | None = 
     rev = f", revision={revision!r}" if revision else ""
     quant = (f"\nThe adapter was trained on a {spec.quantize} quantization of this base (QLoRA); it is "
              f"exported for the full-precision base, as QLoRA adapters are.\n" if spec.quantize != "none" else "")
-    return (f"# {kind} adapter in HF peft's format (exported by peftlab)\n\nBase model: `{base}` "
+    return (card_metadata(base, kind, encoder_decoder)
+            + f"# {kind} adapter in HF peft's format (exported by peftlab)\n\nBase model: `{base}` "
             f"(model.init: {spec.init}, dtype {spec.dtype}). Load it exactly so:\n\n"
             f"```python\nimport torch\nfrom peft import PeftModel\nfrom transformers import {auto}\n\n"
             f"base = {auto}.from_pretrained({base!r}, dtype=torch.{spec.dtype}{rev})\n"
             f"model = PeftModel.from_pretrained(base, \"<this directory>\")\n```\n{quant}")
+
+
+def card_metadata(base: str, kind: str, encoder_decoder: bool) -> str:
+    """The card's YAML front matter, what the Hub reads: ``library_name: peft``, the ``base_model``
+    (a Hub id only: a local directory means nothing there), tags and the pipeline."""
+    import re
+
+    import yaml
+
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", base) is not None and not Path(base).exists()
+    meta = {"library_name": "peft", **({"base_model": base} if hub_id else {}),
+            "tags": ["peftlab", kind.lower().replace("_", "-"), *([f"base_model:adapter:{base}"] if hub_id else [])],
+            "pipeline_tag": "text2text-generation" if encoder_decoder else "text-generation"}
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n"
 
 
 def merged_model(model: nn.Module) -> nn.Module:
@@ -104,7 +135,6 @@ def merged_model(model: nn.Module) -> nn.Module:
     layers back (``nn.Linear``, or GPT-2's ``Conv1D``). Refuses, before changing anything, when some
     method cannot be folded, naming each with its reason."""
     from peftlab.methods.state import forget_methods
-    from peftlab.models.arch import family_of
 
     configs = _applied(model, "merge")
     refused = {c.name: c.cannot_merge for c in configs if c.cannot_merge is not None}
@@ -114,7 +144,7 @@ def merged_model(model: nn.Module) -> nn.Module:
         raise ModelError(f"merge: only methods that change weights fold into a plain transformers model; "
                          f"{has}{', '.join(refused)} ("
                          + "; ".join(f"{name}: {why}" for name, why in refused.items()) + ")")
-    family = family_of(model)
+    family = _family(model)
     for c in configs:
         c.merge_into_base(model, family)
     forget_methods(model)

@@ -214,3 +214,16 @@ def test_env_says_when_an_optional_package_is_absent(monkeypatch, capsys):
                         (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
     assert main(["env"]) == 0
     assert any(line.split() == ["bitsandbytes", "not", "installed"] for line in capsys.readouterr().out.splitlines())
+
+
+def test_a_refused_export_writes_nothing_and_can_be_retried(tmp_path, capsys):
+    """A method peft cannot hold (Houlsby adapters) used to write the whole base model into
+    --out/base before refusing, and the retry was then refused as "not empty"."""
+    run = tmp_path / "houlsby"
+    assert main(["train", str(SMOKE), "--out", str(run), "--quiet", *FAST, "methods=[{name: houlsby}]"]) == 0
+    out = tmp_path / "export"
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    assert "HF peft has no form of houlsby" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["merge", str(run), "--out", str(out)]) == 2  # the same directory is still free for another try
