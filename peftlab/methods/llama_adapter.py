@@ -13,14 +13,15 @@ so the model starts as the base model. Through the attention hook point as an ou
 lit-llama's goes through ``c_attn``), prefix tuning and a sparse attention core. Parameters:
 L·(K·d + H); on LLaMA-7B (d=4096, H=32) with L=30, K=10 that is 1,229,760 (seed 003, Table 3).
 
-HF peft's adaption prompt is the same computation with one gate per layer instead of per head;
-``to_peft`` exports when every layer's gates are equal and refuses otherwise.
+HF peft's adaption prompt is the same computation with one gate per layer instead of per head:
+``gate: layer`` trains that form (exported by ``to_peft`` as it is); with per-head gates ``to_peft``
+exports only while every layer's gates are equal (at init) and refuses otherwise.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +38,10 @@ PEFT_MODEL_TYPES = ("llama", "mistral")  # what peft's adaption prompt supports 
 class AdaptionPrompt(OutputAdder):
     method = "llama_adapter"
 
-    def __init__(self, length: int, hidden: int, heads: int, k_proj: str, v_proj: str):
+    def __init__(self, length: int, hidden: int, heads: int, k_proj: str, v_proj: str, gates: int | None = None):
         super().__init__()
         self.prompt = nn.Parameter(torch.randn(length, hidden))  # P: (K, d), N(0, 1) like peft/lit-llama
-        self.gate = nn.Parameter(torch.zeros(heads))  # g: (H,), zero-init gating
+        self.gate = nn.Parameter(torch.zeros(heads if gates is None else gates))  # g: (H,) or (1,), zero-init
         self.k_proj, self.v_proj = k_proj, v_proj
         self._cached = None  # (stamp, (A, B)) for decoding: the prompt's keys/values change only when trained
 
@@ -65,27 +66,33 @@ class AdaptionPrompt(OutputAdder):
         k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
         a = F.scaled_dot_product_attention(query, k.to(query.dtype), v.to(query.dtype), scale=scaling,
                                            enable_gqa=k.shape[1] != h)  # (B, H, q, d_h)
-        return (self.gate.to(query.dtype).view(1, h, 1, 1) * a).transpose(1, 2)  # (B, q, H, d_h)
+        return (self.gate.to(query.dtype).view(1, -1, 1, 1) * a).transpose(1, 2)  # (B, q, H, d_h)
 
     def extra_repr(self) -> str:
-        return f"length={self.prompt.shape[0]}, hidden={self.prompt.shape[1]}, heads={self.gate.shape[0]}"
+        return f"length={self.prompt.shape[0]}, hidden={self.prompt.shape[1]}, gates={self.gate.shape[0]}"
 
 
 @dataclass(frozen=True)
 class LlamaAdapterConfig(MethodConfig):
     name = "llama_adapter"
+    aliases = {"adapter_len": "length", "adapter_layers": "layers"}  # HF peft's AdaptionPromptConfig
     cannot_merge = "its gated adaption prompts are extra keys and values in attention"
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # zero-init gates start shut: the paper trains at 9e-3
     families = ("llama",)  # decoder-only (RoPE queries, causal self-attention)
     length: int = 10  # K: adaption prompt vectors per layer
     layers: Optional[int] = None  # L: the top L layers get prompts; None = all but the lowest 2
     #   (lit-llama's adapter_start_layer=2, i.e. L=30 on LLaMA-7B; every layer when there are <= 2)
+    # head: a gate per head (the paper, lit-llama); layer: one per layer (HF peft's adaption prompt),
+    # which is what a trained adapter needs to export to peft (per-head gates part after one step)
+    gate: Literal["head", "layer"] = "head"
 
     def __post_init__(self):
         if self.length < 1:
             raise ValueError(f"length must be >= 1, got {self.length}")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"layers must be >= 1 or null, got {self.layers}")
+        if self.gate not in ("head", "layer"):
+            raise ValueError(f"gate must be 'head' or 'layer', got {self.gate!r}")
 
     def describe(self) -> str:
         return f"LLaMA-Adapter K={self.length}" + (f" L={self.layers}" if self.layers else "")
@@ -105,7 +112,8 @@ class LlamaAdapterConfig(MethodConfig):
         device = next(model.parameters()).device
         added = []
         for name, _ in self.top_layers(model, family):
-            prompt = AdaptionPrompt(self.length, hidden, heads, k_proj, v_proj).to(device)
+            prompt = AdaptionPrompt(self.length, hidden, heads, k_proj, v_proj,
+                                    gates=1 if self.gate == "layer" else None).to(device)
             prompt.method = self.name
             attach(model, name, SLOT, prompt)
             added.append(prompt)
@@ -123,7 +131,8 @@ class LlamaAdapterConfig(MethodConfig):
             gate = prompt.gate.detach().cpu()
             if not torch.equal(gate, gate[:1].expand_as(gate)):
                 raise ModelError(f"peft export: {name} has per-head gates {gate.tolist()}; peft's adaption prompt "
-                                 f"has one gate per layer, so only equal per-head gates are representable")
+                                 f"has one gate per layer, so only equal per-head gates are representable "
+                                 f"(train with gate: layer to export to peft)")
             tensors[f"base_model.model.{name}.adaption_prompt"] = prompt.prompt.detach().cpu()[None].contiguous()
             tensors[f"base_model.model.{name}.adaption_gate"] = gate[:1].contiguous()
         config = {"peft_type": "ADAPTION_PROMPT", "task_type": "CAUSAL_LM", "adapter_len": self.length,

@@ -130,11 +130,33 @@ def test_export_loads_in_peft_when_gates_are_equal(llama_batch, tmp_path):
     torch.testing.assert_close(logits(theirs, batch), logits(model, batch), atol=1e-5, rtol=0)
 
 
+def test_a_trained_adapter_with_one_gate_per_layer_exports_to_peft(llama_batch, tmp_path):
+    """Per-head gates part after one step, so a trained per-head adapter is not peft's; with
+    ``gate: layer`` (peft's own form) the trained adapter exports and peft gives its outputs."""
+    from peft import PeftModel
+
+    model = build_llama(num_hidden_layers=3)
+    apply_methods(model, [LlamaAdapterConfig(length=4, layers=2, gate="layer")])
+    batch = {k: llama_batch[k] for k in ("input_ids", "attention_mask")}
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in params) == 2 * (4 * model.config.hidden_size + 1)
+    opt = torch.optim.SGD(params, lr=0.5)
+    for _ in range(2):
+        model(**batch, labels=llama_batch["labels"]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    gates = [m.gate for m in model.modules() if hasattr(m, "gate") and hasattr(m, "prompt")]
+    assert gates and all(g.shape == (1,) and float(g.abs()) > 0 for g in gates)  # trained, one per layer
+    export_peft(model, tmp_path, "tiny-llama")
+    theirs = PeftModel.from_pretrained(build_llama(num_hidden_layers=3), tmp_path)
+    torch.testing.assert_close(logits(theirs, batch), logits(model, batch), atol=1e-5, rtol=0)
+
+
 def test_export_with_per_head_gates_is_refused(tmp_path):
     model = build_llama()
     apply_methods(model, [LlamaAdapterConfig(length=2)])
     gated(model)
-    with pytest.raises(ModelError, match="model.layers.0.self_attn has per-head gates.*one gate per layer"):
+    with pytest.raises(ModelError, match="model.layers.0.self_attn has per-head gates.*one gate per layer.*gate: layer"):
         export_peft(model, tmp_path, "tiny-llama")
 
 
