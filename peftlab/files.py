@@ -174,3 +174,25 @@ def sha256_file(path: Path) -> str:
             h.update(block)
     return h.hexdigest()
 
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file``, with its errors as ``OSError`` naming ``path`` (safetensors
+    reports a full disk as a ``SafetensorError`` whose text carries the OS error code) and no half file
+    left behind: every caller then says "no space left" with the path, as for any other write."""
+    import errno
+    import re
+
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    try:
+        st.save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        Path(path).unlink(missing_ok=True)
+        found = re.search(r"code: (\d+)", str(e))
+        code = int(found.group(1)) if found else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        raise
+

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from peftlab.errors import ModelError
+from peftlab.files import save_safetensors
 
 
 def _applied(model: nn.Module, what: str) -> list:
@@ -68,11 +69,9 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
 
 def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict, *,
            revision: str | None = None, spec=None, kind: str = "causal") -> Path:
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_safetensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     # an encoder (BERT) has no peft task type of its own here: peft then loads a plain PeftModel
     task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM" if kind == "causal" else None
     config = {**config, "task_type": task_type,

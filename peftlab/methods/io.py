@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.files import sha256_file
+from peftlab.files import save_safetensors, sha256_file
 
 WEIGHTS = "peftlab_adapter.safetensors"
 MANIFEST = "peftlab_adapter.json"
@@ -30,7 +30,6 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
     ``fold``: first fold training-time parametrisations into their inference form, in place
     (``state.fold_methods``: prefix tuning's MLP into plain prefixes; same outputs, smaller file).
     The end of a run wants it; a checkpoint that training resumes from does not."""
-    from safetensors.torch import save_file
 
     from peftlab.config import to_dict
     from peftlab.methods.state import fold_methods, peft_state
@@ -55,7 +54,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
     }
     tmp = out_dir / f".{WEIGHTS}.tmp"
     try:
-        save_file(tensors, tmp, metadata={"format": "pt", "producer": "peftlab"})
+        save_safetensors(tensors, tmp, metadata={"format": "pt", "producer": "peftlab"})
         manifest["sha256"] = sha256_file(tmp)
         os.replace(tmp, out_dir / WEIGHTS)
         tmp = out_dir / f".{MANIFEST}.tmp"

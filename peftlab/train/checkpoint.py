@@ -84,9 +84,9 @@ def save_checkpoint(root: Path, step: int, weights: dict, per_param: dict, state
 
 
 def _write(tmp: Path, step: int, weights: dict, per_param: dict, state: dict) -> None:
-    from safetensors.torch import save_file
+    from peftlab.files import save_safetensors
 
-    save_file({n: t.detach().to("cpu").contiguous() for n, t in weights.items()}, tmp / "trainable.safetensors")
+    save_safetensors({n: t.detach().to("cpu").contiguous() for n, t in weights.items()}, tmp / "trainable.safetensors")
     tensors, scalars = {}, {}
     for pname, st in per_param.items():
         for key, value in st.items():
@@ -94,7 +94,7 @@ def _write(tmp: Path, step: int, weights: dict, per_param: dict, state: dict) ->
                 tensors[f"{pname}::{key}"] = value.detach().to("cpu").contiguous()
             else:
                 scalars[f"{pname}::{key}"] = value
-    save_file(tensors, tmp / "optimizer.safetensors")
+    save_safetensors(tensors, tmp / "optimizer.safetensors")
     from peftlab.files import sha256_file
 
     digests = {name: sha256_file(tmp / name) for name in TENSOR_FILES}

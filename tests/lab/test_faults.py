@@ -347,3 +347,28 @@ def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, 
     assert rows[0]["steps"] == 2 and status(out / "a")["state"] == "complete"
     assert (out / "a" / "train_log.jsonl").read_text() == log  # scored, not trained again
     assert not list(out.glob("a.incomplete-*"))
+
+
+def test_safetensors_own_error_for_a_full_disk_is_one_line_with_the_path(tmp_path, data, monkeypatch, capsys):
+    """safetensors reports a full disk as a SafetensorError (an IoError in its text), not an OSError:
+    it was a traceback naming no file."""
+    import safetensors.torch as st
+    from safetensors import SafetensorError
+
+    real = st.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if "step-00000004" in str(filename):
+            with open(filename, "wb") as f:
+                f.write(b"\0" * 100)
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", save_file)
+    run = tmp_path / "full"
+    assert train(run, data, *STEPS) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device" in err[0] and "Traceback" not in err[0], err
+    assert status(run)["state"] == "failed"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
