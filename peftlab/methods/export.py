@@ -32,11 +32,10 @@ def _applied(model: nn.Module, what: str) -> list:
 
 
 def _family(model: nn.Module):
-    """The family the model's methods were applied through (a table, or the one inferred)."""
-    from peftlab.methods.state import peft_state
-    from peftlab.models.arch import family_for
+    """The family table the model's methods were applied through."""
+    from peftlab.models.arch import family_of
 
-    return getattr(peft_state(model), "family", None) or family_for(model)
+    return family_of(model)
 
 
 def peft_form(model: nn.Module) -> tuple[dict, dict]:
