@@ -23,7 +23,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from peftlab.lab.speed import build
 from peftlab.lab.speed.spec import load_spec
-from peftlab.lab.speed.train_case import build_impl, step
+from peftlab.lab.speed.impls import build_impl
+from peftlab.lab.speed.train_case import step
 
 
 MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmm_", "aten::addbmm"}

@@ -17,6 +17,7 @@ from peftlab.lab.cli import main
 from peftlab.errors import ConfigError, ModelError
 from peftlab.lab.speed import run_speed
 from peftlab.lab.speed.spec import load_spec
+from speed_helpers import QUICK, TINY_T5, tiny_llama
 
 pytest.importorskip("peft")
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -24,17 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is d
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "benchmarks" / "speed").glob("*.yaml"))
 
-TINY = """
-device: cpu
-threads: 1
-precisions: [fp32]
-warmup: 1
-reps: 2
-memory: false
-model:
-  family: t5
-  config: {vocab_size: 128, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
-           feed_forward_proj: gated-gelu, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1}
+TINY = QUICK + """model: """ + TINY_T5 + """
 batch: {size: 2, source: 8, target: 4}
 cases:
   - name: lora
@@ -49,10 +40,7 @@ cases:
     reference: hf
     compile_reference: false
   - name: llama-lora
-    model:
-      family: llama
-      config: {vocab_size: 128, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
-               num_key_value_heads: 2, max_position_embeddings: 64}
+    model: """ + tiny_llama() + """
     batch: {size: 2, source: 6, target: 2}  # a 6-token prompt (labels -100), then 2 answer tokens
     methods: [{name: lora, r: 4, alpha: 8, targets: [q, v]}]
     peft: {peft_type: LORA, task_type: CAUSAL_LM, r: 4, lora_alpha: 8, lora_dropout: 0.0,
@@ -83,6 +71,27 @@ def test_every_shipped_spec_builds_on_meta(spec):
         expected = ANCHOR_COUNTS.get((spec.stem, row["case"]))
         if expected is not None:
             assert row["trainable_params"] == expected, row
+
+
+def test_every_shipped_spec_opens_with_its_command():
+    """The header comment gives the command that runs the spec (and the specs that took over the
+    removed stand-alone scripts are all shipped, so the test above builds each on meta)."""
+    assert {"mini-t5-adapterdrop", "mini-t5-ia3", "mini-t5-prompts", "mini-t5-multitask", "mini-llama-attention",
+            "gpt2-small-lora"} <= {p.stem for p in SPECS}
+    for spec in SPECS:
+        header = "\n".join(line for line in spec.read_text().splitlines() if line.startswith("#"))
+        assert f"peftlab speed benchmarks/speed/{spec.name}" in header, spec.name
+
+
+def test_the_adapterdrop_spec_builds_what_the_committed_record_measured():
+    """benchmarks/results/adapterdrop-speed-cpu.json (made by the script this spec replaced): the
+    same drop_lowest values with the same trainable counts on mini-t5."""
+    record = json.loads((ROOT / "benchmarks" / "results" / "adapterdrop-speed-cpu.json").read_text())
+    expected = {("peftlab" if r["drop_lowest"] == 0 else f"peftlab:drop{r['drop_lowest']}"): r["trainable_params"]
+                for r in record["results"] if r["drop_lowest"] is not None}
+    result = run_speed(ROOT / "benchmarks" / "speed" / "mini-t5-adapterdrop.yaml", dry_run=True,
+                       cases=["houlsby-drop"], log=lambda line: None)
+    assert {r["impl"]: r["trainable_params"] for r in result["rows"] if r["impl"] != "hf-stock"} == expected
 
 
 def test_tiny_spec_runs_end_to_end(tiny_spec, tmp_path):
@@ -215,11 +224,7 @@ precisions: [fp32]
 warmup: 1
 reps: 1
 memory: false
-model:
-  family: t5
-  config: {vocab_size: 128, d_model: 32, d_kv: 8, d_ff: 64, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
-           feed_forward_proj: gated-gelu, decoder_start_token_id: 0, pad_token_id: 0, eos_token_id: 1,
-           dropout_rate: 0.0}
+model: """ + TINY_T5 + """
 batch: {size: 2, source: 8, target: 4}
 cases:
   - name: prompt
@@ -231,10 +236,7 @@ cases:
     peft: {peft_type: IA3, task_type: SEQ_2_SEQ_LM, target_modules: [k, v, wo], feedforward_modules: [wo]}
     compile_reference: false
   - name: llama-adapter
-    model:
-      family: llama
-      config: {vocab_size: 128, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4,
-               num_key_value_heads: 4, max_position_embeddings: 64}
+    model: """ + tiny_llama(kv_heads=4) + """
     batch: {size: 2, source: 8}
     methods: [{name: llama_adapter, layers: 2, length: 3}]
     peft: {peft_type: ADAPTION_PROMPT, task_type: CAUSAL_LM, adapter_layers: 2, adapter_len: 3}

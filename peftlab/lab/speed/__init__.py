@@ -2,9 +2,11 @@
 
 ``peftlab speed benchmarks/speed/cpu-t5-small.yaml`` (or ``python benchmarks/speed.py ...``) runs
 every case of a spec (``peftlab.lab.speed.spec``) in one process, interleaving the implementations'
-steps, then measures each implementation's peak memory in a fresh subprocess, and writes
-``benchmarks/results/speed/<spec>.json`` and ``.md``: per case and precision the median step time
-with its spread, tokens/s, peak memory, trainable parameters, and the ratio peftlab / reference.
+steps (train cases), forward passes and generation (inference cases) or decoding passes (generate
+cases) through one timing loop (``timing``), then measures each implementation's peak memory in a
+fresh subprocess, and writes ``benchmarks/results/speed/<spec>.json`` and ``.md``: per case and
+precision the median time with its spread, tokens/s, peak memory, trainable parameters, and the
+ratios peftlab / reference and, for ``compare`` rows, theirs over peftlab's.
 ``--dry-run`` builds every case on the ``meta`` device (no memory, no device needed) and checks
 that peftlab and peft train the same number of parameters: how a GPU spec is tested on a CPU.
 """
@@ -77,28 +79,37 @@ def _run_case(spec, spec_path, overrides, case, precision, device, memory: bool,
     import torch
 
     from peftlab.lab.speed.memory import in_subprocess
+    from peftlab.lab.speed.report import times_key
 
     log(f"{case.name} [{precision}] {case.note}".rstrip())
     if case.kind == "generate":
         from peftlab.lab.speed.generate import time_generate
 
         return time_generate(spec, case, precision, device, log)
-    from peftlab.lab.speed.train_case import time_case
+    if case.kind == "inference":
+        from peftlab.lab.speed.inference import time_inference
 
-    rows = time_case(spec, case, precision, device, log)
+        rows = time_inference(spec, case, precision, device, log)
+    else:
+        from peftlab.lab.speed.train_case import time_case
+
+        rows = time_case(spec, case, precision, device, log)
     for row in rows:
         if "tokens_per_s" in row:
-            log(f"  {row['impl']}: {row['step_s_median'] * 1e3:,.0f} ms/step (min {row['step_s_min'] * 1e3:,.0f}), "
-                f"{row['tokens_per_s']:,.0f} tokens/s")
+            key = times_key(row)
+            log(f"  {row['impl']}{' ' + row['phase'] if 'phase' in row else ''}: {row[key + '_median'] * 1e3:,.0f} "
+                f"ms (min {row[key + '_min'] * 1e3:,.0f}), {row['tokens_per_s']:,.0f} tokens/s")
     if memory:
+        measured = {}  # an inference case's phases share one worker per implementation
         for row in rows:
             if row.get("error"):
                 continue
-            job = {"spec": str(spec_path), "overrides": list(overrides), "case": case.name, "precision": precision,
-                   "impl": row["impl"], "threads": torch.get_num_threads()}
-            mem = in_subprocess(job)
-            row.update({f"memory_{k}": v for k, v in mem.items()})
-            log(f"  {row['impl']}: peak memory {_fmt(mem)}")
+            if row["impl"] not in measured:
+                job = {"spec": str(spec_path), "overrides": list(overrides), "case": case.name, "precision": precision,
+                       "impl": row["impl"], "threads": torch.get_num_threads()}
+                measured[row["impl"]] = in_subprocess(job)
+                log(f"  {row['impl']}: peak memory {_fmt(measured[row['impl']])}")
+            row.update({f"memory_{k}": v for k, v in measured[row["impl"]].items()})
     return rows
 
 
@@ -108,31 +119,31 @@ def _fmt(mem: dict) -> str:
 
 def dry_run_case(spec, case) -> list[dict]:
     """Build ``case`` on ``meta``: the spec, the methods, peft's config and the batch are checked,
-    and peftlab's trainable count is compared with the reference's."""
+    and peftlab's trainable count is compared with the reference's (peft's, or the plain model's
+    trained in full)."""
     import torch
 
     from peftlab.errors import ModelError
     from peftlab.lab.speed import build
-    from peftlab.lab.speed.train_case import impl_names
+    from peftlab.lab.speed.impls import build_model, impl_names
 
     meta = torch.device("meta")
     base = build.build_base(spec.model_of(case), meta)
     build.make_batch(spec.batch_of(case), base.model.config, meta)
     weights = sum(p.numel() * p.element_size() for p in base.model.parameters())
-    rows = []
     if case.kind == "generate":
         from peftlab.lab.speed.generate import dry_run_generate
 
         return dry_run_generate(spec, case, base)
-    ours = build.trainable(build.make_peftlab(base.model, case, base.family))
-    rows.append({"case": case.name, "impl": "peftlab", "trainable_params": ours, "weights_bytes": weights,
-                 "batch": spec.batch_of(case).label(), "precisions": list(spec.precisions)})
-    names = [n for n in impl_names(case) if not n.startswith("peftlab") and not n.endswith("+compile")]
-    for name in names:
-        theirs = build.trainable(build.make_reference(base.model, case))
-        rows.append({"case": case.name, "impl": name, "trainable_params": theirs, "weights_bytes": weights,
+    rows = []
+    # the variants are peftlab's methods again, the compiled reference the reference again
+    names = [n for n in impl_names(case) if not n.startswith("peftlab[") and not n.endswith("+compile")]
+    for name in names:  # "peftlab" first
+        count = build.trainable(build_model(name, base, case))
+        rows.append({"case": case.name, "impl": name, "trainable_params": count, "weights_bytes": weights,
                      "batch": spec.batch_of(case).label(), "precisions": list(spec.precisions)})
-        if theirs != ours and not case.count_differs:
-            raise ModelError(f"cases.{case.name}: peftlab trains {ours:,} parameters but {name} trains {theirs:,}; "
+        ours = rows[0]["trainable_params"]
+        if name in ("peft", "hf") and count != ours and not case.count_differs:
+            raise ModelError(f"cases.{case.name}: peftlab trains {ours:,} parameters but {name} trains {count:,}; "
                              f"the two configs do not describe the same method")
     return rows

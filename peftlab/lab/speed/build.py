@@ -122,25 +122,41 @@ def make_batch(batch: BatchShape, config, device: torch.device, seed: int = 0) -
         out["labels"] = ids.clone()
         if batch.target:
             out["labels"][:, : batch.source] = -100  # the prompt: context, not predicted
+    if batch.tasks:
+        out["task_ids"] = torch.arange(batch.size) % batch.tasks  # every task in every batch
     return {k: v.to(device) for k, v in out.items()}
 
 
-def make_peftlab(base: nn.Module, case: CaseSpec, family, copy: bool = True) -> nn.Module:
-    """peftlab's methods applied to a twin of ``base`` (``copy=False``: to ``base`` itself, for a
-    process that builds one implementation and must not hold a second copy of the weights)."""
+def batch_for(batch: dict, methods) -> dict:
+    """The part of ``batch`` a model with ``methods`` takes: what any HF model takes, and the keys
+    its methods read (HyperFormer++'s ``task_ids``; a model without them would refuse the key)."""
+    keys = {"input_ids", "attention_mask", "labels"}.union(*(getattr(m, "batch_keys", ()) for m in methods))
+    return {k: v for k, v in batch.items() if k in keys}
+
+
+def make_peftlab(base: nn.Module, methods, family, copy: bool = True, attention_hook: bool = False) -> nn.Module:
+    """peftlab's ``methods`` applied to a twin of ``base`` (``copy=False``: to ``base`` itself, for a
+    process that builds one implementation and must not hold a second copy of the weights); with
+    ``attention_hook`` the model runs under peftlab's attention hook even if no method attaches to it."""
     from peftlab.methods import apply_methods
 
-    trains_base = any(m.trains_base for m in case.methods)
+    trains_base = any(m.trains_base for m in methods)
     model = twin(base, share_frozen=not trains_base) if copy else base
-    apply_methods(model, case.methods, family)
+    apply_methods(model, methods, family)
+    if attention_hook:
+        from peftlab.methods.hooks.attention import use_attention_hook
+
+        use_attention_hook(model)
     return model
 
 
 def make_reference(base: nn.Module, case: CaseSpec, copy: bool = True) -> nn.Module:
-    """peft's model for the case (``reference: peft``) or the plain model, all trained (``hf``)."""
-    if case.reference == "hf":
-        model = twin(base, share_frozen=False) if copy else base
-        model.requires_grad_(True)
+    """peft's model for the case (``reference: peft``), the plain model all trained (``hf``) or the
+    plain model untouched, nothing trained (``hf-stock``)."""
+    if case.reference in ("hf", "hf-stock"):
+        full = case.reference == "hf"
+        model = twin(base, share_frozen=not full) if copy else base
+        model.requires_grad_(full)
         return model
     import peft
 
@@ -201,7 +217,25 @@ def align_adapters(ours: nn.Module, other: nn.Module) -> int:
         else:
             continue
         copied += 1
-    return copied
+    return copied + _align_prefix_rows(ours, targets)
+
+
+@torch.no_grad()
+def _align_prefix_rows(ours: nn.Module, targets: dict) -> int:
+    """Prefix tuning without a reparametrisation: peftlab keeps each layer's rows, (H_kv, P, d) for
+    keys and values, peft one (P, S·2·W) embedding whose columns run [layer][key/value][head][dim];
+    returns 1 when the rows were copied into it."""
+    from peftlab.methods.prefix import PrefixKV
+
+    target = targets.get(_PEFT_WHOLE_NAMES["prefix_mlp.embedding"])
+    sites = [m for m in ours.modules() if isinstance(m, PrefixKV) and m.shared is None]
+    if target is None or not sites:
+        return 0
+    rows = torch.cat([t.permute(1, 0, 2).reshape(t.shape[1], -1) for m in sites for t in (m.key, m.value)], dim=1)
+    if rows.shape != target.shape:
+        return 0
+    target.copy_(rows)
+    return 1
 
 
 def trainable(model: nn.Module) -> int:

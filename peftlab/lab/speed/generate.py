@@ -16,12 +16,9 @@ and of ``merged`` outputs equal to ``unmerged`` ones.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
-from peftlab.lab.speed import build
+from peftlab.lab.speed import build, timing
 
 
 def _sources(gen, tokenizer, causal: bool) -> tuple[list[str], int]:
@@ -82,7 +79,7 @@ def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
              "batched": lambda: _batched(plain, tok, sources, gen, precision, tail)}
     if case.methods:
         label = " + ".join(m.name for m in case.methods)
-        unmerged = build.make_peftlab(plain, case, base.family).eval()
+        unmerged = build.make_peftlab(plain, case.methods, base.family).eval()
         build.perturb_zero_adapters(unmerged)  # a trained-looking adapter: B != 0
         merged = build.twin(plain, share_frozen=False)  # merging writes into its own weights
         apply_methods(merged, case.methods, base.family)
@@ -90,31 +87,23 @@ def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
         merged = merged_model(merged).eval()  # what `peftlab merge` writes: plain layers, updates folded in
         impls[f"{label} unmerged"] = lambda: _batched(unmerged, tok, sources, gen, precision, tail)
         impls[f"{label} merged"] = lambda: _batched(merged, tok, sources, gen, precision, tail)
-    outputs, times = {}, {name: [] for name in impls}
-    for name, fn in impls.items():  # warm-up, and the outputs compared below
-        t = time.perf_counter()
-        outputs[name] = fn()
-        log(f"  {case.name} {precision} {name}: warm-up {time.perf_counter() - t:.1f}s")
+    # one warm-up pass each, whose outputs are compared below
+    outputs, _ = timing.warm_up(impls, 1, device, log=log, label=f"{case.name} {precision} ")
+    times = timing.interleave(impls, spec.reps_of(case), device)
     names = list(impls)
-    for r in range(spec.reps):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t = time.perf_counter()
-            impls[name]()
-            times[name].append(time.perf_counter() - t)
     new_tokens = {name: sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in outs)
                   for name, outs in outputs.items()}
     rows = []
     for name in names:
-        ts = sorted(times[name])
-        med = statistics.median(ts)
+        stats = timing.summary(times[name], "seconds")
         # batching must not change the base model's outputs, nor merging the adapter's
         ref = {"batched": "loop", f"{label} merged": f"{label} unmerged"}.get(name) if case.methods else (
             "loop" if name == "batched" else None)
         rows.append({"kind": "generate", "case": case.name, "precision": precision, "impl": name,
                      "examples": len(sources), "batch_size": 1 if name == "loop" else gen.batch_size,
                      "num_beams": gen.num_beams, "max_new_tokens": gen.max_new_tokens,
-                     "seconds_median": med, "seconds_min": ts[0], "seconds_max": ts[-1], "seconds_all": times[name],
-                     "examples_per_s": len(sources) / med, "new_tokens_per_s": new_tokens[name] / med,
+                     **stats, "examples_per_s": len(sources) / stats["seconds_median"],
+                     "new_tokens_per_s": new_tokens[name] / stats["seconds_median"],
                      "agreement": None if ref is None else
                      sum(a == b for a, b in zip(outputs[name], outputs[ref])) / len(sources)})
     by = {r["impl"]: r for r in rows}
@@ -127,7 +116,7 @@ def time_generate(spec, case, precision: str, device, log=print) -> list[dict]:
 
 
 def dry_run_generate(spec, case, base) -> list[dict]:
-    trainable = build.trainable(build.make_peftlab(base.model, case, base.family)) if case.methods else 0
+    trainable = build.trainable(build.make_peftlab(base.model, case.methods, base.family)) if case.methods else 0
     return [{"case": case.name, "impl": "generate", "trainable_params": trainable,
              "batch": f"{case.generate.examples} examples, batch {case.generate.batch_size}, "
                       f"{case.generate.num_beams} beam(s)"}]

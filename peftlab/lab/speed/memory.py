@@ -1,7 +1,8 @@
 """Peak memory of one implementation, in a fresh process that builds only it.
 
 ``python -m peftlab.lab.speed.memory '<json>'`` builds the case's base and one implementation, trains
-``warmup + memory_steps`` steps and prints one JSON line. On a GPU the figure is
+``warmup + memory_steps`` steps (an inference case: runs its forward pass and generation as many
+times) and prints one JSON line. On a GPU the figure is
 ``torch.cuda.max_memory_allocated`` since the process started (weights + activations + optimizer
 state); on a CPU it is the process's peak resident set (``VmHWM``: everything the process ever
 touched, the Python interpreter and libraries included), with the resident set before building
@@ -32,7 +33,6 @@ def measure(job: dict) -> dict:
         pass
     from peftlab.lab.speed import build
     from peftlab.lab.speed.spec import load_spec
-    from peftlab.lab.speed.train_case import build_impl, step
 
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
@@ -44,13 +44,27 @@ def measure(job: dict) -> dict:
     rss_start = _rss_now()
     base = build.build_base(spec.model_of(case), device)
     batch = build.make_batch(spec.batch_of(case), base.model.config, device)
-    impl = build_impl(job["impl"], base, case, job["precision"], spec.lr, device, copy=False)
-    del base
-    rss_built = _rss_now()
     dtype = build.autocast_dtype(job["precision"])
-    impl.model.train()
-    for _ in range(spec.warmup + spec.memory_steps):
-        step(impl, batch, device, dtype)
+    repeats = spec.warmup_of(case) + spec.memory_steps
+    if case.kind == "inference":
+        from peftlab.lab.speed.impls import build_model, methods_of
+        from peftlab.lab.speed.inference import run_for_memory
+
+        model = build_model(job["impl"], base, case, copy=False)
+        del base
+        rss_built = _rss_now()
+        batch = build.batch_for(batch, methods_of(case, job["impl"]))
+        run_for_memory(model, batch, case, spec.batch_of(case), device, dtype, repeats)
+    else:
+        from peftlab.lab.speed.impls import build_impl
+        from peftlab.lab.speed.train_case import step
+
+        impl = build_impl(job["impl"], base, case, job["precision"], spec.lr, device, copy=False)
+        del base
+        rss_built = _rss_now()
+        impl.model.train()
+        for _ in range(repeats):
+            step(impl, batch, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device), "kind": "cuda_max_allocated"}
