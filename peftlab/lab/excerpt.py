@@ -56,6 +56,22 @@ def excerpt_markdown(excerpt: dict) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+def head_rows(run_dir: Path, n: int = ROWS) -> str:
+    """The first ``n`` prediction rows of each task of a run (as JSONL): what ``HEAD`` holds."""
+    path = run_dir / rundir.PREDICTIONS
+    if not path.is_file():
+        return ""
+    kept, per_task = [], {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        task = json.loads(line).get("task")
+        if per_task.get(task, 0) < n:
+            per_task[task] = per_task.get(task, 0) + 1
+            kept.append(line)
+    return "".join(f"{ln}\n" for ln in kept)
+
+
 def write_excerpt(out: Path, excerpt: dict) -> None:
     rundir.write_text(out / "excerpt.md", excerpt_markdown(excerpt) + "\n")
     rundir.write_json(out / "excerpt.json", excerpt)
@@ -80,9 +96,15 @@ def _head(text: str, width: int) -> tuple[str, int]:
     return head, len(body) - end - 1
 
 
+HEAD = "predictions.head.jsonl"  # what a published run keeps of its predictions: the excerpt's rows
+
+
 def _predictions(run_dir: Path) -> dict[str, dict]:
-    """A run's prediction rows by identity (their fields other than the output and the reference)."""
+    """A run's prediction rows by identity (their fields other than the output and the reference);
+    a published run's first rows (``HEAD``) where it kept no more."""
     path = run_dir / rundir.PREDICTIONS
+    if not path.is_file():
+        path = run_dir / HEAD
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -137,6 +137,28 @@ def _status(res: Results) -> list[str]:
     return out
 
 
+def _example_lines(res: Results) -> list[str]:
+    """For each generation task, its first test rows side by side: the input, the reference and each
+    method's output (its lowest seed's run), as ``peftlab compare`` shows them (``peftlab.lab.excerpt``)."""
+    from peftlab.lab.excerpt import build_excerpt, excerpt_markdown
+
+    out = []
+    for t in res.tasks:
+        if all(s["kind"] != "generation" for s in t["tasks"]):
+            continue
+        rows = []
+        for m in res.methods:
+            done = sorted(res.runs_of(m, t["label"]), key=lambda r: r.seed)
+            if done:
+                rows.append({"method": m, "run_dir": str(done[0].dir), "decoding": done[0].metrics.get("decoding")})
+        excerpt = build_excerpt(rows) if rows else {"rows": []}
+        if excerpt["rows"]:
+            out += [f"### {t['label']}", "", excerpt_markdown(excerpt).replace(
+                "(inputs whole in excerpt.json; every row in each run's predictions.jsonl)",
+                "of the lowest seed of each method"), ""]
+    return out
+
+
 def _tuning_lines(res: Results) -> list[str]:
     """Each tuned row's grid with its validation scores, the rate chosen and why, and what tuning cost."""
     tuning = res.index.get("tuning")
@@ -210,7 +232,8 @@ def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root
         if i == last:
             for name, path in plots.items():
                 parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
-    for title, lines in (("Learning rates", _tuning_lines(res)), ("Batch sizes", _batch_lines(res)),
+    for title, lines in (("Examples", _example_lines(res)), ("Learning rates", _tuning_lines(res)),
+                         ("Batch sizes", _batch_lines(res)),
                          ("Timing", _timing(res)), ("Missing runs", _status(res))):
         if lines:
             parts += [f"## {title}", "", *lines, ""]
@@ -237,6 +260,10 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 body.append(f'<figure><img alt="{escape(name)}" src="data:image/png;base64,{data}">'
                             f"<figcaption>{escape(_caption(name))}</figcaption></figure>")
+    examples = _example_lines(res)
+    if examples:
+        body.append("<h2>Examples</h2>")
+        body += [_markdown_block_html(block) for block in "\n".join(examples).split("### ")[1:]]
     tuning = _tuning_lines(res)
     if tuning:
         rows = [line.strip("|").split(" | ") for line in tuning if line.startswith("| ") and "---" not in line][1:]
@@ -260,6 +287,18 @@ def _html(res: Results, sections: list[tuple[str, Table]], plots: dict) -> str:
         body += [f"<li>{_inline(s[2:])}</li>" for s in status[1:]] + ["</ul>"]
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{escape(res.title)}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _markdown_block_html(block: str) -> str:
+    """One "### title" block of Markdown (a table and notes) as HTML."""
+    title, *lines = block.splitlines()
+    table = [ln.strip().strip("|").split(" | ") for ln in lines if ln.startswith("|") and "---" not in ln]
+    notes = [ln for ln in lines if ln.strip() and not ln.startswith("|")]
+    html = f"<h3>{escape(title)}</h3>"
+    if table:
+        html += Table([c.strip() for c in table[0]], [[c.strip() for c in r] for r in table[1:]],
+                      right=[False] * len(table[0])).html()
+    return html + "".join(f"<p class=\"note\">{_inline(n)}</p>" for n in notes)
 
 
 def _inline(text: str) -> str:

@@ -2,7 +2,8 @@
 
 A bench directory holds adapters and predictions (~0.5 MB a run); what its report reads is much
 smaller: the index (``bench.json``, the spec as run), and per run its config, status, metrics,
-loss log and evaluations' scores (``evals/*.json``). ``publish`` copies exactly those into ``DEST`` (the same layout, so ``peftlab report
+loss log, per-row statistics, evaluations' scores (``evals/*.json``) and the first few prediction
+rows that the report's examples show (``predictions.head.jsonl``). ``publish`` copies exactly those into ``DEST`` (the same layout, so ``peftlab report
 DEST`` reads it as it reads the bench), then writes the report there. The results a README quotes
 can then be regenerated from the repository alone; retraining any run needs only its
 ``config.yaml`` (``peftlab train``).
@@ -25,6 +26,7 @@ def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:
     from peftlab.lab import rundir
     from peftlab.errors import RunDirError
     from peftlab.lab.evals import EVALS
+    from peftlab.lab.excerpt import HEAD, head_rows
     from peftlab.lab.report import write_report
 
     bench_dir, dest = Path(bench_dir), Path(dest)
@@ -42,6 +44,9 @@ def publish(bench_dir: Path, dest: Path) -> dict[str, Path]:
         src, out = bench_dir / run["dir"], dest / run["dir"]
         for name in RUN_FILES:
             _copy(src / name, out / name)
+        head = head_rows(src)  # the excerpt's rows: a reader sees outputs beside the scores
+        if head:
+            rundir.write_text(out / HEAD, head)
         for path in sorted((src / EVALS).glob("*.json")):  # evaluations' scores; their predictions stay
             _copy(path, out / EVALS / path.name)
         for name in TASK_METHOD_FILES:
