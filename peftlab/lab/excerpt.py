@@ -65,7 +65,10 @@ def head_rows(run_dir: Path, n: int = ROWS) -> str:
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
-        task = json.loads(line).get("task")
+        row = json.loads(line)
+        if not _is_row(row):
+            continue
+        task = row.get("task")
         if per_task.get(task, 0) < n:
             per_task[task] = per_task.get(task, 0) + 1
             kept.append(line)
@@ -108,7 +111,12 @@ def _predictions(run_dir: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {_key(r): r for r in rows}
+    return {_key(r): r for r in rows if _is_row(r)}
+
+
+def _is_row(row) -> bool:
+    """A prediction row (an output and its reference); anything else in the file is not shown."""
+    return isinstance(row, dict) and isinstance(row.get("prediction"), str) and isinstance(row.get("reference"), str)
 
 
 def _key(row: dict) -> str:
