@@ -257,3 +257,34 @@ def test_damaged_metrics_are_a_missing_result_not_a_traceback(tmp_path):
     (run / "metrics.json").write_text("{garbage")
     with pytest.raises(RunDirError, match="metrics.json: unreadable"):
         read_metrics(run)
+
+
+def test_a_contrast_named_in_advance_gets_its_paired_difference_interval_and_p(tmp_path):
+    root = make_bench(tmp_path)
+    _with_rows(root, {("A", "t1"): 0.8, ("B", "t1"): 0.4, ("A", "t2"): 0.5, ("B", "t2"): 0.5})
+    index = json.loads((root / "bench.json").read_text())
+    index["report"]["contrasts"] = [["A", "B"]]
+    (root / "bench.json").write_text(json.dumps(index))
+    write_report(root)
+    md = (root / "report.md").read_text()
+    section = md.split("## Contrasts")[1].split("\n## ")[0]
+    t1 = next(ln for ln in section.splitlines() if ln.startswith("| A − B | t1"))
+    t2 = next(ln for ln in section.splitlines() if ln.startswith("| A − B | t2"))
+    lo, hi = (float(x) for x in t1.split("[")[1].split("]")[0].split(", "))
+    assert 0 < lo < hi and t1.endswith("| yes: A above B |")  # a 40-point difference, paired by row
+    assert t2.endswith("| no: not distinguishable from chance |")
+
+
+def test_difference_interval_by_hand():
+    import numpy as np
+
+    from peftlab.evaluate.rows import mean_rows
+    from peftlab.lab.report import stats
+
+    a = [mean_rows([1.0, 1.0, 0.0, 1.0])]
+    b = [mean_rows([0.0, 1.0, 0.0, 1.0])]
+    diff, lo, hi = stats.difference_interval(a, b, n_boot=4000, rng=np.random.default_rng(0))
+    assert diff == 0.25
+    # the per-row differences are (1, 0, 0, 0): the difference of a resample is (count of row 0) / 4,
+    # Binomial(4, 1/4) / 4, so its 2.5% and 97.5% percentiles are 0 and 0.75
+    assert (lo, hi) == (0.0, 0.75)

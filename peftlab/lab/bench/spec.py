@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 from peftlab.config import FieldError, from_dict, read_yaml, set_path
 from peftlab.errors import ConfigError
+from peftlab.lab.launch.spec import Launcher, RaySpec, SlurmSpec, check_launch
 from peftlab.lab.layers import Layers, base_config, line_of, location
 from peftlab.methods.base import MethodConfig
 from peftlab.tasks import TaskConfig
@@ -123,9 +124,16 @@ class ReportSpec:
     metrics: Optional[list[str]] = None  # task metrics in the main table; None = each task's primary metric
     # run columns after the task metrics (peftlab.lab.report.RUN_COLUMNS): train cost, size, losses
     columns: list[str] = field(default_factory=lambda: list(REPORT_COLUMNS))
+    # claims named in advance: [method A, method B] pairs whose paired difference A − B the report gives
+    # on every score column, with its interval and p-value (Holm-corrected over the pairs and columns)
+    contrasts: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self):
         from peftlab.lab.report.table import RUN_COLUMNS
+
+        for pair in self.contrasts:
+            if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(m, str) for m in pair):
+                raise FieldError("contrasts", f"each contrast is a pair of method labels [A, B], got {pair!r}")
 
         bad = [c for c in self.columns if c not in RUN_COLUMNS]
         if bad:
@@ -150,6 +158,9 @@ class BenchSpec:
     # where there are as many): more runs an hour on a CPU whose cores one run cannot all keep busy
     # (data building, scoring and decoding are largely serial); each run is then timed on its share
     workers: int = 1
+    launcher: Launcher = "local"  # where each run's process runs: here, a Ray task, a SLURM job (lab.launch)
+    ray: RaySpec = field(default_factory=RaySpec)  # launcher: ray: the cluster, each run's CPUs and GPUs
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)  # launcher: slurm: partition, time, GPUs, arrays
     # more test sets for every run, scored from its saved adapter after training (peftlab.lab.evals):
     # name -> data.* edits of the run's config, e.g. {cross-project: {data.task.test_source: accelerate}}
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -169,6 +180,7 @@ class BenchSpec:
                                           "{data.task.test_source: accelerate}")
         if self.workers < 1:
             raise FieldError("workers", f"must be at least 1, got {self.workers}")
+        check_launch(self)
         if self.workers > 1 and not self.isolate:
             raise FieldError("workers", "runs side by side need isolate: true (each run its own process)")
         if self.workers > 1 and self.batch_size.fit:
@@ -383,3 +395,11 @@ def _check_labels(spec: BenchSpec, source: str, lines: dict) -> None:
                                   f"has the same name (directory {name!r}) as {section}.{seen[name]}; give each a "
                                   f"distinct label")
             seen[name] = i
+    labels = [m.display_name() for m in spec.methods]
+    for i, pair in enumerate(spec.report.contrasts):
+        unknown = [m for m in pair if m not in labels]
+        if unknown:
+            from peftlab.config import suggest
+
+            raise ConfigError(f"{location(source, line_of(lines, ('report', 'contrasts', i)))}: report.contrasts.{i}: "
+                              f"no method labelled {unknown[0]!r}{suggest(unknown[0], labels)}")

@@ -137,6 +137,28 @@ def _status(res: Results) -> list[str]:
     return out
 
 
+def _contrast_lines(res: Results) -> list[str]:
+    """The spec's ``report.contrasts``: each pair's paired difference on every task's score columns
+    (and each evaluation's), with interval, p and Holm-corrected p."""
+    from peftlab.lab.report import claims
+    from peftlab.lab.report.table import task_score_columns
+
+    pairs = (res.index.get("report") or {}).get("contrasts") or []
+    if not pairs:
+        return []
+    found, missing = [], []
+    for e in [None, *res.eval_names]:
+        for col in task_score_columns(res, (res.index.get("report") or {}).get("metrics"), e):
+            for a, b in pairs:
+                name = col.title + (f" ({e})" if e else "")
+                c = claims.contrast(a, b, name, col.rows(a), col.rows(b))
+                if c is None:
+                    missing.append(f"{a} − {b} on {name}")
+                else:
+                    found.append(c)
+    return claims.contrast_lines(found, missing) if found or missing else []
+
+
 def _example_lines(res: Results) -> list[str]:
     """For each generation task, its first test rows side by side: the input, the reference and each
     method's output (its lowest seed's run), as ``peftlab compare`` shows them (``peftlab.lab.excerpt``)."""
@@ -232,7 +254,8 @@ def _markdown(res: Results, sections: list[tuple[str, Table]], plots: dict, root
         if i == last:
             for name, path in plots.items():
                 parts += [f"![{_caption(name)}]({path.relative_to(root)})", f"*{_caption(name)}*", ""]
-    for title, lines in (("Examples", _example_lines(res)), ("Learning rates", _tuning_lines(res)),
+    for title, lines in (("Contrasts", _contrast_lines(res)), ("Examples", _example_lines(res)),
+                         ("Learning rates", _tuning_lines(res)),
                          ("Batch sizes", _batch_lines(res)),
                          ("Timing", _timing(res)), ("Missing runs", _status(res))):
         if lines:

@@ -68,6 +68,21 @@ def interval(seeds: Sequence[RowStats], *, level: float = 0.95, n_boot: int = N_
     return mean, float(lo), float(hi)
 
 
+def difference_interval(a: Sequence[RowStats], b: Sequence[RowStats], *, level: float = 0.95, n_boot: int = N_BOOT,
+                        rng: np.random.Generator | None = None) -> tuple[float, float, float]:
+    """(mean over seeds of a − mean over seeds of b, low, high): the percentile interval of the
+    difference under the two-level bootstrap, the same test rows drawn for both (paired by row), the
+    seeds of each drawn independently."""
+    rng = rng or np.random.default_rng(0)
+    n, _ = _seed_count([a, b])
+    rows = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
+    reps = bootstrap(a, n_boot=n_boot, row_weights=rows, rng=rng) - bootstrap(b, n_boot=n_boot, row_weights=rows, rng=rng)
+    diff = float(np.mean([x.score() for x in a]) - np.mean([y.score() for y in b]))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(reps, [tail, 100 - tail])
+    return diff, float(lo), float(hi)
+
+
 def paired_test(a: Sequence[RowStats], b: Sequence[RowStats], *, n_perm: int = N_PERM,
                 rng: np.random.Generator | None = None) -> tuple[float, float]:
     """(observed difference of seed-averaged scores a - b, two-sided p-value) by approximate

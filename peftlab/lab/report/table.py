@@ -213,17 +213,23 @@ def _run_column(res: Results, key: str, task: Optional[str] = None) -> Column:
     return Column(title, fmt, better, lambda m: cell(res.runs_of(m, task), key), count=better is None)
 
 
+def task_score_columns(res: Results, metrics: Optional[list[str]] = None, eval_name: Optional[str] = None) -> list[Column]:
+    """Per task, its primary metric's column (or the columns of ``metrics``, those it has)."""
+    scores = []
+    for task in res.tasks:
+        for sub in task["tasks"]:
+            wanted = [m for m in metrics if m in sub["metrics"]] if metrics else [sub["primary_metric"]]
+            scores += [_task_column(res, task, sub, m, titled=True, eval_name=eval_name) for m in wanted]
+    return scores
+
+
 def main_table(res: Results, metrics: Optional[list[str]] = None, columns: Optional[list[str]] = None,
                eval_name: Optional[str] = None) -> Table:
     """Rows: methods, then floors. Columns: per task its primary metric (or ``metrics``, those it
     has), a mean rank over them, then ``columns`` (run columns, over all of a method's runs). With
     ``eval_name``: the scores of that evaluation (``peftlab.lab.evals``) and their mean rank, no run
     columns (the runs are the same)."""
-    scores = []
-    for task in res.tasks:
-        for sub in task["tasks"]:
-            wanted = [m for m in metrics if m in sub["metrics"]] if metrics else [sub["primary_metric"]]
-            scores += [_task_column(res, task, sub, m, titled=True, eval_name=eval_name) for m in wanted]
+    scores = task_score_columns(res, metrics, eval_name)
     cols = list(scores)
     ranked = [c for c in scores if c.score]
     if len(ranked) > 1:
