@@ -132,16 +132,13 @@ def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as e:
         raise DamagedCheckpoint(f"{path / 'state.json'}: damaged checkpoint file ({e})") from None
-    for name, digest in (state.get("sha256") or {}).items():
-        try:
-            found = sha256_file(path / name)
-        except OSError as e:
-            raise DamagedCheckpoint(f"{path / name}: unreadable checkpoint file ({e.strerror})") from None
+    weights = read_safetensors(path / "trainable.safetensors", DamagedCheckpoint)
+    optim = read_safetensors(path / "optimizer.safetensors", DamagedCheckpoint)
+    for name, digest in (state.get("sha256") or {}).items():  # whole files whose bytes changed in place
+        found = sha256_file(path / name)
         if found != digest:
             raise DamagedCheckpoint(f"{path / name}: its bytes are not the ones written (SHA-256 {found[:12]}…, "
                                     f"recorded {digest[:12]}…)")
-    weights = read_safetensors(path / "trainable.safetensors", DamagedCheckpoint)
-    optim = read_safetensors(path / "optimizer.safetensors", DamagedCheckpoint)
     per_param: dict[str, dict] = {}
     items = list(optim.items()) + list(state.get("optimizer_scalars", {}).items())
     for key_full, value in items:
