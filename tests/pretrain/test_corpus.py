@@ -12,8 +12,8 @@ from peftlab.config import FieldError
 from peftlab.data.splits import file_digest, split_of_digest
 from peftlab.errors import DataError
 from peftlab.pretrain import scaling
-from peftlab.pretrain.packages import (CorpusSpec, build, build_dir, classify_licence, corpus_files, licence_of,
-                                       looks_generated)
+from peftlab.pretrain.dedup import looks_generated
+from peftlab.pretrain.packages import CorpusSpec, build, build_dir, classify_licence, corpus_files, licence_of
 
 BODIES = [
     "def area(width, height):\n    total = width * height\n    if total < 0:\n        raise ValueError('negative')\n    return total\n",
