@@ -161,6 +161,29 @@ def owned(directory: Path) -> Iterator[None]:
         release(directory)
 
 
+def holder(directory: Path) -> dict | None:
+    """The owner recorded in ``directory``'s lock while a live process holds it (else None), found
+    without taking it: the lock file is neither made nor removed."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(directory) / LOCK, os.O_RDWR)
+    except OSError:  # no lock file (or no directory): nobody owns it
+        return None
+    try:
+        owner = _read_owner(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return owner or {}
+        except OSError:  # no flock on this filesystem: the recorded pid decides
+            return owner if owner and owner.get("pid") != os.getpid() and _alive(owner) else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------------- stopping and failing
 
 

@@ -2,50 +2,46 @@
 ``peftlab compare`` give every run its own process, so that its peak memory (RSS) is its own and
 a run the kernel kills for memory is recorded as failed instead of ending the study.
 
-``side_by_side(jobs, workers, done)`` runs several such processes at once, each worker slot with
-its own share of the machine (``worker_slots``): ``cores // workers`` CPU threads, and on a machine
-with as many GPUs as workers, one GPU each. A run is then timed on its share alone, which the
-bench's index and each run's ``device`` field record.
-
 ``in_a_process(module, args, result)`` runs ``python -m MODULE *ARGS RESULT``; the child writes its
 outcome as JSON to ``RESULT`` (``child_main``), which is returned. SIGTERM or Ctrl-C here is
-passed on, so the run records itself as interrupted before this process stops.
+passed on, so the run records itself as interrupted before this process stops. A ``Job`` says what
+to run that way; where it runs is a launcher's choice (``peftlab.lab.launch``): this machine, several
+at once, each worker slot with its own share (``worker_slots``: ``cores // workers`` CPU threads, and
+on a machine with as many GPUs as workers, one GPU each), or a Ray or SLURM cluster.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-_LIVE: set = set()  # the child processes running now (Popen), for side_by_side to stop them
-_LIVE_LOCK = threading.Lock()
 
-
-def in_a_process(module: str, args: list[str], result: Path, env: Optional[dict] = None) -> dict:
+def in_a_process(module: str, args: list[str], result: Path, env: Optional[dict] = None,
+                 log: Optional[Path] = None, started: Optional[Callable] = None) -> dict:
     """The child's outcome dict, or ``{"state": "failed", "error": ...}`` saying how it died.
-    ``env``: variables set for the child on top of this process's environment."""
+    ``env``: variables set for the child on top of this process's environment; ``log``: a file its
+    output is appended to (None: this process's); ``started(proc)``: told the child's ``Popen``."""
+    import contextlib
     import os
     import signal
     import subprocess
     import sys
 
     result.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", module, *args, str(result)], preexec_fn=_die_with_parent,
-                            env={**os.environ, **env} if env else None)
-    with _LIVE_LOCK:
-        _LIVE.add(proc)
+    with open(log, "ab") if log else contextlib.nullcontext() as out:
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, str(result)], preexec_fn=_die_with_parent,
+                                env={**os.environ, **env} if env else None, stdout=out,
+                                stderr=subprocess.STDOUT if out else None)
+    if started is not None:
+        started(proc)
     try:
         code = proc.wait()
     except BaseException:  # interrupted: let the run record it, then stop
         proc.send_signal(signal.SIGTERM)
         proc.wait()
         raise
-    finally:
-        with _LIVE_LOCK:
-            _LIVE.discard(proc)
     try:
         return json.loads(result.read_text())
     except (OSError, ValueError):
@@ -62,6 +58,10 @@ class Job:
     module: str
     args: list
     result: Path
+    name: str = ""  # what messages call it: a bench run's directory (code2doc/lora/seed0), a trial's
+    log: Optional[Path] = None  # its output, appended (None: the terminal of the process that starts it)
+    run_dir: Optional[Path] = None  # the run directory it writes (a launched job waits while another owns it)
+    after: tuple = ()  # keys of the jobs that must end before it starts (a pair's tuning runs)
 
 
 def worker_slots(workers: int) -> list[dict]:
@@ -79,63 +79,6 @@ def worker_slots(workers: int) -> list[dict]:
         raise ConfigError(f"workers: {workers} runs side by side need {workers} GPUs, this machine has {gpus}")
     return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
              **({"CUDA_VISIBLE_DEVICES": str(i)} if gpus else {})} for i in range(workers)]
-
-
-def side_by_side(jobs: list[Job], workers: int, done: Callable[[Job, dict, dict], None]) -> None:
-    """Run every job in its own process, ``workers`` at a time, in order; ``done(job, outcome, slot)``
-    is called (one call at a time) as each ends. Ctrl-C or SIGTERM here stops starting jobs and
-    passes SIGTERM to the running ones, which record themselves as interrupted (their ``done`` is
-    called), then re-raises."""
-    import queue
-    import signal
-
-    slots = worker_slots(workers)
-    pending: queue.Queue = queue.Queue()
-    for job in jobs:
-        pending.put(job)
-    stop = threading.Event()
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    running = [len(slots)]  # worker threads not yet returned
-    all_done = threading.Event()  # waited on instead of Thread.join, which a signal can leave confused
-
-    def worker(slot: dict) -> None:
-        try:
-            while not stop.is_set():
-                try:
-                    job = pending.get_nowait()
-                except queue.Empty:
-                    return
-                outcome = in_a_process(job.module, job.args, job.result, env=slot)
-                with lock:
-                    done(job, outcome, slot)
-        except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            errors.append(e)
-            stop.set()
-        finally:
-            with lock:
-                running[0] -= 1
-                if not running[0]:
-                    all_done.set()
-
-    for slot in slots:
-        threading.Thread(target=worker, args=(slot,), daemon=True).start()
-    try:
-        while not all_done.wait(timeout=0.5):  # short waits: this thread must see signals
-            pass
-    except BaseException:
-        stop.set()
-        signalled: set = set()
-        while not all_done.wait(timeout=0.2):  # a worker may start one more run as we stop: signal it too
-            with _LIVE_LOCK:
-                live = [p for p in _LIVE if p not in signalled]
-            for proc in live:
-                proc.send_signal(signal.SIGTERM)
-                signalled.add(proc)
-        raise
-    if errors:
-        raise errors[0]
 
 
 def child_main(result: str, progress: str, work: Callable[[bool], dict]) -> int:

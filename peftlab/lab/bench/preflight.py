@@ -17,11 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def plan_digest(spec, runs) -> str:
-    """SHA-256 of the spec's fields and every planned run's directory, stage and full config."""
+    """SHA-256 of the spec's fields and every planned run's directory, stage and full config (not where
+    the runs run: a bench's jobs still queued on a cluster are valid for a restart on another launcher)."""
     from peftlab.config import to_dict
+    from peftlab.lab.launch.spec import LAUNCH_FIELDS
 
     planned = [(r.rel, r.stage, to_dict(r.config)) for r in runs]
-    text = json.dumps([to_dict(spec), planned], sort_keys=True, default=str)
+    fields = {k: v for k, v in to_dict(spec).items() if k not in LAUNCH_FIELDS}
+    text = json.dumps([fields, planned], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -24,6 +24,8 @@ A spec::
     batch_size: {fit: true, max: 64}      # the largest batch that fits (peftlab.lab.bench.batchfit)
     report: {metrics: [rouge_l, bleu]}    # what ``peftlab report`` shows (peftlab.lab.report)
     workers: 2                            # runs side by side, each on cores // 2 threads (or its own GPU)
+    launcher: ray                         # or slurm: each run a task of a cluster (peftlab.lab.launch)
+    ray: {address: auto, cpus: 4, gpus: 1}
 
 The bench directory holds ``bench.yaml`` (the spec as given), ``bench.json`` (the index of runs,
 their state and the batch size each used) and, at the end, the report (``peftlab.lab.report``).
@@ -70,11 +72,10 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
         rundir.write_text(out / SPEC_COPY, Path(path).read_text(encoding="utf-8"))
         index = _index(bench, out)
         index["plan_digest"] = plan_digest(bench.spec, bench.runs)
-        if bench.spec.workers > 1:  # tuning runs first: the others train at the rates they choose
-            _side_by_side(bench, path, overrides, out, index, "tune")
-            _side_by_side(bench, path, overrides, out, index, "main")
+        if bench.spec.workers > 1 or bench.spec.launcher != "local":
+            _dispatched(bench, path, overrides, out, index)
         for i, planned in enumerate(bench.runs):
-            if index["runs"][i]["state"] != "pending":  # done side by side
+            if index["runs"][i]["state"] != "pending":  # done side by side, or through a launcher
                 continue
             log.info("[%d/%d] %s", i + 1, len(bench.runs), planned.rel)
             reused = _reusable(bench, planned, out)
@@ -93,7 +94,8 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
             write_report(out)
     failed = [r for r in index["runs"] if r["state"] != "complete"]
     if failed:
-        names = "; ".join(f"{r['dir']}: {r.get('error', '?')}" for r in failed[:5])
+        names = "; ".join(f"{r['dir']}: {r.get('error', '?')}" + (f" (log: {r['log']})" if r.get("log") else "")
+                          for r in failed[:5])
         raise BenchError(f"{len(failed)} of {len(index['runs'])} runs did not finish ({names}); rerun the same "
                          f"command to retry them (finished runs are kept)")
     return index
@@ -107,31 +109,48 @@ def _logged(bench: Bench, i: int, index: dict, out: Path) -> None:
     rundir.write_json(out / INDEX, index)
 
 
-def _side_by_side(bench: Bench, path: Path, overrides: tuple[str, ...], out: Path, index: dict, stage: str) -> None:
-    """Every run of ``stage`` not already complete, ``workers`` at a time (``peftlab.lab.child.side_by_side``),
-    no progress bars (their lines would interleave); the index is written as each ends."""
-    from peftlab.lab.child import Job, side_by_side, worker_slots
+def _dispatched(bench: Bench, path: Path, overrides: tuple[str, ...], out: Path, index: dict) -> None:
+    """Every run not already complete through the spec's launcher (``peftlab.lab.launch``): ``workers``
+    child processes side by side here, or tasks of a Ray or SLURM cluster; a main run once its pair's
+    tuning runs have ended (and, where batch sizes are fitted, once the pair's first run has). No
+    progress bars (their lines would interleave); the index is written as each run ends."""
+    from peftlab.lab.child import Job
+    from peftlab.lab.launch import launcher_for, retries_of
+    from peftlab.lab.launch.base import run_all
 
-    jobs = []
+    spec, here = bench.spec, out.resolve()  # absolute: a cluster's node starts elsewhere
+    jobs, first = [], {}
     for i, planned in enumerate(bench.runs):
-        if planned.stage != stage:
-            continue
         reused = _reusable(bench, planned, out)
         if reused is not None:
             index["runs"][i].update(reused)
             continue
-        args = [str(path), str(out), str(i), json.dumps(list(overrides)), "0", index["plan_digest"]]
-        jobs.append(Job(i, "peftlab.lab.bench.run", args, out / f".run-{i}.json"))
-    slot = worker_slots(bench.spec.workers)[0]
-    index["workers"] = {"runs": bench.spec.workers, "threads_each": int(slot.get("OMP_NUM_THREADS", 0)) or None}
+        after = [j for j, r in enumerate(bench.runs) if r.stage == "tune" and r.pair == planned.pair
+                 and planned.stage == "main"]
+        if spec.batch_size.fit and first.setdefault(planned.pair, i) != i:
+            after.append(first[planned.pair])  # one fit per pair, made where its first run runs
+        args = [str(Path(path).resolve()), str(here), str(i), json.dumps(list(overrides)), "0", index["plan_digest"]]
+        logged = here / "launch" / f"{planned.rel.replace('/', '--')}.log" if spec.launcher != "local" else None
+        jobs.append(Job(i, "peftlab.lab.bench.run", args, here / f".run-{i}.json", name=planned.rel, log=logged,
+                        run_dir=here / planned.rel, after=tuple(after)))
+    launcher = launcher_for(spec, spec.workers, here / "launch")
+    if spec.launcher == "local":
+        threads = int(launcher.slots[0].get("OMP_NUM_THREADS", 0)) or None
+        index["workers"] = {"runs": spec.workers, "threads_each": threads}
+    else:
+        index["launcher"] = {"name": spec.launcher, **to_dict(getattr(spec, spec.launcher))}
     rundir.write_json(out / INDEX, index)
 
-    def done(job, outcome: dict, slot: dict) -> None:
+    def done(job, outcome: dict) -> None:
         index["runs"][job.key].update(outcome)
         _logged(bench, job.key, index, out)
 
-    log.info("%d runs to train, %d side by side", len(jobs), bench.spec.workers)
-    side_by_side(jobs, bench.spec.workers, done)
+    log.info("%d runs to train, %s", len(jobs), f"{spec.workers} side by side" if spec.launcher == "local"
+             else f"each a {spec.launcher} task (logs in {here / 'launch'})")
+    try:
+        run_all(launcher, jobs, done, here / "launch", retries_of(spec))
+    finally:
+        launcher.close()
 
 
 class BenchError(PeftlabError):
@@ -182,7 +201,7 @@ def _one(bench: Bench, planned: PlannedRun, out: Path, progress: bool) -> dict:
         if bench.spec.batch_size.fit:
             cfg = _with_batch(cfg, _fitted(bench, planned, out / planned.pair))
         cfg = _with_tuned_lr(bench, planned, cfg, out)
-        how = _train(cfg, run_dir, progress)
+        how = train_or_resume(cfg, run_dir, progress, name=planned.rel, group=out.name)  # as its trackers show it
         if planned.stage == "main":
             _evaluate(bench, run_dir)
         return {"state": "complete", "how": how, "batch_size": cfg.train.batch_size, "error": None}
@@ -323,8 +342,10 @@ def _fitted(bench: Bench, planned: PlannedRun, pair_dir: Path) -> int:
     return int(found["batch_size"])
 
 
-def _train(cfg, run_dir: Path, progress: bool) -> str:
-    """Reuse, resume or train ``run_dir``; says which."""
+def train_or_resume(cfg, run_dir: Path, progress: bool, name: Optional[str] = None,
+                    group: Optional[str] = None) -> str:
+    """Reuse, resume or train ``run_dir``; says which. ``name`` and ``group``: the run as the trackers of
+    ``train.report_to`` show it (``<task>/<method>/seed<k>`` in the bench directory's name)."""
     from peftlab.lab.run import same_config
     from peftlab.lab.run import resume_run, train_run
 
@@ -333,7 +354,7 @@ def _train(cfg, run_dir: Path, progress: bool) -> str:
     if state == "complete" and same:
         return "reused"
     if state in ("interrupted", "running") and same:
-        resume_run(run_dir, progress=progress)  # refused if its process still runs
+        resume_run(run_dir, progress=progress, name=name, group=group)  # refused if its process still runs
         return "resumed"
     if run_dir.exists():  # failed, or made with another config: keep it aside, never delete it
         with rundir.owned(run_dir):  # refused while a live process writes it
@@ -344,7 +365,7 @@ def _train(cfg, run_dir: Path, progress: bool) -> str:
                     else "failed", aside.name)
         run_dir.rename(aside)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    train_run(cfg, run_dir, progress=progress)
+    train_run(cfg, run_dir, progress=progress, name=name, group=group)
     return "trained"
 
 

@@ -37,24 +37,13 @@ from typing import Any, Optional
 
 from peftlab.lab import rundir
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.lab.search.spec import Search, load_search, sample, trial_config
+from peftlab.provenance import versions
+from peftlab.lab.search.spec import Search, load_search, trial_config
+from peftlab.lab.search.trials import ask_trial, finished_trials, search_digest, trial_values
 
 log = logging.getLogger(__name__)
 STORAGE = "study.db"
 STUDY_NAME = "peftlab-search"
-
-
-def trainable_params(cfg) -> int:
-    """What a trial would train, counted on a fresh build (then dropped)."""
-    import gc
-
-    from peftlab.lab.run import build
-
-    loaded, state = build(cfg)
-    n = state.trainable_params(loaded.model)
-    del loaded, state
-    gc.collect()
-    return n
 
 
 def _blocks(cfg) -> int:
@@ -85,9 +74,14 @@ def run_search(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progre
             search.blocks = _blocks(trial_config(search, []))
         study = _open_study(search, out)
         _recover(study, out)
-        while _finished(study) < search.spec.trials:
-            _one_trial(study, search, out, progress)
-            write_front(study, search, out)
+        if search.spec.launcher == "local" and search.spec.parallel == 1:
+            while finished_trials(study) < search.spec.trials:
+                _one_trial(study, search, out, progress)
+                write_front(study, search, out)
+        else:  # trials as tasks, several in flight (peftlab.lab.search.launched)
+            from peftlab.lab.search.launched import run_launched
+
+            run_launched(study, search, out, Path(path), overrides, told=lambda: write_front(study, search, out))
         return write_front(study, search, out)
 
 
@@ -97,14 +91,7 @@ PLAN = "search_plan.json"  # what the trials in this directory were made by (all
 def _same_search(search: Search, out: Path) -> None:
     """Refuse to continue trials made by another search (another task, space, budget or base): a
     rerun into the same directory may only add trials, never mix two searches in one Pareto table."""
-    import hashlib
-    import json
-
-    from peftlab.config import to_dict
-
-    plan = {k: v for k, v in to_dict(search.spec).items() if k != "trials"}
-    plan["trial_base"] = to_dict(trial_config(search, []))
-    digest = hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()
+    digest, plan = search_digest(search)
     record = out / PLAN
     if record.is_file():
         old = json.loads(record.read_text())
@@ -118,6 +105,8 @@ def _same_search(search: Search, out: Path) -> None:
 
 
 def _open_study(search: Search, out: Path):
+    import warnings
+
     import optuna
 
     spec = search.spec
@@ -130,7 +119,10 @@ def _open_study(search: Search, out: Path):
         sampler = optuna.samplers.NSGAIISampler(population_size=spec.population, seed=spec.seed + done)
         directions = ["maximize", "minimize"]
     else:
-        sampler = optuna.samplers.TPESampler(seed=spec.seed + done)  # 10 random trials, then TPE
+        with warnings.catch_warnings():  # constant_liar is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=spec.seed + done,  # 10 random trials, then TPE
+                                                 constant_liar=spec.parallel > 1)
         directions = ["maximize"]
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=directions,
                                 load_if_exists=True)
@@ -141,30 +133,25 @@ def _open_study(search: Search, out: Path):
     return study
 
 
-def _finished(study) -> int:
-    from optuna.trial import TrialState
-
-    # a failed trial with no error of ours was stopped mid-run (see _recover): it is retried, not counted
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in study.trials)
-
-
 def _recover(study, out: Path) -> None:
     """Trials left ``RUNNING`` by a killed search: one whose run finished is told its result; any
     other is marked failed (with no ``error``: not counted as finished) and its choices enqueued, so
-    the next trial retries them."""
+    the next trial retries them, resuming its run directory from its checkpoint where it has one (or
+    following its job, still running on a cluster: ``peftlab.lab.search.launched``)."""
     from optuna.trial import TrialState
 
     for t in study.trials:
         if t.state != TrialState.RUNNING:
             continue
-        run = out / "trials" / f"{t.number:04d}"
-        values = _values(study, rundir.read_metrics(run), t.user_attrs) if _complete(run) else None
+        run = out / "trials" / f"{int(t.user_attrs.get('resumes', t.number)):04d}"
+        values = trial_values(study, rundir.read_metrics(run), t.user_attrs) if _complete(run) else None
         if values is not None:
             study.tell(t.number, values)
             continue
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=False)
+        resumes = int(t.user_attrs.get("resumes", t.number))  # its directory (a job may still be writing it)
+        study.enqueue_trial(t.params, user_attrs={"resumes": resumes} if "run_dir" in t.user_attrs else None,
+                            skip_if_exists=False)
         log.info("trial %d was stopped mid-run: trying its choices again", t.number)
 
 
@@ -172,64 +159,28 @@ def _complete(run: Path) -> bool:
     return rundir.read_status(run).get("state") == "complete" and (run / rundir.METRICS).is_file()
 
 
-def _values(study, metrics: dict, attrs: dict) -> Optional[list]:
-    task = attrs.get("task")
-    score = (metrics.get("task_metrics") or {}).get(task, {}).get(attrs.get("metric"))
-    if score is None:
-        return None
-    return [score, metrics["trainable_params"]] if len(study.directions) == 2 else [score]
-
-
 def _one_trial(study, search: Search, out: Path, progress: bool) -> None:
     from optuna.trial import TrialState
 
-    from peftlab.lab.run import train_run
+    from peftlab.lab.bench.run import train_or_resume
 
-    trial = study.ask()
-    methods = sample(trial, search)
-    run = out / "trials" / f"{trial.number:04d}"
-    for k, v in {"methods": methods, "run_dir": str(run.relative_to(out)), "task": search.task,
-                 "metric": search.metric}.items():
-        trial.set_user_attr(k, v)
-    try:
-        cfg = trial_config(search, methods)
-        n = trainable_params(cfg)
-    except PeftlabError as e:  # a combination the model has no place for: a failed trial, the search goes on
-        trial.set_user_attr("error", str(e))
-        study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d: %s", trial.number, e)
+    asked = ask_trial(study, search, out)
+    if asked is None:
         return
-    trial.set_user_attr("trainable_params", n)
-    if search.spec.max_params is not None and n > search.spec.max_params:
-        trial.set_user_attr("error", f"{n:,} trainable parameters > max_params {search.spec.max_params:,}")
-        study.tell(trial, state=TrialState.PRUNED)
-        return
-    same = _same_as(study, methods)
-    if same is not None:  # the sampler drew a configuration already trained: its result stands
-        trial.set_user_attr("same_as", same.number)
-        study.tell(trial, same.values)
-        return
+    trial, _, cfg, run = asked
     (out / "trials").mkdir(exist_ok=True)
     try:
-        metrics = train_run(cfg, run, progress=progress)
+        train_or_resume(cfg, run, progress)
+        metrics = rundir.read_metrics(run)
     except (PeftlabError, RuntimeError, ValueError) as e:  # recorded (an error of ours), never retried
         trial.set_user_attr("error", f"{type(e).__name__}: {e}" if not isinstance(e, PeftlabError) else str(e))
         study.tell(trial, state=TrialState.FAIL)
         log.warning("trial %d failed: %s", trial.number, e)
         return
-    values = _values(study, metrics, trial.user_attrs)
+    values = trial_values(study, metrics, trial.user_attrs)
     study.tell(trial, values) if values is not None else study.tell(trial, state=TrialState.FAIL)
     log.info("trial %d: %s %s = %.3f, %s trainable", trial.number, search.task, search.metric,
-             values[0] if values else float("nan"), f"{n:,}")
-
-
-def _same_as(study, methods: list[dict]):
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("methods") == methods:
-            return t
-    return None
+             values[0] if values else float("nan"), f"{trial.user_attrs['trainable_params']:,}")
 
 
 # ----------------------------------------------------------------------------------- results
@@ -260,7 +211,7 @@ def write_front(study, search: Search, out: Path) -> dict:
     on_front = [next(r for r in rows if r["number"] == n) for _, _, n in front]
     summary = {"spec": str(search.path), "task": search.task, "metric": search.metric,
                "split": search.spec.score_split, "sampler": search.spec.sampler, "max_params": search.spec.max_params,
-               "finished": _finished(study), "front": on_front, "trials": rows}
+               "finished": finished_trials(study), "front": on_front, "trials": rows, "versions": versions()}
     rundir.write_json(out / "pareto.json", summary)
     head = f"| Trial | {search.metric} ({search.spec.score_split}) | Trainable params | Methods |"
     table = [head, "|---:|---:|---:|---|"] + [

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, Union
 from peftlab.config import FieldError, from_dict, read_yaml
 from peftlab.errors import ConfigError
 from peftlab.lab.bench.spec import Budget
+from peftlab.lab.launch.spec import Launcher, RaySpec, SlurmSpec, check_launch
 from peftlab.lab.layers import Layers, base_config, line_of, location
 from peftlab.tasks import TaskConfig
 
@@ -65,8 +66,17 @@ class SearchSpec:
     max_params: Optional[int] = None  # trainable-parameter budget: a trial above it is pruned untrained
     score_split: str = "valid"  # the split a trial is scored on (never choose on the test split)
     population: int = 8  # NSGA-II's population size
+    # trials trained at once, each a run's process: with tpe, the trials in flight are counted as if
+    # they had scored the worst so far (Optuna's constant liar) so that the sampler spreads them out
+    parallel: int = 1
+    launcher: Launcher = "local"  # where each trial's process runs: here, a Ray task, a SLURM job (lab.launch)
+    ray: RaySpec = field(default_factory=RaySpec)  # launcher: ray: the cluster, each trial's CPUs and GPUs
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)  # launcher: slurm: partition, time, GPUs, arrays
 
     def __post_init__(self):
+        check_launch(self)
+        if self.parallel < 1:
+            raise FieldError("parallel", f"must be >= 1, got {self.parallel}")
         if not self.space:
             raise FieldError("space", "name at least one method to search over")
         if self.trials < 1:
