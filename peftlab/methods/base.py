@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Iterator
 
+import torch
 from torch import nn
 
 from peftlab.config import NamedConfig
@@ -28,6 +29,32 @@ class AdapterModule(nn.Module):
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the method trains (default: all parameters of this module)."""
         return self.parameters()
+
+    def adapter_buffers(self) -> Iterator[torch.Tensor]:
+        """Frozen tensors saved with the trained parameters (``io.save_adapter``): values a fresh base
+        cannot give back bit for bit (PiSSA's initial factors, VeRA's shared random matrices).
+        Default: none."""
+        return iter(())
+
+    def lora_b_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters LoRA+ (``train.loraplus_ratio``) steps at ratio × the learning rate: the
+        output factor B of a low-rank update (zero at init). Default: none."""
+        return iter(())
+
+
+class StepHook:
+    """A method's part in each optimizer step of the training loop (AdaLoRA: its orthogonality
+    regulariser and its rank allocation), from ``MethodConfig.step_hook``. ``extra_loss()`` is added
+    to every micro-batch's loss before backward; ``after_step(step, total_steps)`` runs once per
+    optimizer step, after ``optimizer.step()`` and before the gradients are cleared (they are still
+    there), ``step`` being the 0-based index of the step just taken (what HF's Trainer passes to
+    peft's ``update_and_allocate``) and ``total_steps`` the run's ``train.max_steps``."""
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, step: int, total_steps: int | None) -> None:
+        pass
 
 
 class BaseWeights(AdapterModule):
@@ -48,6 +75,10 @@ class MethodConfig(NamedConfig):
 
     # Families the method supports (``None`` = every family in ``peftlab.models``).
     families: ClassVar[tuple[str, ...] | None] = None
+    # What the method needs from a family table that a model without one cannot give (``apply_methods``
+    # refuses such a model, naming it); None = the method works from the layers its config names, on
+    # any transformers model (``peftlab.models.generic``: linear layers by name, residual branches).
+    needs_table: ClassVar[str | None] = None
     # True when the method trains the base model's own weights (full fine-tuning).
     trains_base: ClassVar[bool] = False
     # Fields added after adapters of the method were first saved, with the value such an adapter was
@@ -103,6 +134,19 @@ class MethodConfig(NamedConfig):
         this instance is not exactly representable."""
         return None
 
+    @classmethod
+    def from_peft(cls, config: dict, tensors: dict, family: "Family") -> tuple["MethodConfig", dict] | None:
+        """The inverse of ``to_peft``: a peft adapter (its ``adapter_config.json`` fields and tensors) as
+        this method's config and its tensors under the names the method's parameters take in a model it
+        is applied to (what ``io.save_adapter`` writes); ``None`` when the adapter is not this method's
+        (the default); ``ModelError`` naming what peftlab cannot represent."""
+        return None
+
+    def step_hook(self, model: nn.Module) -> StepHook | None:
+        """What the method does around each optimizer step of the loop (``StepHook``), for the
+        modules it applied to ``model``; None (the default) for nothing."""
+        return None
+
     def task_params(self, model: nn.Module) -> list[int] | None:
         """Multi-task methods (HyperFormer): how many of the method's trainable parameters belong to
         each task (index = task id); the rest are shared by all tasks. ``None``: nothing per task."""
@@ -113,4 +157,38 @@ class MethodConfig(NamedConfig):
         from peftlab.methods.registry import get_method
 
         return get_method(name)
+
+
+# -- HF peft's field names (``aliases`` of the method configs that share peft's meaning) -----------
+
+def peft_modules(value):
+    """peft's ``target_modules`` as peftlab's ``targets``: a list of names means the same in both (a
+    module whose name is one of them or ends with ``.`` + one); a string is a regex that must match
+    the whole module name, peftlab's ``re:<regex>`` (but ``all-linear``, the same in both)."""
+    if value is None:
+        raise ValueError("null (peft's default for the architecture) has no peftlab form; name the layers")
+    if isinstance(value, str):
+        return (value,) if value == "all-linear" else ("re:" + value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def peft_lora_init(value):
+    """peft's ``init_lora_weights`` as peftlab's LoRA ``init``: ``true`` is Kaiming-uniform A (B = 0),
+    a name (``gaussian``, ...) the same name; ``false`` (B drawn at random: the model changes at init)
+    has no peftlab form."""
+    if value is True:
+        return "kaiming"
+    if value is False:
+        raise ValueError("false (B at random, so the model changes at init) has no peftlab form; peftlab's "
+                         "LoRA starts with B = 0")
+    return value
+
+
+def peft_choice(names: dict):
+    """A converter of one of peft's enum values (``RANDOM``, ``SAMPLE_VOCAB``) to peftlab's name for it;
+    another value passes on to the field's own check."""
+    def convert(value):
+        return names.get(str(getattr(value, "value", value)), value)
+
+    return convert
 

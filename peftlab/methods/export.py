@@ -32,17 +32,16 @@ def _applied(model: nn.Module, what: str) -> list:
 
 
 def _family(model: nn.Module):
-    """The family table the model's methods were applied through."""
-    from peftlab.models.arch import family_of
+    """The family the model's methods were applied through (a table, or the one inferred)."""
+    from peftlab.methods.state import peft_state
+    from peftlab.models.arch import family_for
 
-    return family_of(model)
+    return getattr(peft_state(model), "family", None) or family_for(model)
 
 
 def peft_form(model: nn.Module) -> tuple[dict, dict]:
     """``(adapter_config fields, adapter tensors)`` of the model's one method in HF peft's format,
     through its ``to_peft``; ``ModelError`` with the reason when there is none (nothing written)."""
-    from peftlab.models.arch import family_of
-
     configs = [c for c in _applied(model, "peft export") if c.adds_modules]
     if not configs:
         raise ModelError("peft export: this model has no adapter (full fine-tuning or zero-shot); "
@@ -51,7 +50,7 @@ def peft_form(model: nn.Module) -> tuple[dict, dict]:
         raise ModelError(f"peft export: a peft adapter holds one method; this model has "
                          f"{', '.join(c.name for c in configs)}")
     (cfg,) = configs
-    form = cfg.to_peft(model, family_of(model))
+    form = cfg.to_peft(model, _family(model))
     if form is None:
         raise ModelError(f"peft export: HF peft has no form of {cfg.name} ({cfg.describe()})")
     return form
@@ -63,11 +62,13 @@ def export_peft(model: nn.Module, out_dir: str | Path, base_model_name_or_path: 
 
     ``base_model_name_or_path`` must load exactly the base the adapter was trained on (see
     ``exported_base``); with the run's ``spec`` (a ``ModelSpec``) a README.md says how to load it."""
-    return _write(out_dir, model, base_model_name_or_path, *(form or peft_form(model)), revision=revision, spec=spec)
+    return _write(out_dir, model, base_model_name_or_path, *(form or peft_form(model)), revision=revision, spec=spec,
+                  kind=_family(model).kind)
 
 
 def _write(out_dir, model: nn.Module, base_model_name_or_path: str, config: dict, tensors: dict, *,
            revision: str | None = None, spec=None, kind: str = "causal") -> Path:
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})

@@ -14,6 +14,7 @@ from peftlab.methods.base import MethodConfig
 @dataclass(frozen=True)
 class FullFineTuneConfig(MethodConfig):
     name = "full"
+    summary = "Full fine-tuning: every base weight trains, nothing is added (the baseline from above)."
     trains_base = True
     lr_grid = (3e-5, 1e-4, 3e-4, 1e-3)  # every weight moves: an order of magnitude below the adapters
     cannot_merge = None  # the trained weights are the model's own
@@ -29,6 +30,7 @@ class FullFineTuneConfig(MethodConfig):
 @dataclass(frozen=True)
 class ZeroShotConfig(MethodConfig):
     name = "zero_shot"
+    summary = "Zero-shot: nothing trains; the base model as it is, scored (the baseline from below)."
     lr_grid = ()  # nothing trains
     cannot_merge = None
     adds_modules = False

@@ -213,6 +213,7 @@ class HyperAdapter(BranchAdapter):
 @dataclass(frozen=True)
 class HyperFormerConfig(MethodConfig):
     name = "hyperformer"
+    needs_table = "the stacks' sub-layers and norms"  # from a family table
     cannot_merge = "its adapters' weights are generated per task by a hypernetwork"
     batch_keys: ClassVar[tuple[str, ...]] = ("task_ids",)  # training batches carry each row's task
     tasks: Optional[int] = None  # T, task embeddings; None = one per task of the run (data.task)

@@ -25,9 +25,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from peftlab.config import FieldError
+from peftlab.config import Alias, FieldError
 from peftlab.errors import ModelError
-from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.base import AdapterModule, MethodConfig, peft_modules
 from peftlab.methods.lora import is_quantized
 from peftlab.methods.hooks.targets import (find_linears, is_fan_in_fan_out, linear_dims, linear_forward, peft_targets,
                                           replace_module, unwrap_linear)
@@ -88,6 +88,8 @@ class IA3Linear(AdapterModule):
 @dataclass(frozen=True)
 class IA3Config(MethodConfig):
     name = "ia3"
+    # HF peft's names for the same fields (IA3Config(target_modules=[...], feedforward_modules=[...]))
+    aliases = {"target_modules": Alias("targets", peft_modules), "feedforward_modules": Alias("feedforward", peft_modules)}
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # one scale per channel: larger steps (the paper: 3e-3)
     targets: tuple[str, ...] = ("k", "v", "ffn_out")  # roles, leaf names or "re:<regex>"
     feedforward: tuple[str, ...] = ("ffn_out",)  # targets whose input is scaled (the rest: output)
@@ -101,8 +103,8 @@ class IA3Config(MethodConfig):
             raise FieldError("targets", "targets must name at least one module")
         if "all-linear" in self.targets:
             raise FieldError("targets", "targets: ia3 scales named layers; 'all-linear' is not supported")
-        stray = [f for f in self.feedforward if f not in self.targets]
-        if stray:
+        stray = [f for f in self.feedforward if f not in self.targets and not f.startswith("re:")]
+        if stray:  # a regex's layers are checked when applied
             raise FieldError("feedforward", f"feedforward {stray} must also be in targets {list(self.targets)}")
 
     cannot_merge = None  # a scaled row or column of the weight is a weight
@@ -119,10 +121,31 @@ class IA3Config(MethodConfig):
     def to_peft(self, model: nn.Module, family) -> tuple[dict, dict]:
         return ia3_peft_form(model)
 
+    @classmethod
+    def from_peft(cls, config: dict, tensors: dict, family) -> tuple["IA3Config", dict] | None:
+        """peft's ``IA3`` adapter as IA3 on exactly the layers it holds ``ia3_l`` for (by full module
+        name), those peft's ``feedforward_modules`` selects scaling their input."""
+        from peftlab.methods.peft_import import by_module, peft_matches, refuse
+
+        if config.get("peft_type") != "IA3" or cls.name != "ia3":  # a subclass reads its own form
+            return None
+        refuse(config, "ia3", modules_to_save=None, exclude_modules=None)
+        layers = {n: t["ia3_l"] for n, t in by_module(tensors, ("ia3_l",), "ia3").items()}
+        ff = tuple(sorted(n for n in layers if peft_matches(n, config.get("feedforward_modules"))))
+        for n, t in layers.items():  # peft stores (1, in) for an input scale, (out, 1) for an output scale
+            if t.dim() != 2 or t.shape[0 if n in ff else 1] != 1:
+                raise ModelError(f"import ia3: {n}: ia3_l of shape {tuple(t.shape)} is not peft's "
+                                 f"{'(1, in)' if n in ff else '(out, 1)'}")
+        weights = {f"{n}.ia3_l": t.reshape(-1) for n, t in layers.items()}
+        return cls(targets=tuple(sorted(layers)), feedforward=ff), weights
+
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
         found = find_linears(model, family, self.targets, stacks=self.stacks, method="ia3")
         ff = {n for n, _ in find_linears(model, family, self.feedforward, stacks=self.stacks, method="ia3")} \
             if self.feedforward else set()
+        stray = sorted(ff - {n for n, _ in found})
+        if stray:
+            raise ModelError(f"ia3: feedforward layers must also be targets; {', '.join(stray[:3])} is not")
         wrapped = []
         for name, linear in found:
             if is_quantized(linear):

@@ -1,7 +1,8 @@
 """Saving and loading the trainable part of a model: safetensors weights plus a JSON manifest.
 
 ``save_adapter`` writes only the parameters the applied methods train (for full fine-tuning, that
-is every weight), the method configs, and each tensor's shape and the weights file's SHA-256;
+is every weight) and the frozen tensors they declare (``AdapterModule.adapter_buffers``: values a
+fresh base cannot give back exactly, as PiSSA's initial factors), the method configs, and each tensor's shape and the weights file's SHA-256;
 ``load_adapter`` applies the same methods to a fresh base model and loads the weights, refusing an
 adapter that was saved for another base model, and a damaged one (truncated, overwritten,
 non-finite values) with the name of the damaged file.
@@ -32,7 +33,7 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
     The end of a run wants it; a checkpoint that training resumes from does not."""
 
     from peftlab.config import to_dict
-    from peftlab.methods.state import fold_methods, peft_state
+    from peftlab.methods.state import adapter_buffers, fold_methods, peft_state
 
     if fold and peft_state(model) is not None:
         fold_methods(model)
@@ -43,10 +44,13 @@ def save_adapter(model: nn.Module, out_dir: str | Path, base_model: dict[str, An
     out_dir.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
     tensors = {n: params[n].detach().to("cpu").contiguous() for n in state.trainable_names()}
+    buffers = adapter_buffers(model)  # frozen tensors a fresh base cannot give back (PiSSA's A0, B0)
+    tensors.update({n: b.detach().to("cpu").contiguous() for n, b in buffers.items()})
     manifest = {
         "format_version": FORMAT_VERSION,
         "methods": [to_dict(c) for c in state.configs],
         "param_names": state.param_names,
+        **({"buffers": sorted(buffers)} if buffers else {}),
         "trainable_params": state.counts(model),
         **({"trainable_params_per_task": per_task} if (per_task := state.per_task(model)) else {}),
         "base_model": base_model,
@@ -114,7 +118,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, base_model: dict | N
     """Apply the saved methods to ``model`` (a fresh base) and load their weights exactly."""
     import torch
 
-    from peftlab.methods.state import apply_methods
+    from peftlab.methods.state import adapter_buffers, apply_methods
 
     adapter_dir = Path(adapter_dir)
     manifest = read_manifest(adapter_dir)
@@ -123,11 +127,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, base_model: dict | N
     configs = [_method_from_dict(m, adapter_dir) for m in manifest["methods"]]
     weights = _read_weights(adapter_dir, manifest)
     state = apply_methods(model, configs)
-    expected = set(state.trainable_names())
+    params = {**dict(model.named_parameters()), **adapter_buffers(model)}
+    expected = set(state.trainable_names()) | set(adapter_buffers(model))
     if set(weights) != expected:
         missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
         raise ModelError(f"{adapter_dir / WEIGHTS}: weights do not match the methods (missing {missing[:3]}, extra {extra[:3]})")
-    params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in weights.items():
             if params[n].shape != t.shape:

@@ -6,7 +6,10 @@ A frozen linear map ``W`` (out × in) gets a trainable low-rank update::
 
 ``A`` starts Kaiming-uniform (or Gaussian), ``B`` starts at zero, so ``h = W x + b`` at init.
 ``merge`` folds ``(α/r) B A`` into ``W`` for zero inference latency; ``unmerge`` takes it out.
-With ``rslora`` the scale is ``α / √r`` (Kalajdzievski, 2023). The wrapper keeps ``weight`` and
+With ``rslora`` the scale is ``α / √r`` (Kalajdzievski, 2023). ``init: pissa`` / ``init: olora``
+start ``B A`` at the principal part of ``W`` (its top-r SVD / QR) and keep ``W − (α/r) B₀ A₀`` as
+the frozen base (``lora_init.py``: the equations, and why the adapter holds ``A₀``, ``B₀``);
+DoRA (``dora.py``) subclasses the wrapper and config. The wrapper keeps ``weight`` and
 ``bias`` under their original names, so base checkpoints still load strictly. A GPT-2 ``Conv1D``
 stores ``W`` transposed (in × out): the base is computed as ``Conv1D`` computes it and the merged
 update is ``(α/r) (B A)ᵀ`` (peft's ``fan_in_fan_out``); ``A`` and ``B`` have the same shapes either way.
@@ -27,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.config import Alias
 from peftlab.errors import ModelError
 from peftlab.kernels.lora import FusedLora
-from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.base import AdapterModule, MethodConfig, peft_lora_init, peft_modules
+from peftlab.methods.lora_init import INITS_FROM_WEIGHT, peft_rank_2r, principal_factors
 from peftlab.methods.hooks.targets import (find_linears, is_fan_in_fan_out, linear_dims, linear_forward, peft_targets,
                                           replace_module, unwrap_linear)
 
@@ -52,29 +57,73 @@ class LoraLinear(AdapterModule):
         device = base.weight.device
         self.lora_a = nn.Parameter(torch.empty(r, self.in_features, device=device))  # (r, in)
         self.lora_b = nn.Parameter(torch.zeros(self.out_features, r, device=device))  # (out, r)
-        if init == "gaussian":
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
+        # PiSSA / OLoRA (lora_init.py): the principal part s B0 A0 taken out of W, as frozen buffers
+        self.register_buffer("lora_a0", None)  # (r, in)
+        self.register_buffer("lora_b0", None)  # (out, r)
+        if init in INITS_FROM_WEIGHT:
+            self._init_from_weight(init, r)
+        elif init == "gaussian":
             nn.init.normal_(self.lora_a, std=1.0 / r)
         else:
             nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+
+    def _init_from_weight(self, init: str, r: int) -> None:
+        if self.base_layer is not None:
+            raise ModelError(f"lora: init {init} decomposes the base weight; a 4-bit/8-bit base cannot be "
+                             f"decomposed here (model.quantize: none)")
+        if r > min(self.in_features, self.out_features):
+            raise ModelError(f"lora: init {init} needs r <= min(in, out) = "
+                             f"{min(self.in_features, self.out_features)}, got r={r}")
+        a0, b0 = principal_factors(self.oriented_weight(), r, self.scaling, init)
+        with torch.no_grad():
+            self.lora_a.copy_(a0)
+            self.lora_b.copy_(b0)
+        self.lora_a0, self.lora_b0 = a0.to(self.lora_a.device), b0.to(self.lora_a.device)
 
     def adapter_parameters(self):
         return iter((self.lora_a, self.lora_b))
 
+    def adapter_buffers(self):
+        return iter(t for t in (self.lora_a0, self.lora_b0) if t is not None)
+
+    def lora_b_parameters(self):
+        return iter((self.lora_b,))
+
+    def oriented_weight(self) -> torch.Tensor:
+        """The frozen ``W`` as (out, in), whatever its stored layout."""
+        return self.weight.T if self.fan_in_fan_out else self.weight
+
+    def update_weight(self) -> torch.Tensor:
+        """What the layer adds to ``W`` (out, in): ``s B A``, less ``s B0 A0`` under PiSSA / OLoRA."""
+        delta = self.lora_b @ self.lora_a
+        if self.lora_a0 is not None:
+            delta = delta - self.lora_b0 @ self.lora_a0
+        return delta * self.scaling
+
     def delta_weight(self) -> torch.Tensor:
         """The update in the base weight's own layout: (out, in), or (in, out) for a Conv1D."""
-        delta = (self.lora_b @ self.lora_a) * self.scaling  # (out, in)
+        delta = self.update_weight()  # (out, in)
         return delta.T if self.fan_in_fan_out else delta
+
+    def principal(self, x: torch.Tensor) -> torch.Tensor:
+        """``s B0 A0 x``, the part of ``W x`` that PiSSA / OLoRA moved into the trained factors."""
+        a0, b0 = self.lora_a0, self.lora_b0
+        if not torch.is_autocast_enabled(x.device.type) and a0.dtype != x.dtype:
+            a0, b0 = a0.to(x.dtype), b0.to(x.dtype)
+        return F.linear(F.linear(x, a0), b0) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:  # the update is in the weight: the plain layer's work and nothing else
             return linear_forward(x, self.weight, self.bias, self.fan_in_fan_out)
         if self.fused and not self.fan_in_fan_out and self._frozen_base():
-            return self._fused_forward(x)
-        a, b = self.factors(x)
-        return self.base_forward(x) + F.linear(F.linear(self.dropout(x), a), b) * self.scaling
+            y = self._fused_forward(x)
+        else:
+            a, b = self.factors(x)
+            y = self.base_forward(x) + F.linear(F.linear(self.dropout(x), a), b) * self.scaling
+        return y if self.lora_a0 is None else y - self.principal(x)  # W_res x = W x - s B0 A0 x
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen layer's own output ``W x + b`` (a quantized base dequantizes on the fly)."""
@@ -127,12 +176,17 @@ class LoraLinear(AdapterModule):
 @dataclass(frozen=True)
 class LoraConfig(MethodConfig):
     name = "lora"
+    # HF peft's names for the same fields (LoraConfig(lora_alpha=32) and `lora_alpha: 32` in YAML)
+    aliases = {"lora_alpha": "alpha", "lora_dropout": "dropout", "use_rslora": "rslora",
+               "target_modules": Alias("targets", peft_modules), "init_lora_weights": Alias("init", peft_lora_init)}
     r: int = 8  # rank of the update
     alpha: float = 16.0  # scale numerator: update is (alpha / r) B A
     dropout: float = 0.0  # dropout on the LoRA branch's input
     targets: tuple[str, ...] = ("q", "v")  # roles, leaf names, "all-linear" or "re:<regex>"
     stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack
-    init: Literal["kaiming", "gaussian"] = "kaiming"  # init of A (B is always zero)
+    # init of A (B = 0): kaiming, gaussian; or A, B from W itself, W keeping only the rest (lora_init.py):
+    # pissa (top-r singular triplets), olora (first r columns of W's QR)
+    init: Literal["kaiming", "gaussian", "pissa", "olora"] = "kaiming"
     rslora: bool = False  # scale by alpha / sqrt(r)
 
     def __post_init__(self):
@@ -147,13 +201,17 @@ class LoraConfig(MethodConfig):
             raise ValueError("targets must name at least one module")
         if isinstance(self.targets, str):  # a bare string would be iterated char by char
             raise ValueError(f"targets must be a list of module names, got the string {self.targets!r}")
-        if self.init not in ("kaiming", "gaussian"):
-            raise ValueError(f"init must be 'kaiming' or 'gaussian', got {self.init!r}")
+        if self.init not in ("kaiming", "gaussian", *INITS_FROM_WEIGHT):
+            raise ValueError(f"init must be 'kaiming', 'gaussian', 'pissa' or 'olora', got {self.init!r}")
 
     cannot_merge = None  # W + (alpha / r) B A is a weight of the same shape
 
     def describe(self) -> str:
-        return f"LoRA r={self.r}"
+        return f"{_INIT_LABELS.get(self.init, 'LoRA')} r={self.r}"
+
+    def layer(self, linear: nn.Module) -> LoraLinear:
+        """The wrapper of one targeted layer (DoRA's config makes its own)."""
+        return LoraLinear(linear, self.r, self.alpha, self.dropout, self.init, self.rslora)
 
     def merge_into_base(self, model: nn.Module, family) -> None:
         """Fold every LoRA update into its base weight and put the plain layer back."""
@@ -166,14 +224,16 @@ class LoraConfig(MethodConfig):
         wrapped = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
         if any(m.merged for m in wrapped.values()):
             raise ModelError("peft export: unmerge LoRA first (the export holds A and B, not merged weights)")
-        tensors = {}
+        tensors, rank = {}, {"r": self.r, "lora_alpha": self.alpha}
         for name, m in wrapped.items():
-            tensors[f"base_model.model.{name}.lora_A.weight"] = m.lora_a.detach().cpu().contiguous()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = m.lora_b.detach().cpu().contiguous()
+            a, b = m.lora_a.detach(), m.lora_b.detach()
+            if m.lora_a0 is not None:  # PiSSA / OLoRA: peft's own conversion to LoRA on the original W
+                rank, a, b = peft_rank_2r(self.alpha, self.r, self.rslora, a, b, m.lora_a0, m.lora_b0)
+            tensors[f"base_model.model.{name}.lora_A.weight"] = a.cpu().contiguous()
+            tensors[f"base_model.model.{name}.lora_B.weight"] = b.cpu().contiguous()
         config = {
             "peft_type": "LORA",
-            "r": self.r,
-            "lora_alpha": self.alpha,
+            **rank,
             "lora_dropout": self.dropout,
             "use_rslora": self.rslora,
             "target_modules": peft_targets(model, set(wrapped)),  # exactly the wrapped layers
@@ -183,17 +243,47 @@ class LoraConfig(MethodConfig):
         }
         return config, tensors
 
+    @classmethod
+    def from_peft(cls, config: dict, tensors: dict, family) -> tuple["LoraConfig", dict] | None:
+        """peft's ``LORA`` adapter as LoRA on exactly the layers it holds ``lora_A`` / ``lora_B`` for (by
+        full module name); DoRA is not plain LoRA (None: another method's form)."""
+        from peftlab.methods.peft_import import by_module, refuse
+
+        if config.get("peft_type") != "LORA" or config.get("use_dora") or cls.name != "lora":  # not a subclass's
+            return None
+        refuse(config, "lora", bias="none", lora_bias=False, use_qalora=False, modules_to_save=None,
+               rank_pattern=None, alpha_pattern=None, layers_to_transform=None, exclude_modules=None,
+               layer_replication=None, target_parameters=None, trainable_token_indices=None)
+        if config.get("init_lora_weights") not in (None, True, False, "gaussian"):  # PiSSA, OLoRA...: W changed
+            raise ModelError(f"import lora: init_lora_weights={config['init_lora_weights']!r} changed the base "
+                             f"weights; convert the adapter to plain LoRA first (peft's "
+                             f"path_initial_model_for_weight_conversion)")
+        layers = by_module(tensors, ("lora_A.weight", "lora_B.weight"), "lora")
+        cfg = cls(r=int(config["r"]), alpha=float(config.get("lora_alpha", 8)),
+                  dropout=float(config.get("lora_dropout") or 0.0), targets=tuple(sorted(layers)),
+                  rslora=bool(config.get("use_rslora")))
+        out = {}
+        for name, pair in layers.items():
+            if set(pair) != {"lora_A.weight", "lora_B.weight"} or pair["lora_A.weight"].shape[0] != cfg.r:
+                raise ModelError(f"import lora: {name}: expected lora_A (r={cfg.r} x in) and lora_B (out x r), got "
+                                 f"{ {k: tuple(v.shape) for k, v in pair.items()} }")
+            out[f"{name}.lora_a"], out[f"{name}.lora_b"] = pair["lora_A.weight"], pair["lora_B.weight"]
+        return cfg, out
+
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
-        found = find_linears(model, family, self.targets, stacks=self.stacks, method="lora")
+        found = find_linears(model, family, self.targets, stacks=self.stacks, method=self.name)
         wrapped = []
         for name, linear in found:
             plain = type(linear) is nn.Linear or is_fan_in_fan_out(linear) or is_quantized(linear)
             if isinstance(linear, LoraLinear) or not plain:
-                raise ModelError(f"lora: {name} is already wrapped ({type(linear).__name__})")
-            module = LoraLinear(linear, self.r, self.alpha, self.dropout, self.init, self.rslora)
+                raise ModelError(f"{self.name}: {name} is already wrapped ({type(linear).__name__})")
+            module = self.layer(linear)
             replace_module(model, name, module)
             wrapped.append(module)
         return wrapped
+
+
+_INIT_LABELS = {"pissa": "PiSSA", "olora": "OLoRA"}
 
 
 def lora_modules(model: nn.Module) -> list[LoraLinear]:

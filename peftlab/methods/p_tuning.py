@@ -29,8 +29,8 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from peftlab.config import FieldError
-from peftlab.methods.base import MethodConfig
+from peftlab.config import Alias, FieldError
+from peftlab.methods.base import MethodConfig, peft_choice
 from peftlab.methods.hooks.virtual_tokens import VirtualTokens, attach
 
 
@@ -79,6 +79,10 @@ class PromptEncoder(VirtualTokens):
 @dataclass(frozen=True)
 class PTuningConfig(MethodConfig):
     name = "p_tuning"
+    needs_table = "where the input embeddings and each stack's inputs are"  # from a family table
+    # HF peft's names for the same fields (its PromptEncoderConfig)
+    aliases = {"encoder_reparameterization_type": Alias("encoder", peft_choice({"MLP": "mlp", "LSTM": "lstm"})),
+               "encoder_hidden_size": "hidden", "encoder_num_layers": "lstm_layers", "encoder_dropout": "dropout"}
     cannot_merge = "its virtual tokens are extra inputs in front of the text, not a change to any weight"
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # a prompt encoder: between prompt tuning and the adapters
     num_virtual_tokens: int = 20  # n: number of virtual tokens

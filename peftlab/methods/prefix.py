@@ -109,6 +109,8 @@ class PrefixKV(KVExtender):
 @dataclass(frozen=True)
 class PrefixConfig(MethodConfig):
     name = "prefix"
+    needs_table = "the attention modules and their geometry"  # a model without a family table has neither
+    aliases = {"num_virtual_tokens": "length"}  # HF peft's name
     cannot_merge = "its prefixes are extra keys and values in attention, not a change to any weight"
     lr_grid = (1e-3, 3e-3, 1e-2, 3e-2)  # Li & Liang: 5e-5 to 8e-5 on GPT-2 with a reparametrisation; small models take more
     length: int = 20  # P: prefix rows per attention layer (peft's num_virtual_tokens)

@@ -30,9 +30,9 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from peftlab.config import FieldError
+from peftlab.config import Alias, FieldError
 from peftlab.errors import ModelError
-from peftlab.methods.base import MethodConfig
+from peftlab.methods.base import MethodConfig, peft_choice
 from peftlab.methods.hooks.virtual_tokens import VirtualTokens, attach
 
 
@@ -51,6 +51,10 @@ class SoftPrompt(VirtualTokens):
 @dataclass(frozen=True)
 class PromptTuningConfig(MethodConfig):
     name = "prompt_tuning"
+    needs_table = "where the input embeddings and each stack's inputs are"  # from a family table
+    # HF peft's names for the same fields
+    aliases = {"prompt_tuning_init": Alias("init", peft_choice({"RANDOM": "random", "TEXT": "text", "SAMPLE_VOCAB": "vocab"})),
+               "prompt_tuning_init_text": "init_text", "tokenizer_name_or_path": "tokenizer"}
     cannot_merge = "its virtual tokens are extra inputs in front of the text, not a change to any weight"
     lr_grid = (3e-3, 1e-2, 3e-2, 1e-1)  # soft prompts train at large rates (Lester et al.: 0.3 with Adafactor)
     num_virtual_tokens: int = 20  # n: soft-prompt length (the paper's sweet spot is 20-100 on T5)
@@ -83,6 +87,26 @@ class PromptTuningConfig(MethodConfig):
 
         # peft re-initialises nothing in inference mode
         return peft_prompt_form(model, family, "PROMPT_TUNING", {"prompt_tuning_init": "RANDOM"})
+
+    @classmethod
+    def from_peft(cls, config: dict, tensors: dict, family) -> tuple["PromptTuningConfig", dict] | None:
+        """peft's ``PROMPT_TUNING`` adapter: its ``prompt_embeddings`` (n, d) as the soft prompt, in front
+        of the encoder (T5) or the decoder's input; prompts in front of T5's decoder too
+        (``num_transformer_submodules: 2``, peft's default for seq2seq) have no peftlab form."""
+        from peftlab.methods.hooks.virtual_tokens import ATTR
+
+        if config.get("peft_type") != "PROMPT_TUNING" or cls.name != "prompt_tuning":  # not a subclass's
+            return None
+        seq2seq = config.get("task_type") == "SEQ_2_SEQ_LM"  # peft's default for it: 2 (null in the file)
+        if (config.get("num_transformer_submodules") or (2 if seq2seq else 1)) != 1:
+            raise ModelError("import prompt_tuning: the adapter puts prompts in front of the decoder too "
+                             "(num_transformer_submodules: 2); peftlab's prompt tuning prepends to the encoder only")
+        n, prompts = int(config["num_virtual_tokens"]), tensors.get("prompt_embeddings")
+        if prompts is None or set(tensors) != {"prompt_embeddings"} or prompts.dim() != 2 or prompts.shape[0] != n:
+            raise ModelError(f"import prompt_tuning: expected only prompt_embeddings of shape ({n}, d), got "
+                             f"{ {k: tuple(v.shape) for k, v in tensors.items()} }")
+        host = f"{family.encoder}." if family.kind == "seq2seq" else ""
+        return cls(num_virtual_tokens=n), {f"{host}{ATTR}.prompt": prompts}
 
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
         table = model.get_submodule(family.embeddings).weight  # (V, d)

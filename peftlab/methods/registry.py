@@ -29,6 +29,14 @@ _REGISTRY = {
     "strided": "peftlab.methods.strided:StridedConfig",
     "hyperformer": "peftlab.methods.hyperformer:HyperFormerConfig",
     "unipelt": "peftlab.methods.unipelt:UniPELTConfig",
+    "dora": "peftlab.methods.dora:DoraConfig",
+    "vera": "peftlab.methods.vera:VeraConfig",
+    "adalora": "peftlab.methods.adalora:AdaLoraConfig",
+    "loha": "peftlab.methods.loha:LoHaConfig",
+    "lokr": "peftlab.methods.lokr:LoKrConfig",
+    "oft": "peftlab.methods.oft:OFTConfig",
+    "bitfit": "peftlab.methods.bitfit:BitFitConfig",
+    "ln_tuning": "peftlab.methods.ln_tuning:LNTuningConfig",
 }
 
 

@@ -80,6 +80,7 @@ class ShiftedSparseAttention(SparseCore):
 @dataclass(frozen=True)
 class S2AttnConfig(SparseAttentionConfig):
     name = "s2_attn"
+    needs_table = "the attention modules"  # from a family table
     slot = "s2_attn"
     group_size: int = 0  # G in tokens; 0 = group_fraction of each batch's (padded) length
     group_fraction: float = 0.25  # G / n when group_size is 0 (LongLoRA's group_size_ratio, 1/4)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from peftlab.errors import ModelError
-from peftlab.methods.base import AdapterModule, MethodConfig
+from peftlab.methods.base import AdapterModule, MethodConfig, StepHook
 from peftlab.models.quantize import is_quantized_model, keep_trainable
 
 _ATTR = "_peftlab_state"
@@ -25,6 +26,7 @@ class PeftState:
     total_params: int = 0
     # Counts frozen by fold_methods: the modules they count (prefix MLP) are no longer in the model.
     trained_counts: dict[str, int] | None = None
+    family: Any = None  # the Family the methods were applied through (a table, or one inferred)
 
     def trainable_names(self) -> list[str]:
         return [n for names in self.param_names.values() for n in names]
@@ -62,6 +64,20 @@ def logical_numel(p) -> int:
 
 def peft_state(model: nn.Module) -> PeftState | None:
     return getattr(model, _ATTR, None)
+
+
+def adapter_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen tensors the methods save beside their parameters (``AdapterModule.adapter_buffers``:
+    PiSSA's initial factors, VeRA's shared pair), by name; a shared tensor once."""
+    declared = {id(b) for m in model.modules() if isinstance(m, AdapterModule) for b in m.adapter_buffers()}
+    return {n: b for n, b in model.named_buffers() if id(b) in declared}
+
+
+def step_hooks(model: nn.Module) -> list[StepHook]:
+    """What the applied methods do around each optimizer step (``MethodConfig.step_hook``)."""
+    state = peft_state(model)
+    hooks = [c.step_hook(model) for c in state.configs] if state is not None else []
+    return [h for h in hooks if h is not None]
 
 
 def forget_methods(model: nn.Module) -> None:
@@ -117,25 +133,30 @@ def _restore(snapshot: list) -> None:
 
 
 def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None) -> PeftState:
-    """Freeze ``model``, inject ``configs`` in order, make only their parameters trainable."""
-    from peftlab.models.arch import family_of
+    """Freeze ``model``, inject ``configs`` in order, make only their parameters trainable.
+
+    ``model`` is any ``transformers`` model: one of a family table's types, or any other, whose
+    family is inferred (``peftlab.models.generic``) and takes the methods that name their layers."""
+    from peftlab.models.arch import family_for
 
     if peft_state(model) is not None:
         applied = ", ".join(c.name for c in peft_state(model).configs) or "none"
         raise ModelError(f"methods were already applied to this model ({applied}); start from a fresh base model")
-    family = family or family_of(model)
+    family = family or family_for(model)
     for config in configs:
         if config.families is not None and family.name not in config.families:
             raise ModelError(
                 f"method {config.name!r} does not support the {family.name!r} family "
                 f"(supported: {', '.join(config.families)})"
             )
+        if not family.table and config.needs_table:
+            raise ModelError(_needs_table(config, family))
     snapshot = _snapshot(model)
     try:
         model.requires_grad_(False)
         if is_quantized_model(model):
             keep_trainable(model)
-        state = PeftState(configs=list(configs))
+        state = PeftState(configs=list(configs), family=family)
         owned: dict[int, str] = {}  # id(param) -> method key, to catch two methods claiming one param
         for config in configs:
             key = _method_key(config, state.param_names)
@@ -157,17 +178,28 @@ def apply_methods(model: nn.Module, configs: Sequence[MethodConfig], family=None
     return state
 
 
+def _needs_table(config: MethodConfig, family) -> str:
+    """Why ``config`` cannot go on a model without a family table, and what can."""
+    from peftlab.methods.registry import get_method, method_names
+    from peftlab.models.arch import table_types
+
+    free = [n for n in method_names() if get_method(n).needs_table is None and get_method(n).families is None]
+    return (f"method {config.name!r} needs {config.needs_table}, which only a peftlab family table gives (tables "
+            f"cover {', '.join(table_types())}); this {family.name} model has none. Without a table, peftlab "
+            f"applies the methods that work from the layers their config names: {', '.join(free)}")
+
+
 def fold_methods(model: nn.Module) -> PeftState:
     """Fold every applied method into its inference form (``MethodConfig.fold``), in place, with
     identical outputs; call it after training, before ``save_adapter``, which then records the
     folded configs so ``load_adapter`` rebuilds the folded form. The model gets a new ``PeftState``
     (the one ``apply_methods`` returned keeps describing what was trained). Idempotent."""
-    from peftlab.models.arch import family_of
+    from peftlab.models.arch import family_for
 
     state = peft_state(model)
     if state is None:
         raise ModelError("fold_methods: no peftlab methods were applied to this model")
-    family = family_of(model)
+    family = state.family or family_for(model)
     if state.trained_counts is None:
         state.trained_counts = state.counts(model)  # the trained state keeps describing what was trained
     configs, names = list(state.configs), dict(state.param_names)
@@ -181,6 +213,6 @@ def fold_methods(model: nn.Module) -> PeftState:
             p.requires_grad_(True)
         names[key] = [n for n, p in model.named_parameters() if id(p) in params]
     new = PeftState(configs=configs, param_names=names,
-                    total_params=sum(logical_numel(p) for p in model.parameters()))
+                    total_params=sum(logical_numel(p) for p in model.parameters()), family=family)
     setattr(model, _ATTR, new)
     return new

@@ -121,6 +121,7 @@ class StridedSparseAttention(SparseCore):
 @dataclass(frozen=True)
 class StridedConfig(SparseAttentionConfig):
     name = "strided"
+    needs_table = "the attention modules"  # from a family table
     slot = "strided"
     window: int = 128  # l: each token attends to the previous l tokens (itself included)
     stride: int = 128  # s: ... and to every s-th token before its window (positions s-1, 2s-1, ...)

@@ -132,6 +132,7 @@ class GatedAdapter(PooledGate, BottleneckAdapter):
 @dataclass(frozen=True)
 class UniPELTConfig(MethodConfig):
     name = "unipelt"
+    needs_table = "the attention modules and the sub-layers"  # from a family table
     cannot_merge = "its LoRA, prefix and adapter are scaled by gates that depend on the input"
     modules: tuple[str, ...] = MODULES  # gated sub-modules: lora, prefix, adapter
     r: int = 8  # LoRA rank

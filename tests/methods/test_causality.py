@@ -31,6 +31,14 @@ from peftlab.methods.s2_attn import S2AttnConfig
 from peftlab.methods.strided import StridedConfig
 from peftlab.methods.full import FullFineTuneConfig, ZeroShotConfig
 from peftlab.methods.unipelt import UniPELTConfig
+from peftlab.methods.adalora import AdaLoraConfig
+from peftlab.methods.bitfit import BitFitConfig
+from peftlab.methods.dora import DoraConfig
+from peftlab.methods.ln_tuning import LNTuningConfig
+from peftlab.methods.loha import LoHaConfig
+from peftlab.methods.lokr import LoKrConfig
+from peftlab.methods.oft import OFTConfig
+from peftlab.methods.vera import VeraConfig
 
 from conftest import DECODER_TYPES, VOCAB
 from test_contract import CASES, Case
@@ -65,6 +73,18 @@ EXTRA = [
          lambda: [UniPELTConfig(**SMALL_UNIPELT), PTuningConfig(num_virtual_tokens=3, hidden=8)], {}),
     Case("unipelt+s2-attn-llama", "llama",
          lambda: [UniPELTConfig(**SMALL_UNIPELT), S2AttnConfig(group_size=4)], {}),
+    # the catalogue on GPT-2 (Conv1D layers, weights stored in x out; q, k, v fused in c_attn)
+    *[Case(f"{cid}-gpt2", "gpt2", make, {}) for cid, make in [
+        ("dora", lambda: [DoraConfig(r=2, targets=("c_attn",))]),
+        ("pissa", lambda: [LoraConfig(r=2, init="pissa", targets=("c_attn", "mlp.c_proj"))]),
+        ("vera", lambda: [VeraConfig(r=4, targets=("c_attn", "mlp.c_proj"))]),
+        ("adalora", lambda: [AdaLoraConfig(r=3, target_r=2)]),
+        ("loha", lambda: [LoHaConfig(r=2, targets=("c_attn",))]),
+        ("lokr", lambda: [LoKrConfig(r=2, targets=("c_attn", "c_fc"))]),
+        ("oft", lambda: [OFTConfig(block_size=8, targets=("c_attn", "mlp.c_proj"))]),
+        ("bitfit", lambda: [BitFitConfig()]),
+        ("ln-tuning", lambda: [LNTuningConfig()]),
+    ]],
     Case("lora+unipelt-adapter+hyperformer-t5", "t5",
          lambda: [LoraConfig(r=2, targets=("o",)), UniPELTConfig(modules=("prefix", "adapter"), **SMALL_UNIPELT),
                   HyperFormerConfig(**HYPER, sublayers=("self",))], {}),

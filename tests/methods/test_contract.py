@@ -35,6 +35,15 @@ from peftlab.methods.prompt_tuning import PromptTuningConfig
 from peftlab.methods.prefix import PrefixConfig
 from peftlab.methods.s2_attn import S2AttnConfig
 from peftlab.methods.strided import StridedConfig
+from peftlab.methods.adalora import AdaLoraConfig
+from peftlab.methods.bitfit import BitFitConfig
+from peftlab.methods.dora import DoraConfig
+from peftlab.methods.ln_tuning import LNTuningConfig
+from peftlab.methods.loha import LoHaConfig
+from peftlab.methods.lokr import LoKrConfig
+from peftlab.methods.oft import OFTConfig
+from peftlab.methods.state import adapter_buffers
+from peftlab.methods.vera import VeraConfig
 
 from conftest import DECODER_TYPES, INIT_TEXT, build_decoder, build_gpt2, build_llama, build_t5, logits, tiny_tokenizer_dir
 
@@ -495,6 +504,113 @@ CASES += [
     Case("full-gpt2", "gpt2", lambda: [FullFineTuneConfig()], {"full": base_total}),
     *[Case(f"lora-qv-{t}", t, lambda: [LoraConfig(r=4, alpha=8)], {"lora": lora_llama_qv(4)}) for t in DECODER_TYPES],
 ]
+
+
+# The catalogue: DoRA, PiSSA / OLoRA (LoRA's inits), VeRA, AdaLoRA, LoHa, LoKr, OFT, BitFit, LN tuning
+def _attn(c):
+    """T5: attention modules (encoder self; decoder self + cross), their width; LLaMA: q and v widths."""
+    if c.model_type == "t5":
+        return c.num_layers + 2 * c.num_decoder_layers, c.num_heads * c.d_kv
+    hd = c.hidden_size // c.num_attention_heads
+    return c.num_hidden_layers, (c.num_attention_heads * hd, c.num_key_value_heads * hd)
+
+
+def dora_qv(r):  # LoRA's A, B + a magnitude per output feature of q and v
+    def count(c):
+        n, w = _attn(c)
+        if c.model_type == "t5":
+            return lora_t5_qv(r)(c) + n * 2 * w
+        return lora_llama_qv(r)(c) + n * sum(w)
+
+    return count
+
+
+def vera_qv(r):  # d: (r,), b: (out,) per layer
+    def count(c):
+        n, w = _attn(c)
+        return n * 2 * (r + w) if c.model_type == "t5" else n * (2 * r + sum(w))
+
+    return count
+
+
+def adalora_qv(r):  # Q: (r, in), λ: (r,), P: (out, r) per layer
+    def count(c):
+        n, w = _attn(c)
+        d = _width(c)
+        return n * 2 * r * (d + w + 1) if c.model_type == "t5" else n * sum(r * (d + o + 1) for o in w)
+
+    return count
+
+
+def adalora_t5_all(r):
+    def count(c):
+        d, inner, n_attn, n_ffn, ff = _t5_dims(c)
+        return n_attn * 4 * r * (d + inner + 1) + n_ffn * 3 * r * (d + ff + 1)  # wi_0, wi_1, wo: d <-> ff
+
+    return count
+
+
+def lokr_qv_r2(c):
+    """32 = 4·8 (q, v on T5; q on LLaMA): W1 4×4 + W2 as (8×2)(2×8) = 48; LLaMA's v: 16 = 4·4 out,
+    W1 4×4 + W2 (4×2)(2×8) = 40 (W2 full only where r >= max(b, d) / 2)."""
+    n, _ = _attn(c)
+    return n * 2 * 48 if c.model_type == "t5" else n * (48 + 40)
+
+
+def oft_qv(s):  # (in / s) blocks of s(s-1)/2 per layer; every q and v reads d
+    def count(c):
+        n, _ = _attn(c)
+        return n * 2 * (_width(c) // s) * s * (s - 1) // 2
+
+    return count
+
+
+def bitfit(c):  # one added bias per output feature of every linear layer in the blocks
+    if c.model_type == "t5":
+        d, inner, n_attn, n_ffn, ff = _t5_dims(c)
+        return n_attn * (3 * inner + d) + n_ffn * (2 * ff + d)
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    return c.num_hidden_layers * (2 * c.hidden_size + 2 * kv + 2 * c.intermediate_size + c.hidden_size)
+
+
+CASES += [
+    *[Case(f"{cid}-{fam}", fam, make, counts)
+      for fam in ("t5", "llama")
+      for cid, make, counts in [
+          ("dora", lambda: [DoraConfig(r=4, alpha=8)], {"dora": dora_qv(4)}),
+          ("pissa", lambda: [LoraConfig(r=4, alpha=8, init="pissa")],
+           {"lora": lora_t5_qv(4) if fam == "t5" else lora_llama_qv(4)}),
+          ("olora-rslora", lambda: [LoraConfig(r=4, alpha=8, init="olora", rslora=True)],
+           {"lora": lora_t5_qv(4) if fam == "t5" else lora_llama_qv(4)}),
+          ("dora-pissa", lambda: [DoraConfig(r=2, init="pissa")], {"dora": dora_qv(2)}),
+          ("vera", lambda: [VeraConfig(r=4)], {"vera": vera_qv(4)}),
+          ("adalora", lambda: [AdaLoraConfig(r=3, target_r=2, targets=("q", "v"))], {"adalora": adalora_qv(3)}),
+          ("loha", lambda: [LoHaConfig(r=2)], {"loha": lora_t5_qv(4) if fam == "t5" else lora_llama_qv(4)}),
+          ("lokr", lambda: [LoKrConfig(r=2)], {"lokr": lokr_qv_r2}),
+          ("oft", lambda: [OFTConfig(block_size=8)], {"oft": oft_qv(8)}),
+          ("oft-exact", lambda: [OFTConfig(block_size=4, neumann_terms=0)], {"oft": oft_qv(4)}),
+          ("bitfit", lambda: [BitFitConfig()], {"bitfit": bitfit}),
+      ]],
+    *[Case(f"ln-tuning-{fam}", fam, lambda: [LNTuningConfig()], {"ln_tuning": base_norms}, injected=none)
+      for fam in ("t5", "llama")],  # the norms are the base's own: nothing added
+    Case("adalora-all-linear-t5", "t5", lambda: [AdaLoraConfig(r=3, target_r=1)], {"adalora": adalora_t5_all(3)}),
+    # compositions: each wraps other layers (a layer takes one wrapper); the norms are the base's own
+    Case("dora-q+vera-v+ln-tuning-t5", "t5",
+         lambda: [DoraConfig(r=2, targets=("q",)), VeraConfig(r=4, targets=("v",)), LNTuningConfig()],
+         {"dora": lambda c: dora_qv(2)(c) // 2, "vera": lambda c: vera_qv(4)(c) // 2, "ln_tuning": base_norms},
+         injected=lambda c: dora_qv(2)(c) // 2 + vera_qv(4)(c) // 2),
+    Case("pissa-q+adalora-v+oft-o+bitfit-down-llama", "llama",
+         lambda: [LoraConfig(r=2, init="pissa", targets=("q",)), AdaLoraConfig(r=3, target_r=2, targets=("v",)),
+                  OFTConfig(block_size=8, targets=("o",)), BitFitConfig(targets=("ffn_out",))],
+         {"lora": lambda c: c.num_hidden_layers * 2 * 64, "adalora": lambda c: c.num_hidden_layers * 3 * (32 + 16 + 1),
+          "oft": lambda c: c.num_hidden_layers * 4 * 28, "bitfit": lambda c: c.num_hidden_layers * c.hidden_size}),
+    Case("loha-q+lokr-v+prefix-t5", "t5", lambda: [LoHaConfig(r=2, targets=("q",)), LoKrConfig(r=2, targets=("v",)),
+                                                     PrefixConfig(length=2)],
+         {"loha": lambda c: lora_t5_qv(4)(c) // 2, "lokr": lambda c: lokr_qv_r2(c) // 2, "prefix": prefix_t5(2)},
+         identity=False),
+]
+CATALOGUE = [c for c in CASES if any(k in c.counts for k in ("dora", "vera", "adalora", "loha", "lokr", "oft",
+                                                             "bitfit", "ln_tuning")) or "pissa" in c.id]
 TRAINED = [c for c in CASES if "untrained" not in c.tags]
 LORA = [c for c in CASES if c.has_lora]
 
@@ -604,8 +720,9 @@ def test_save_load_round_trip(case, batches, tmp_path):
 
     save_adapter(model, tmp_path, base_model=BASE)
     with safe_open(str(tmp_path / WEIGHTS), "pt") as f:
-        assert set(f.keys()) == set(state.trainable_names())
-        assert sum(f.get_tensor(k).numel() for k in f.keys()) == state.trainable_params(model)
+        # the trained tensors, and the frozen ones a method declares (PiSSA's A0, B0; VeRA's pair)
+        assert set(f.keys()) == set(state.trainable_names()) | set(adapter_buffers(model))
+        assert sum(f.get_tensor(k).numel() for k in state.trainable_names()) == state.trainable_params(model)
     assert (tmp_path / MANIFEST).exists()
 
     fresh = case.build()
@@ -768,7 +885,8 @@ def test_generate_runs_the_alignment_adapter(tiny_t5, t5_batch):
 @cases([c for c in CASES if c.id in ('lora-qv-t5', 'alignment-residual-t5', 'full-t5', 'zero-shot-t5', 'houlsby-t5',
                                      'parallel-llama', 'ia3-t5', 'prefix-mlp-t5', 'llama-adapter-llama',
                                      'llama-adapter-v2-llama', 's2-attn-llama', 'prompt-tuning-random-t5',
-                                     'p-tuning-lstm-llama', 'hyperformer-llama', 'unipelt-t5')])
+                                     'p-tuning-lstm-llama', 'hyperformer-llama', 'unipelt-t5', 'dora-t5', 'pissa-llama',
+                                     'vera-llama', 'adalora-t5', 'oft-llama', 'bitfit-t5', 'ln-tuning-llama')])
 def test_applying_twice_raises(case):
     model = case.build()
     case.apply(model)

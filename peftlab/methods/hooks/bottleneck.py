@@ -33,11 +33,13 @@ training and at inference, so those blocks run at base-model cost (and, with sev
 computation could be shared). It is a field of the adapter configs rather than a method of its own:
 it only decides which blocks get an adapter, so the trainable count stays exact and a saved
 adapter reloads by itself; a separate method would have to find and remove another method's
-modules after the fact. ``benchmarks/adapterdrop_speed.py`` measures what it saves.
+modules after the fact. ``peftlab speed benchmarks/speed/mini-t5-adapterdrop.yaml`` measures what
+it saves at inference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal, Optional
@@ -166,6 +168,13 @@ class BottleneckConfig(MethodConfig):
     stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack
     layers: Optional[tuple[int, ...]] = None  # block indices (within each stack); None = all
     drop_lowest: int = 0  # AdapterDrop: no adapter in the n lowest blocks of each stack
+    # A model without a family table (peftlab.models.generic): where each adapted sub-layer's branch
+    # ends, as dotted names inside a block (the module whose output is added back to h: BERT's
+    # {self: attention.output.dropout, ffn: output.dropout}), and, for an adapter that reads h
+    # (pfeiffer, parallel) or trains the norms, the norm whose input is h (Phi-3's {self:
+    # input_layernorm, ffn: post_attention_layernorm}). A family table knows both: leave them null.
+    branches: Optional[dict[str, str]] = None
+    pre_norms: Optional[dict[str, str]] = None
 
     def __post_init__(self):
         if not self.reduction_factor > 0:
@@ -190,6 +199,13 @@ class BottleneckConfig(MethodConfig):
             raise FieldError("layers", f"layers must be block indices >= 0 (or null for all), got {list(self.layers)}")
         if self.drop_lowest < 0:
             raise FieldError("drop_lowest", f"drop_lowest must be >= 0, got {self.drop_lowest}")
+        missing = [s for s in self.sublayers if s not in (self.branches or {})]
+        if self.branches is not None and missing:
+            raise FieldError("branches", f"branches must name each of sublayers {list(self.sublayers)}; "
+                                         f"{', '.join(missing)} is missing")
+        stray = [s for s in self.pre_norms or {} if s not in self.sublayers]
+        if stray:
+            raise FieldError("pre_norms", f"pre_norms names {', '.join(stray)}, not among sublayers {list(self.sublayers)}")
 
     def describe(self) -> str:
         size = f"m={self.bottleneck}" if self.bottleneck else f"rf={self.reduction_factor:g}"
@@ -202,7 +218,39 @@ class BottleneckConfig(MethodConfig):
         """``(stack, index, block)`` of the blocks that get adapters; errors name the field."""
         return placements(model, family, self.name, self.sublayers, self.stacks, self.layers, self.drop_lowest)
 
+    def branch_family(self, model: nn.Module, family):
+        """``family``; for a model without a table, that family with the branches this config names."""
+        if family.table:
+            if self.branches is not None or self.pre_norms is not None:
+                raise ModelError(f"{self.name}: branches and pre_norms are for models without a family table; "
+                                 f"the {family.name} table places the adapters (leave them null)")
+            return family
+        first = next(iter(family.stacks.values())) + ".0"
+        if not self.branches:
+            raise ModelError(f"{self.name}: this {family.name} model has no peftlab family table, so name where "
+                             f"each adapted sub-layer's branch ends: branches: {{self: ..., ffn: ...}}, each a "
+                             f"module's dotted path inside a block (the blocks are {first}, ...)")
+        pre = self.pre_norms or {}
+        why = ("it reads the residual stream h" if self.reads != "branch" else
+               "train_norms trains the norm before each sub-layer" if self.train_norms else None)
+        unnamed = [s for s in self.sublayers if not pre.get(s)]
+        if why and unnamed:
+            raise ModelError(f"{self.name}: {why}: name the norm whose input is h in pre_norms for "
+                             f"{', '.join(unnamed)} (a post-norm model such as BERT has none: only houlsby "
+                             f"without train_norms fits it)")
+        for _, i, block in family.blocks(model, self.stacks):
+            for field, names in (("branches", self.branches), ("pre_norms", pre)):
+                for kind, path in names.items():
+                    try:
+                        block.get_submodule(path)
+                    except AttributeError:
+                        raise ModelError(f"{self.name}: {field}.{kind}: block {i} of this {family.name} model "
+                                         f"has no module {path!r}") from None
+        return dataclasses.replace(family, pre_norms={s: pre.get(s, "") for s in self.sublayers},
+                                   branch_outputs={s: self.branches[s] for s in self.sublayers})
+
     def apply(self, model: nn.Module, family) -> list[nn.Module]:
+        family = self.branch_family(model, family)
         d = getattr(model.config, family.hidden_size)
         m = self.bottleneck_size(d)
         device = next(model.parameters()).device

@@ -69,6 +69,7 @@ def find_linears(
     A target is a role of the family table (``q``, ``k``, ``v``, ``o``, ``ffn_in``, ``ffn_gate``,
     ``ffn_out``), ``all-linear``, a literal leaf name (``SelfAttention.q`` or ``q``), or
     ``re:<regex>`` matched against the full module name. ``nn.Linear`` and ``Conv1D`` both count.
+    A model without a family table (``peftlab.models.generic``) has no roles: names and regexes only.
     """
     for s in stacks or ():
         if s not in family.stacks:
@@ -111,9 +112,12 @@ def find_linears(
     if not found:
         existing = sorted({n.rsplit(".", 1)[-1] for n in block_linears})
         roles = ", ".join(f"{r}={'/'.join(v)}" for r, v in family.linear_roles.items())
+        how = f"roles: {roles}" if family.table else (
+            "it has no peftlab family table, so name them by leaf name, re:<regex> or all-linear; roles "
+            "such as q, v mean nothing here")
         raise ModelError(
             f"{method}: targets {list(targets)} match no linear layer of this {family.name} model; "
-            f"linear layers are named: {', '.join(existing)} (roles: {roles})"
+            f"linear layers are named: {', '.join(existing)} ({how})"
         )
     return found
 

@@ -70,10 +70,12 @@ def host_of(model, family):
 
 
 def find(model, family=None) -> Optional[VirtualTokens]:
-    """The model's virtual-token module, if a method attached one."""
-    from peftlab.models.arch import family_of
+    """The model's virtual-token module, if a method attached one (never on a model without a family
+    table: the methods that attach them need one)."""
+    from peftlab.models.arch import table_of
 
-    return getattr(host_of(model, family or family_of(model)), ATTR, None)
+    family = family or table_of(model)
+    return getattr(host_of(model, family), ATTR, None) if family is not None else None
 
 
 def attach(model, family, module: VirtualTokens) -> VirtualTokens:
