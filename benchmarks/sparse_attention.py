@@ -158,12 +158,10 @@ def device_info(device: str) -> dict:
 
 
 def versions() -> dict:
-    import torch
-    import transformers
+    """What every peftlab results file records (``peftlab.provenance.versions``)."""
+    from peftlab.provenance import versions as library_versions
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peftlab_commit": commit.stdout.strip() or None}
+    return library_versions()
 
 
 def main():

@@ -2,7 +2,8 @@
 
 A config is a tree of frozen dataclasses. ``from_dict`` builds one from plain data and checks every
 key and type on the way, so a typo fails at load time with the nearest valid key suggested, not an
-hour into a run. YAML is parsed with node positions kept, so errors name ``file:line: field``.
+hour into a run; every error of a file is reported at once (``peftlab.errors.ConfigErrors``). YAML is
+parsed with node positions kept (``peftlab.yaml_lines``), so errors name ``file:line: field``.
 Library code never mutates a config; ``replace``/``apply_overrides`` return new ones.
 """
 
@@ -16,7 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, gathered
+from peftlab.yaml_lines import EXTENDS, deep_merge, read_config_yaml, read_yaml  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
 
@@ -101,13 +103,13 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where(path)}: expected a list, got {value!r}")
         (item_tp, *_) = get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, path + (i,), where) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        items = _each(((i, v) for i, v in enumerate(value)), item_tp, path, where)
+        return tuple(items.values()) if origin is tuple else list(items.values())
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where(path)}: expected a mapping, got {value!r}")
         _, val_tp = get_args(tp) or (str, Any)
-        return {str(k): _coerce(v, val_tp, path + (k,), where) for k, v in value.items()}
+        return {str(k): v for k, v in _each(value.items(), val_tp, path, where).items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -140,11 +142,54 @@ def _coerce(value: Any, tp: Any, path: tuple, where: _Where) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class NamedConfig:
+class Alias:
+    """Another library's name for a field of a config class (its ``aliases``): ``field`` is peftlab's
+    name, ``convert`` turns the other library's value into peftlab's (None: the same value)."""
+
+    field: str
+    convert: typing.Optional[typing.Callable[[Any], Any]] = None
+
+
+def unaliased(cls: type, data: dict) -> tuple[dict, dict[str, str]]:
+    """``data`` with each key that ``cls.aliases`` names (``alias -> field`` or ``alias -> Alias``)
+    renamed to its field and its value converted, and ``{field: alias}`` for those renamed. A field
+    given under both names is a ``FieldError`` naming both (``field`` is the alias)."""
+    aliases = getattr(cls, "aliases", {})
+    out, renamed = dict(data), {}
+    for alias in [k for k in data if k in aliases]:
+        spec = aliases[alias] if isinstance(aliases[alias], Alias) else Alias(aliases[alias])
+        if spec.field in data:
+            raise FieldError(alias, f"another name for {spec.field!r}, which is given too: give one of them")
+        value = out.pop(alias)
+        try:
+            out[spec.field] = spec.convert(value) if spec.convert else value
+        except (TypeError, ValueError) as e:
+            raise FieldError(alias, str(e).removeprefix(f"{alias}: ")) from None
+        renamed[spec.field] = alias
+    return out, renamed
+
+
+class _Aliased(type):
+    """Metaclass of ``NamedConfig``: ``LoraConfig(lora_alpha=32)`` is ``LoraConfig(alpha=32)``, as a
+    YAML config's ``lora_alpha: 32`` is (``aliases``); the config keeps peftlab's names only."""
+
+    def __call__(cls, *args, **kwargs):
+        if kwargs and getattr(cls, "aliases", None):
+            try:
+                kwargs, _ = unaliased(cls, kwargs)
+            except FieldError as e:
+                raise TypeError(f"{cls.__name__}: {e.field}: {e}") from None
+        return super().__call__(*args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedConfig(metaclass=_Aliased):
     """Base of configs written as ``{name: <registry name>, **fields}`` (methods, tasks); a subclass
-    adds ``dispatch(name)`` returning the class registered under ``name``."""
+    adds ``dispatch(name)`` returning the class registered under ``name``, and may accept other
+    libraries' field names in ``aliases`` (``{"lora_alpha": "alpha"}``, or an ``Alias`` that converts)."""
 
     name: typing.ClassVar[str] = ""
+    aliases: typing.ClassVar[dict] = {}
 
     def to_dict(self) -> dict:
         out = {"name": self.name}
@@ -152,6 +197,19 @@ class NamedConfig:
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
+
+
+def _each(items, tp: Any, path: tuple, where: _Where) -> dict:
+    """Every item of a list or mapping coerced to ``tp``; the errors of all of them raised together."""
+    out, errors = {}, []
+    for key, value in items:
+        try:
+            out[key] = _coerce(value, tp, path + (key,), where)
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise gathered(errors)
+    return out
 
 
 def _shape_matches(value: Any, tp: Any) -> bool:
@@ -217,26 +275,58 @@ def _build(cls: type[T], data: Any, path: tuple, where: _Where) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     moved = getattr(cls, "moved_keys", {})  # keys an earlier version had, and where they went
+    errors: list[ConfigError] = []  # every error of this mapping (and those inside it), reported together
+    try:
+        data, renamed = unaliased(cls, data)  # another library's names (peft's lora_alpha) -> peftlab's
+    except FieldError as e:
+        raise ConfigError(f"{where(path + (e.field,))}: {e}") from None
     for key in data:
-        if key not in fields:
-            if key in moved:
-                raise ConfigError(f"{where(path + (key,))}: {moved[key]}")
-            raise ConfigError(f"{where(path + (key,))}: unknown key {key!r}{suggest(str(key), fields)}")
-    kwargs = {k: _coerce(v, hints[k], path + (k,), where) for k, v in data.items()}
+        if key in moved and key not in fields:
+            errors.append(ConfigError(f"{where(path + (key,))}: {moved[key]}"))
+        elif key not in fields:
+            errors.append(ConfigError(f"{where(path + (key,))}: unknown key {key!r}{suggest(str(key), fields)}"))
+    kwargs = {}
+    for k, v in data.items():
+        if k in fields:
+            try:
+                kwargs[k] = _coerce(v, hints[k], path + (renamed.get(k, k),), where)
+            except ConfigError as e:
+                errors.append(e)
     missing = [
         n
         for n, f in fields.items()
-        if n not in kwargs
+        if n not in data
         and f.default is dataclasses.MISSING
         and f.default_factory is dataclasses.MISSING
     ]
-    if missing:
-        raise ConfigError(f"{where(path)}: missing required key {missing[0]!r}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError, ConfigError) as e:  # __post_init__ checks
-        field = getattr(e, "field", None)
-        raise ConfigError(f"{where(path + (field,) if field else path)}: {e}") from None
+    errors += [ConfigError(f"{where(path)}: missing required key {n!r}") for n in missing]
+    if not missing:
+        built, bad_values = _construct(cls, kwargs, path, where)
+        if not errors and not bad_values:
+            return built
+        errors += bad_values
+    raise gathered(errors)
+
+
+def _construct(cls: type[T], kwargs: dict, path: tuple, where: _Where) -> tuple[Any, list[ConfigError]]:
+    """``cls(**kwargs)`` and the errors of its ``__post_init__`` checks: after a check blames a field
+    (``FieldError``), that field is put back to its default and the checks run again, so that every
+    bad value is named at once. An error that blames no given field ends the search: it may follow
+    from a default put back."""
+    errors: list[ConfigError] = []
+    given = dict(kwargs)
+    for _ in range(len(kwargs) + 1):
+        try:
+            return cls(**given), errors
+        except (ValueError, TypeError, ConfigError) as e:
+            field = getattr(e, "field", None)
+            if errors and field not in given:
+                break
+            errors.append(ConfigError(f"{where(path + (field,) if field else path)}: {e}"))
+            if field not in given:
+                break
+            del given[field]
+    return None, errors
 
 
 def from_dict(cls: type[T], data: Any, *, source: str | None = None, lines=None) -> T:
@@ -255,114 +345,6 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
-
-
-# --------------------------------------------------------------------------------------------
-# YAML with line numbers
-# --------------------------------------------------------------------------------------------
-def _node_lines(node, path: tuple, out: dict) -> None:
-    import yaml
-
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, val_node in node.value:
-            key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _node_lines(val_node, path + (key,), out)
-            out[path + (key,)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _node_lines(item, path + (i,), out)
-
-
-def read_yaml(path: str | Path) -> tuple[Any, dict]:
-    """Parse a YAML file into plain data plus a map ``field path -> line number``."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
-    if data is None:  # an empty file (or only comments) would silently be an all-defaults run
-        raise ConfigError(f"{path}: config file is empty")
-    _no_duplicate_keys(node, path)
-    lines: dict = {}
-    _node_lines(node, (), lines)
-    return data, lines
-
-
-EXTENDS = "extends"
-
-
-def read_config_yaml(path: str | Path, _seen: tuple = ()) -> tuple[Any, dict]:
-    """``read_yaml``, following ``extends: OTHER.yaml`` (relative to the file): the other file's data
-    with this file's deep-merged over it (mappings merge key by key; lists and values replace). A
-    value's location stays that of the file that set it, so an error names the right file and line."""
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict) or EXTENDS not in data:
-        return data, lines
-    parent_name = data[EXTENDS]
-    if not isinstance(parent_name, str):
-        raise ConfigError(f"{path}:{lines.get((EXTENDS,))}: {EXTENDS}: give the path of another config file")
-    parent = (Path(path).parent / parent_name).resolve()
-    if parent in _seen:
-        raise ConfigError(f"{path}:{lines.get((EXTENDS,))}: {EXTENDS}: {parent_name} extends this file again (a loop)")
-    if not parent.is_file():
-        raise ConfigError(f"{path}:{lines.get((EXTENDS,))}: {EXTENDS}: no config {parent} (the path is relative to "
-                          f"{Path(path).parent})")
-    base, base_lines = read_config_yaml(parent, _seen + (Path(path).resolve(),))
-    rel = _shown(parent)
-    merged_lines = {p: (f"{rel}:{ln}" if isinstance(ln, int) else ln) for p, ln in base_lines.items()}
-    own = {k: v for k, v in data.items() if k != EXTENDS}
-    for p, ln in lines.items():
-        if p[:1] != (EXTENDS,):
-            merged_lines[p] = ln if p else merged_lines.get(p, ln)
-    return deep_merge(base, own), merged_lines
-
-
-def deep_merge(base: Any, top: Any) -> Any:
-    """``top`` over ``base``: mappings merge key by key, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(top, dict):
-        return {**base, **{k: deep_merge(base.get(k), v) if k in base else v for k, v in top.items()}}
-    return top
-
-
-def _shown(path: Path) -> str:
-    """A path as messages show it: relative to the working directory where it is below it."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def _no_duplicate_keys(node, path: Path) -> None:
-    """YAML keeps the last of two equal keys without a word; a config that says a thing twice is
-    a mistake (two edits of one field), so name both lines."""
-    import yaml
-
-    if isinstance(node, yaml.MappingNode):
-        seen: dict = {}
-        for key_node, val_node in node.value:
-            line = key_node.start_mark.line + 1
-            if key_node.value in seen:
-                raise ConfigError(f"{path}:{line}: duplicate key {key_node.value!r} (first set on line "
-                                  f"{seen[key_node.value]}); keep one")
-            seen[key_node.value] = line
-            _no_duplicate_keys(val_node, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _no_duplicate_keys(item, path)
 
 
 def parse_override(text: str) -> tuple[tuple, Any]:

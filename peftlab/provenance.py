@@ -8,16 +8,23 @@ from importlib import metadata
 from pathlib import Path
 
 
-def versions() -> dict:
-    import accelerate
-    import torch
-    import transformers
+# The libraries whose version can decide a result: the model's numerics and loading (torch,
+# transformers, accelerate, tokenizers, safetensors, numpy), the metrics (sacrebleu, rouge-score,
+# rapidfuzz), the floors and the report's statistics (bm25s, scipy), a quantized base
+# (bitsandbytes) and the reference of the parity tests and the speed bench (peft). Distribution
+# names, read from the installed metadata: nothing is imported (peft would import bitsandbytes).
+DECIDING = ("torch", "transformers", "accelerate", "tokenizers", "safetensors", "numpy", "sacrebleu",
+            "rouge-score", "rapidfuzz", "bm25s", "scipy", "bitsandbytes", "peft")
 
+
+def versions() -> dict:
+    """peftlab's version and commit, Python's, and each library of ``DECIDING`` that is installed
+    (one that is not is left out), as every results file records them."""
     import peftlab
 
-    return {"peftlab": peftlab.__version__, "peftlab_commit": peftlab_commit(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-            "python": platform.python_version()}
+    found = {name: installed_version(name) for name in DECIDING}
+    return {"peftlab": peftlab.__version__, "peftlab_commit": peftlab_commit(), "python": platform.python_version(),
+            **{name: v for name, v in found.items() if v is not None}}
 
 
 @functools.lru_cache(maxsize=None)

@@ -71,6 +71,9 @@ class TrainSpec:
     lr: float = 1e-3
     optimizer: Literal["adamw", "adafactor"] = "adamw"  # adafactor: RMS-scaled steps (T5 pretraining)
     weight_decay: float = 0.0
+    # LoRA+ (Hayou et al., 2024): the B factors of LoRA-family updates (each method's modules declare
+    # them) step at lr x this ratio, A at lr (the paper: 16); None = one rate for all
+    loraplus_ratio: Optional[float] = None
     warmup_steps: int = 0  # linear warm-up, then linear decay to 0 at max_steps
     max_grad_norm: Optional[float] = 1.0
     skip_nonfinite: int = 0  # optimizer steps with a NaN/inf loss or gradient to skip before stopping
@@ -98,9 +101,16 @@ class TrainSpec:
     # skipped. None = the model's own loss; auto = 1024 where the output layer allows it (a plain
     # bias-free linear layer: peftlab.kernels.head_loss.resolve_loss_chunk), the model's own loss elsewhere
     loss_chunk: Union[int, Literal["auto"], None] = "auto"
+    # experiment trackers that get the log rows and the config too (peftlab.train.trackers; optional
+    # packages, e.g. pip install 'peftlab[trackers]' for tensorboard); train_log.jsonl is written either way
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = field(default_factory=list)
+    report_project: str = "peftlab"  # the W&B / trackio project, the MLflow experiment
 
     def __post_init__(self):
-        from peftlab.config import at_least, positive
+        from peftlab.config import FieldError, at_least, positive
+
+        if len(set(self.report_to)) != len(self.report_to):
+            raise FieldError("report_to", f"names a tracker twice: {self.report_to}")
 
         if self.max_steps is None and self.max_seconds is None:
             raise ValueError("set max_steps, max_seconds, or both (the budget)")
@@ -108,7 +118,7 @@ class TrainSpec:
         at_least(self, 0, "max_steps", "weight_decay", "warmup_steps", "skip_nonfinite", "seed")
         at_least(self, 1, "batch_size", "grad_accum", "log_every", "eval_every", "checkpoint_every",
                  "keep_checkpoints", "num_threads")
-        positive(self, "max_seconds", "max_grad_norm")
+        positive(self, "max_seconds", "max_grad_norm", "loraplus_ratio")
         if self.max_steps != 0:  # lr 0 only where nothing is trained (zero-shot configs say so)
             positive(self, "lr")
         if self.loss_chunk != "auto":

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "peftlab"
 LAB = "peftlab.lab"
 ENTRY_POINTS = {"peftlab.__main__"}  # ``python -m peftlab`` runs the lab's command line
-LAB_ONLY_LIBRARIES = {"optuna", "matplotlib", "bm25s", "peft"}
+LAB_ONLY_LIBRARIES = {"optuna", "matplotlib", "bm25s", "peft", "ray", "submitit"}
 
 
 def _module(path: Path) -> str:

@@ -1,6 +1,8 @@
-"""Text-generation metrics: corpus BLEU, CodeXGLUE smoothed BLEU-4 and ROUGE-L.
+"""Metrics, each computed as the reference implementation its docstring names computes it.
 
-Three numbers that are easy to confuse, because papers all call them "BLEU":
+Text generation: corpus BLEU, CodeXGLUE smoothed BLEU-4, ROUGE-1/2/L, chrF; line completion:
+CodeXGLUE's edit similarity and exact match; classification: accuracy and F1 as scikit-learn's.
+Three numbers are easy to confuse, because papers all call them "BLEU":
 
 * ``corpus_bleu``: Papineni et al. (2002) BLEU over the whole corpus, as sacrebleu computes it
   (clipped n-gram counts summed over all sentences, one brevity penalty for the corpus, '13a'
@@ -21,11 +23,12 @@ Three numbers that are easy to confuse, because papers all call them "BLEU":
   The result is 100 * mean(s).
 * ``rouge_l``: mean ROUGE-L F-measure (Lin, 2004) from Google's ``rouge_score``, x100.
 
-Every text first has its line breaks and tabs replaced by spaces: the CodeXGLUE evaluator reads
-one example per line (and splits a line on tabs), so a newline inside a prediction would
-otherwise have split it into two examples. None of the three tokenisers treats a space
-differently from a newline, except sacrebleu's, which joins "-\\n" into nothing; we turn that
-into a space too, so the three metrics see the same text.
+For BLEU, ROUGE and chrF every text first has its line breaks and tabs replaced by spaces: the
+CodeXGLUE evaluator reads one example per line (and splits a line on tabs), so a newline inside a
+prediction would otherwise have split it into two examples. None of the three tokenisers treats a
+space differently from a newline, except sacrebleu's, which joins "-\\n" into nothing; we turn that
+into a space too, so the three metrics see the same text. Edit similarity and exact match score the
+texts as given (their evaluator reads whole lines, tabs included).
 """
 
 from __future__ import annotations
@@ -119,7 +122,11 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
 
 def classification_metrics(predicted: Sequence[int], gold: Sequence[int], n_labels: int) -> dict[str, float]:
     """Accuracy, macro-F1 over the ``n_labels`` classes and, for two classes, F1 of class 1 (each
-    on 0-100). A prediction of -1 (an answer outside the label set) is wrong for every class."""
+    on 0-100). A prediction of -1 (an answer outside the label set) is wrong for every class.
+
+    As scikit-learn computes them: ``accuracy_score(gold, predicted)``, ``f1_score(gold, predicted,
+    labels=range(n_labels), average="macro", zero_division=0)`` and, for two classes,
+    ``f1_score(..., pos_label=1, average="binary", zero_division=0)``, each x100."""
     if len(predicted) != len(gold):
         raise ValueError(f"predicted and gold differ in length: {len(predicted)} != {len(gold)}")
     if not gold:
@@ -138,6 +145,12 @@ def classification_metrics(predicted: Sequence[int], gold: Sequence[int], n_labe
 
 def _checked(predictions: Sequence[str], references: Sequence[str]) -> tuple[list[str], list[str]]:
     """Validate the pair and return both with line breaks and tabs turned into spaces."""
+    _validated(predictions, references)
+    return [one_line(p) for p in predictions], [one_line(r) for r in references]
+
+
+def _validated(predictions: Sequence[str], references: Sequence[str]) -> None:
+    """Two equally long, non-empty lists of str, or TypeError / ValueError saying what is wrong."""
     for name, texts in (("predictions", predictions), ("references", references)):
         if not isinstance(texts, (list, tuple)):
             raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
@@ -150,7 +163,6 @@ def _checked(predictions: Sequence[str], references: Sequence[str]) -> tuple[lis
         )
     if not predictions:
         raise ValueError("predictions and references are empty (length 0)")
-    return [one_line(p) for p in predictions], [one_line(r) for r in references]
 
 
 def one_line(text: str) -> str:
@@ -180,38 +192,67 @@ def _smoothed_sentence_bleu(hypothesis: list[str], reference: list[str]) -> floa
     return math.exp(log_precision / _MAX_ORDER + log_brevity)
 
 
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance: the fewest single-character insertions, deletions and substitutions."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+# CodeXGLUE's line-completion data spells literals as placeholders; its evaluator puts them back
+# before scoring (``post_process``): <NUM_LIT> -> 0, <STR_LIT> / <CHAR_LIT> -> nothing, <STR_LIT:x> -> x
+_LITERAL = re.compile(r"<(STR|NUM|CHAR)_LIT:(.*?)>", re.S)
+
+
+def codexglue_literals(code: str) -> str:
+    """``post_process`` of CodeXGLUE's line-completion evaluator (a no-op on code without placeholders)."""
+    code = code.replace("<NUM_LIT>", "0").replace("<STR_LIT>", "").replace("<CHAR_LIT>", "")
+    for kind, value in _LITERAL.findall(code):
+        code = code.replace(f"<{kind}_LIT:{value}>", value)
+    return code
+
+
+def fuzz_ratio(a: str, b: str) -> int:
+    """``fuzzywuzzy.fuzz.ratio(a, b)`` with python-Levenshtein, the integer CodeXGLUE sums: 100 for
+    equal strings (two empty ones too), 0 when one is empty, else
+    ``int(round(100 * (len(a) + len(b) - d) / (len(a) + len(b))))`` with d the InDel distance
+    (insertions and deletions; a substitution costs 2), computed here by ``rapidfuzz``. Python's
+    ``round`` halves to even (62.5 -> 62), as fuzzywuzzy's ``intr`` does."""
+    if a == b:
+        return 100
+    if not a or not b:
+        return 0
+    from rapidfuzz.distance import Indel
+
+    total = len(a) + len(b)
+    return int(round(100 * ((total - Indel.distance(a, b)) / total)))
 
 
 def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean of ``1 - levenshtein(p, r) / max(len(p), len(r))`` on 0-100 (two empty strings: 1),
-    after collapsing whitespace runs to one space (indentation is not scored)."""
-    predictions, references = _checked(predictions, references)
-    total = 0.0
+    """CodeXGLUE line completion's edit similarity on 0-100, as
+    ``microsoft/CodeXGLUE: Code-Code/CodeCompletion-line/evaluator/evaluator.py`` computes it: the mean
+    over rows of ``fuzz.ratio(post_process(prediction.strip()), post_process(reference))`` (fuzzywuzzy
+    with python-Levenshtein; ``fuzz_ratio``), each row an integer. The reference is not stripped, as
+    there; whitespace inside a text counts character by character.
+
+    The evaluator reads one prediction per line: give each prediction as its one line (the line
+    completion task cuts a generation at its first line break, where CodeXGLUE's pipeline stops
+    generating). fuzzywuzzy without python-Levenshtein falls back to difflib's ratio (matching
+    blocks, not edit distance) and gives other numbers; the InDel form here is the one
+    python-Levenshtein and rapidfuzz compute."""
+    _validated(predictions, references)
+    total = 0
     for p, r in zip(predictions, references):
-        p, r = " ".join(p.split()), " ".join(r.split())
-        total += 1.0 - levenshtein(p, r) / max(len(p), len(r), 1)
-    return 100.0 * total / len(predictions)
+        total += fuzz_ratio(codexglue_literals(p.strip()), codexglue_literals(r))
+    return total / len(predictions)
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Percent of predictions equal to their reference after collapsing whitespace runs."""
-    predictions, references = _checked(predictions, references)
-    return 100.0 * sum(p.split() == r.split() for p, r in zip(predictions, references)) / len(predictions)
+    """Percent of predictions equal to their reference token for token, CodeXGLUE line completion's EM
+    (its evaluator's ``pred.split() == gt.split()`` after ``post_process``): whitespace runs and line
+    breaks do not count."""
+    _validated(predictions, references)
+    same = sum(codexglue_literals(p.strip()).split() == codexglue_literals(r).split()
+               for p, r in zip(predictions, references))
+    return 100.0 * same / len(predictions)
 
 
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures on 0-100 (``rouge_score``, stemmed, as ``rouge_l``)."""
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures on 0-100, as Google's ``rouge_score``
+    (``RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)``, x100) computes them."""
     predictions, references = _checked(predictions, references)
     from rouge_score import rouge_scorer
 
@@ -226,7 +267,8 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
 
 
 def chrf(predictions: list[str], references: list[str]) -> float:
-    """Corpus chrF on 0-100 (Popović 2015, sacrebleu's defaults: character 6-grams, beta 2)."""
+    """Corpus chrF on 0-100 (Popović 2015), ``sacrebleu.corpus_chrf(predictions, [references]).score``
+    with sacrebleu's defaults (character 6-grams, no word n-grams, beta 2)."""
     predictions, references = _checked(predictions, references)
     import sacrebleu
 

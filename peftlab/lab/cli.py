@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except PeftlabError as e:
-        print(f"peftlab: error: {e}", file=sys.stderr)
+        for one in getattr(e, "errors", [e]):  # a config's errors are reported together, one a line
+            print(f"peftlab: error: {one}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (peftlab.lab.rundir.Interrupted)
         print(f"peftlab: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
@@ -63,7 +64,18 @@ def _train(args) -> int:
         raise ConfigError("train: give a CONFIG.yaml (or --resume RUN_DIR)")
     cfg = load_config(RunConfig, args.config, args.overrides)
     out = args.out or Path("runs") / args.config.stem
-    metrics = train_run(cfg, out, progress=not args.quiet)
+    from peftlab.errors import PeftlabError, RunDirError
+    from peftlab.lab import rundir
+
+    if args.overwrite:
+        rundir.set_aside(out)
+    try:
+        metrics = train_run(cfg, out, progress=not args.quiet)
+    except PeftlabError as e:
+        if isinstance(e, RunDirError) or rundir.read_status(out).get("state") != "failed":
+            raise  # not this run's failure (the directory was in the way), or it says what next itself
+        raise PeftlabError(f"{e}; {out} is marked failed: once that is fixed, `peftlab train --resume {out}` "
+                           f"continues it, or the same command with --overwrite starts it again") from e
     _print_metrics(metrics, out)
     return 0
 
@@ -185,6 +197,21 @@ def _export(args) -> int:
     return 0
 
 
+def _import_peft(args) -> int:
+    from peftlab.lab.imported import import_peft
+
+    metrics = import_peft(args.adapter_dir, args.out, overrides=args.overrides, progress=not args.quiet)
+    _print_metrics(metrics, args.out)
+    return 0
+
+
+def _list(args) -> int:
+    from peftlab.lab.listing import lines
+
+    print("\n".join(lines(args.what)))
+    return 0
+
+
 def _compare(args) -> int:
     from peftlab.lab.compare import compare
 
@@ -195,7 +222,8 @@ def _compare(args) -> int:
 def _bench(args) -> int:
     from peftlab.lab.bench.run import run_bench
 
-    index = run_bench(args.spec, args.out, overrides=tuple(args.overrides), progress=not args.quiet,
+    launcher = (f"launcher={args.launcher}",) if args.launcher else ()  # the same as --set launcher=...
+    index = run_bench(args.spec, args.out, overrides=(*args.overrides, *launcher), progress=not args.quiet,
                       report=not args.no_report)
     done = sum(r["state"] == "complete" for r in index["runs"])
     print(f"{done} runs complete in {args.out}" + ("" if args.no_report else f"; report: {args.out / 'report.md'}, "
@@ -234,7 +262,8 @@ def _analyze(args) -> int:
 def _search(args) -> int:
     from peftlab.lab.search.run import run_search
 
-    summary = run_search(args.spec, args.out, overrides=tuple(args.overrides), progress=not args.quiet)
+    launcher = (f"launcher={args.launcher}",) if args.launcher else ()  # the same as --set launcher=...
+    summary = run_search(args.spec, args.out, overrides=(*args.overrides, *launcher), progress=not args.quiet)
     print((args.out / "pareto.md").read_text())
     print(f"{summary['finished']} trials finished; every trial: {args.out / 'trials.md'}")
     return 0
@@ -297,7 +326,7 @@ def _data(args) -> int:
 _COMMANDS = {"train": _train, "eval": _eval, "generate": _generate, "compare": _compare, "pretrain": _pretrain,
              "merge": _merge, "export": _export, "bench": _bench, "report": _report, "analyze": _analyze,
              "search": _search, "speed": _speed,
-             "data": _data, "env": _env}
+             "data": _data, "env": _env, "import-peft": _import_peft, "list": _list}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from peftlab.lab import rundir
 from peftlab.errors import ConfigError
+from peftlab.provenance import versions
 
 EVALS = "evals"  # RUN/evals/<name>.json
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -104,7 +105,8 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: O
     new = edited_config(cfg, name, overrides, f"{run_dir / rundir.CONFIG}")
     d, causal = new.data, loaded.family.kind == "causal"
     names = [t.describe() for t in cfg.data.tasks]  # the run's task names, as its metrics.json keys them
-    test = load_examples(d, d.test_split, new.eval.max_examples, causal)
+    tok = loaded.tokenizer
+    test = load_examples(d, d.test_split, new.eval.max_examples, causal, tok)
     chosen = run_decodings(run_dir, cfg, decoding)
     per_task, preds, stats, floor_rows = {}, [], {}, {}
     for t, task_name in enumerate(names):
@@ -117,10 +119,10 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: O
                   for r in rows]
     record = {"name": name, "overrides": dict(overrides), "test_split": d.test_split,
               "test_examples": len(test), "tasks": {n: t.describe() for n, t in zip(names, d.tasks)},
-              "task_metrics": per_task, "created": rundir.now()}
+              "task_metrics": per_task, "created": rundir.now(), "versions": versions()}
     if new.eval.floors:
-        train = load_examples(d, d.train_split, d.max_train_examples, causal)
-        valid = load_examples(d, d.eval_split, d.max_eval_examples, causal)
+        train = load_examples(d, d.train_split, d.max_train_examples, causal, tok)
+        valid = load_examples(d, d.eval_split, d.max_eval_examples, causal, tok)
         by_task: dict = {}
         floors = task_floors(d.tasks, train, valid, test, rows=by_task)
         floors = {names[i]: floors[t.describe()] for i, t in enumerate(d.tasks) if t.describe() in floors}

@@ -19,6 +19,7 @@ from peftlab.device import hardware
 from peftlab.provenance import versions
 from peftlab.lab.rundata import check_lengths, encode_rows, for_decoder, load_examples, wants_task_ids
 from peftlab.schema import DataSpec, RunConfig
+from peftlab.train.trackers import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,10 @@ def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=(),
     return flat, out_rows
 
 
-def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
-    """Train ``cfg`` into a fresh ``run_dir``; returns the metrics written to metrics.json."""
+def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True, name: Optional[str] = None,
+              group: Optional[str] = None) -> dict:
+    """Train ``cfg`` into a fresh ``run_dir``; returns the metrics written to metrics.json. ``name`` and
+    ``group``: the run as ``train.report_to``'s trackers show it (default: the directory's name)."""
     import yaml
 
     run_dir = Path(run_dir)
@@ -112,7 +115,7 @@ def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True) -> dict:
         rundir.create(run_dir)  # owned by this process until _finish
         rundir.write_text(run_dir / rundir.CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     _barrier()
-    return _finish(cfg, run_dir, progress, resume=False)
+    return _finish(cfg, run_dir, progress, resume=False, tracking=Tracking.of(cfg, run_dir, name, group))
 
 
 def _is_main() -> bool:
@@ -128,7 +131,8 @@ def _barrier() -> None:
     process_state().wait_for_everyone()
 
 
-def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
+def resume_run(run_dir: Path, *, progress: bool = True, name: Optional[str] = None,
+               group: Optional[str] = None) -> dict:
     """Continue an interrupted run from its newest checkpoint (same config, same batches)."""
     from peftlab.train.checkpoint import set_aside_damaged
 
@@ -145,7 +149,7 @@ def resume_run(run_dir: Path, *, progress: bool = True) -> dict:
             _truncate_log(run_dir / rundir.TRAIN_LOG, step)  # rows after the checkpoint will be logged again
         rundir.set_status(run_dir, "running", resumed_from_step=step, error=None)
     log.info("resuming %s from step %d", run_dir, step)
-    return _finish(cfg, run_dir, progress, resume=True)
+    return _finish(cfg, run_dir, progress, resume=True, tracking=Tracking.of(cfg, run_dir, name, group))
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -162,14 +166,14 @@ def _row(line: str) -> Optional[dict]:
         return None
 
 
-def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict:
+def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool, tracking=None) -> dict:
     main = _is_main()
     try:
         with rundir.stop_on_signals():  # SIGTERM: recorded as interrupted, resumable
             if resume and rundir.trained(run_dir):  # training was over: only scoring is left
                 metrics = _score_trained(cfg, run_dir) if main else {}
             else:
-                metrics = _train_and_score(cfg, run_dir, progress and main, resume)
+                metrics = _train_and_score(cfg, run_dir, progress and main, resume, tracking)
             if main:
                 rundir.write_json(run_dir / rundir.METRICS, metrics)
                 rundir.set_status(run_dir, "complete", finished=rundir.now())
@@ -184,12 +188,14 @@ def _finish(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool) -> dict
     return metrics
 
 
-def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool = False) -> dict:
+def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool = False, tracking=None) -> dict:
     from peftlab.data.seq2seq import BatchPlan
     from peftlab.methods.io import save_adapter
     from peftlab.train.loop import LoopOptions, jsonl_writer, result_dict, train
+    from peftlab.train.trackers import check_available
 
     d = cfg.data
+    check_available(cfg.train.report_to)  # a tracker that cannot start must not cost the data and the model
     # every split is read before the model is built: a missing or empty test split costs nothing
     train_rows = load_examples(d, d.train_split, d.max_train_examples)
     eval_rows = load_examples(d, d.eval_split, d.max_eval_examples)
@@ -203,7 +209,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     perplexity_texts(cfg, causal)  # read before training: a bad path must not cost a run
     log.info("%s", state.summary(model))
     if causal:
-        train_rows, eval_rows, test = (for_decoder(d, r) for r in (train_rows, eval_rows, test))
+        train_rows, eval_rows, test = (for_decoder(d, r, tok) for r in (train_rows, eval_rows, test))
     train_enc = encode_rows(tok, d, train_rows, causal)
     eval_enc = encode_rows(tok, d, eval_rows, causal)
     pad, with_ids = tok.pad_token_id, wants_task_ids(cfg)
@@ -213,7 +219,8 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         log_row=jsonl_writer(run_dir / rundir.TRAIN_LOG) if _is_main() else (lambda row: None),
         options=LoopOptions(progress=progress, desc=cfg.display_name(), resume=resume,
                             checkpoint_dir=run_dir / rundir.CHECKPOINTS if cfg.train.checkpoint_every else None,
-                            checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints),
+                            checkpoint_every=cfg.train.checkpoint_every, keep_checkpoints=cfg.train.keep_checkpoints,
+                            tracking=tracking),
     )
     if not _is_main():  # other data-parallel processes stop here; the main one saves and scores
         return {}
@@ -249,7 +256,7 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
         "versions": versions(),
     }
     rundir.write_json(run_dir / rundir.TRAINED, trained)  # from here a failure in scoring loses nothing
-    return _scored(cfg, run_dir, model, tok, (train_rows, eval_rows, test), trained)
+    return scored(cfg, run_dir, model, tok, (train_rows, eval_rows, test), trained)
 
 
 def _per_task(state, model, data: DataSpec) -> dict:
@@ -262,7 +269,7 @@ def _per_task(state, model, data: DataSpec) -> dict:
     return {"trainable_params_per_task": {"shared": split["shared"], "by_task": by_task}}
 
 
-def _scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:
+def scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:
     """Score the test split (decoding chosen on validation when ``eval.select`` asks) and write
     predictions; the metrics are ``trained``, the scores, the perplexity (``eval.perplexity``) and
     the task floors."""
@@ -314,10 +321,11 @@ def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
     """Resume a run whose training was over (its adapter saved) but whose scoring was not."""
     _, loaded = load_trained(run_dir)
     d, causal = cfg.data, loaded.family.kind == "causal"
-    splits = (load_examples(d, d.train_split, d.max_train_examples, causal),
-              load_examples(d, d.eval_split, d.max_eval_examples, causal),
-              load_examples(d, d.test_split, cfg.eval.max_examples, causal))
-    return _scored(cfg, run_dir, loaded.model, loaded.tokenizer, splits, rundir.read_trained(run_dir))
+    tok = loaded.tokenizer
+    splits = (load_examples(d, d.train_split, d.max_train_examples, causal, tok),
+              load_examples(d, d.eval_split, d.max_eval_examples, causal, tok),
+              load_examples(d, d.test_split, cfg.eval.max_examples, causal, tok))
+    return scored(cfg, run_dir, loaded.model, tok, splits, rundir.read_trained(run_dir))
 
 
 def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict, rows: Optional[dict] = None) -> dict:
@@ -399,7 +407,11 @@ def same_config(run_dir: Path, cfg) -> bool:
     """Whether the run in ``run_dir`` was made with ``cfg`` (local paths resolved as a run records them)."""
     from peftlab.errors import ConfigError
 
+    def made_of(c) -> dict:  # where a run reports to changes nothing it makes
+        data = to_dict(c)
+        return {**data, "train": {k: v for k, v in data["train"].items() if k not in ("report_to", "report_project")}}
+
     try:
-        return to_dict(load_run_config(run_dir)) == to_dict(fingerprint.resolve_paths(cfg))
+        return made_of(load_run_config(run_dir)) == made_of(fingerprint.resolve_paths(cfg))
     except ConfigError:  # no config.yaml (stopped before writing it) or an unreadable one
         return False

@@ -16,26 +16,34 @@ if TYPE_CHECKING:
     from peftlab.tasks import Example
 
 
-def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causal: bool = False) -> list[tuple[int, "Example"]]:
+def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causal: bool = False,
+                  tokenizer=None) -> list[tuple[int, "Example"]]:
     """``(task index, example)`` rows of a split over the run's tasks; each task capped at
     ``max_examples`` by a fixed-seed sample, so every method sees the same rows. ``causal``: as a
-    decoder reads them (see ``for_decoder``)."""
+    decoder (with ``tokenizer``, for a chat template) reads them (see ``for_decoder``)."""
     rows = []
     for t, task in enumerate(data.tasks):
         examples = task.examples(split, max_examples)
         if not examples:
             raise DataError(f"data.task {task.describe()}: split {split!r} is empty")
         rows += [(t, e) for e in examples]
-    return for_decoder(data, rows) if causal else rows
+    return for_decoder(data, rows, tokenizer) if causal else rows
 
 
-def for_decoder(data: DataSpec, rows) -> list:
-    """``rows`` rendered as a decoder reads them (a task may word its prompt differently)."""
-    return [(t, data.tasks[t].render_for_decoder(e)) for t, e in rows]
+def for_decoder(data: DataSpec, rows, tokenizer=None) -> list:
+    """``rows`` rendered as a decoder reads them (a task may word its prompt differently, or render
+    it with the model's ``tokenizer``: a chat template)."""
+    out = []
+    for t, e in rows:
+        e = data.tasks[t].render_for_decoder(e)
+        out.append((t, data.tasks[t].render_for_tokenizer(e, tokenizer) if tokenizer is not None else e))
+    return out
 
 
 def encode_rows(tok, data: DataSpec, rows, causal: bool):
-    """Token ids for ``rows`` (see ``load_examples``), each task's prompt tail kept when cut."""
+    """Token ids for ``rows`` (see ``load_examples``), each task's prompt tail kept when cut; a
+    decoder's rows with ``segments`` (chat) are encoded whole, the loss on their trained pieces."""
+    from peftlab.data.chat import encode_segments
     from peftlab.data.seq2seq import Encoded, encode_pairs
 
     out = Encoded([], [], task_ids=[])
@@ -43,8 +51,12 @@ def encode_rows(tok, data: DataSpec, rows, causal: bool):
         mine = [e for i, e in rows if i == t]
         if not mine:
             continue
-        enc = encode_pairs(tok, [e.source for e in mine], [e.target for e in mine], data.max_source_length,
-                           data.max_target_length, causal=causal, tail=task.prompt_tail, task_ids=[t] * len(mine))
+        if causal and all(e.segments is not None for e in mine):
+            enc = encode_segments(tok, [e.segments for e in mine], data.max_source_length + data.max_target_length)
+            enc.task_ids = [t] * len(enc)
+        else:
+            enc = encode_pairs(tok, [e.source for e in mine], [e.target for e in mine], data.max_source_length,
+                               data.max_target_length, causal=causal, tail=task.prompt_tail, task_ids=[t] * len(mine))
         out.input_ids += enc.input_ids
         out.labels += enc.labels
         out.task_ids += enc.task_ids

@@ -1,7 +1,10 @@
 """Architecture tables: where each model family keeps its attention, FFN and blocks.
 
 Methods never hard-code module names; they ask the family table. Adding a family is one small file
-with one ``Family(...)`` entry (see ``t5.py``, ``llama.py``) and one name in ``_families``.
+with one ``Family(...)`` entry (see ``t5.py``, ``llama.py``) and one name in ``_families``. A model
+whose type has no table gets the family ``generic.py`` infers from the model itself (``family_for``):
+its stacks of blocks and nothing else, enough for the methods that work from layers named in their
+config (LoRA, IA3, bottleneck adapters given their branches).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from peftlab.errors import ModelError
 class Family:
     name: str
     model_types: tuple[str, ...]  # HF ``config.model_type`` values this table covers
-    kind: Literal["seq2seq", "causal"]
+    kind: Literal["seq2seq", "causal", "encoder"]  # encoder: no generation (BERT), generic families only
     # Role -> leaf module name of the linear layer (nn.Linear or Conv1D) inside a block
     # (q/k/v/o, ffn_in/ffn_gate/ffn_out); a leaf may be dotted ("mlp.c_proj") where names repeat.
     linear_roles: dict[str, tuple[str, ...]]
@@ -54,6 +57,9 @@ class Family:
     fused_roles: dict[str, str] = field(default_factory=dict)
     # Config keys that make a tiny random model of this family for tests.
     tiny_config: dict = field(default_factory=dict)
+    # False for a family inferred from a model without a table (``peftlab.models.generic``): it knows
+    # the stacks only, and methods that need more (``MethodConfig.needs_table``) are refused.
+    table: bool = True
 
     def kv_heads(self, config) -> int:
         return getattr(config, self.num_kv_heads or self.num_heads)
@@ -83,7 +89,12 @@ class Family:
 
     def residual_branches(self, block, kind: str) -> list[tuple[str, "object", "object"]]:
         """``(parent name inside block, pre-norm, branch-output module)`` of each ``kind`` sub-layer
-        of a block: h = the norm's input, h + branch = the residual sum after the sub-layer."""
+        of a block: h = the norm's input, h + branch = the residual sum after the sub-layer. Without a
+        table, ``pre_norms`` and ``branch_outputs`` are dotted names inside the block (a method's
+        config named them; no pre-norm: None)."""
+        if not self.table:
+            norm = self.pre_norms.get(kind)
+            return [("", block.get_submodule(norm) if norm else None, block.get_submodule(self.branch_outputs[kind]))]
         out = []
         for name, sub in self.sublayers(block, kind):
             parent_name = name.rpartition(".")[0]
@@ -106,15 +117,34 @@ def _families() -> dict[str, Family]:
     return {f.name: f for f in (T5, LLAMA, GPT2)}
 
 
-def family_of(model_or_config) -> Family:
-    """The family table for a HF model (or its config), by ``config.model_type``."""
+def table_of(model_or_config) -> Family | None:
+    """The family table covering a HF model's (or config's) ``model_type``, or None."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
-    for fam in _families().values():
-        if model_type in fam.model_types:
-            return fam
-    known = sorted(t for f in _families().values() for t in f.model_types)
-    raise ModelError(f"model type {model_type!r} has no peftlab architecture table (supported: {', '.join(known)})")
+    return next((f for f in _families().values() if model_type in f.model_types), None)
+
+
+def table_types() -> list[str]:
+    """Every ``model_type`` a family table covers."""
+    return sorted(t for f in _families().values() for t in f.model_types)
+
+
+def family_of(model_or_config) -> Family:
+    """The family table for a HF model (or its config), by ``config.model_type``."""
+    fam = table_of(model_or_config)
+    if fam is None:
+        model_type = getattr(getattr(model_or_config, "config", model_or_config), "model_type", None)
+        raise ModelError(f"model type {model_type!r} has no peftlab architecture table "
+                         f"(supported: {', '.join(table_types())})")
+    return fam
+
+
+def family_for(model) -> Family:
+    """The family table of ``model``, or where its type has none the family inferred from the model
+    itself (``peftlab.models.generic``: its stacks of blocks, for methods that name their layers)."""
+    from peftlab.models.generic import inferred_family
+
+    return table_of(model) or inferred_family(model)
 
 
 def get_family(name: str) -> Family:

@@ -9,7 +9,9 @@ predictions are scored. ``peftlab.lab.run`` and the training loop never look ins
   whatever identifies the row in ``predictions.jsonl``.
 * The same rendering serves an encoder-decoder (source -> encoder, target -> decoder) and a decoder
   (``source`` then ``target`` in one sequence, loss on the target only). A task whose prompt reads
-  differently for decoders overrides ``render_for_decoder``.
+  differently for decoders overrides ``render_for_decoder``; one whose decoder text depends on the
+  model's tokenizer (a chat template) overrides ``render_for_tokenizer``, and may give a decoder its
+  whole training text as ``segments``, the loss on the pieces marked (chat: every assistant turn).
 * ``kind`` says how it is evaluated: ``generation`` (decode, then ``metrics``), ``classification``
   (rank the label words by likelihood, or decode and normalise; then accuracy / F1).
 * ``prompt_tail`` is the fixed text after the last template field: when a prompt is too long the
@@ -32,6 +34,9 @@ class Example:
     meta: dict = field(default_factory=dict)  # identifies the row in predictions.jsonl
     label: int | None = None  # classification: index into ``TaskConfig.choices()``
     shown: str | None = None  # the input as a reader sees it (code2doc: the function, no prompt); None: source
+    messages: tuple | None = None  # chat data: the conversation ({role, content} turns), its last reply the target
+    # a decoder's whole training text as (text, trained) pieces (peftlab.data.chat); None: source, then target
+    segments: tuple | None = None
 
 
 def sample_rows(rows: list, limit: int | None) -> list:
@@ -70,6 +75,11 @@ class TaskConfig(NamedConfig):
 
     def render_for_decoder(self, example: Example) -> Example:
         """The example as a decoder reads it (default: the same prompt)."""
+        return example
+
+    def render_for_tokenizer(self, example: Example, tokenizer) -> Example:
+        """The example (as ``render_for_decoder`` gave it) as a decoder with ``tokenizer`` reads it, where
+        that depends on the tokenizer (a chat template); default: unchanged."""
         return example
 
     @property

@@ -8,8 +8,10 @@ input is every line before it plus the line's indentation, the target the line i
 lines before the cut as fit in ``max_context_chars`` (the end is what predicts the next line, and a
 prompt too long for the model would lose its middle, i.e. that end). An encoder-decoder sees the code
 followed by T5's first sentinel (the span to fill in, as in its pretraining); a decoder simply
-continues the code. Scores (CodeXGLUE's, 0-100): ``exact_match`` and ``edit_sim`` (one minus the
-Levenshtein distance over the longer length), whitespace runs collapsed.
+continues the code. Scores (CodeXGLUE's, 0-100, as its line-completion evaluator computes them:
+``peftlab.evaluate.metrics``): ``exact_match`` (the same tokens) and ``edit_sim`` (fuzzywuzzy's
+``fuzz.ratio``) of each prediction's first line, since CodeXGLUE's pipeline stops generating at the
+end of the line.
 """
 
 from __future__ import annotations
@@ -111,4 +113,5 @@ class LineCompletionTask(SourceTask):
         from peftlab.evaluate.metrics import edit_similarity, exact_match
 
         refs = [e.target for e in examples]
-        return {"exact_match": exact_match(list(predictions), refs), "edit_sim": edit_similarity(list(predictions), refs)}
+        lines = [p.split("\n", 1)[0] for p in predictions]  # the completed line (CodeXGLUE stops at <EOL>)
+        return {"exact_match": exact_match(lines, refs), "edit_sim": edit_similarity(lines, refs)}

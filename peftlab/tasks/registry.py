@@ -22,6 +22,7 @@ _REGISTRY = {
     "glue": "peftlab.tasks.glue:GlueTask",
     "seq2seq": "peftlab.tasks.seq2seq:Seq2SeqTask",
     "instruction": "peftlab.tasks.instruction:InstructionTask",
+    "dataset": "peftlab.tasks.dataset:DatasetTask",
 }
 
 

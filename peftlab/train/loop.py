@@ -21,9 +21,11 @@ import torch
 
 from peftlab.data.seq2seq import BatchPlan, tokens_in
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.methods.state import step_hooks
 from peftlab.models.quantize import is_quantized_model
 from peftlab.train import sharding
 from peftlab.train.fast import training_loss
+from peftlab.train.trackers import Tracking, make_trackers, tracked
 from peftlab.train.checkpoint import (
     check_fits,
     list_checkpoints,
@@ -69,6 +71,7 @@ class LoopOptions:
     progress: bool = True
     desc: str = "train"
     halt_at: Optional[int] = None  # stop after this step's checkpoint, as if killed (split long jobs)
+    tracking: Optional[Tracking] = None  # the run as spec.report_to's trackers name it (default: desc)
 
 
 def lr_factor(step: int, elapsed: float, spec) -> float:
@@ -105,21 +108,45 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def make_optimizer(params: list, spec, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: list, spec, device: torch.device, model: torch.nn.Module | None = None
+                   ) -> torch.optim.Optimizer:
     """AdamW (decay on matrices only), or Adafactor for T5 pretraining.
 
     AdamW leaves a T5 trained from scratch stuck at unigram loss, ignoring its encoder (seen here,
     and reported by nanoT5): T5's init spans std 1 (embeddings) to d^-0.5 (projections), and AdamW's
     uniform step size suits neither. Adafactor scales each update by the parameter's RMS.
+
+    LoRA+ (``spec.loraplus_ratio``, Hayou et al., 2024, arXiv:2402.12354): the parameters that
+    ``model``'s method modules declare as B factors (``AdapterModule.lora_b_parameters``) get their
+    own groups at ratio × the rate; each group's ``lr_scale`` is what the schedule multiplies.
     """
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    ratio = getattr(spec, "loraplus_ratio", None)
+    fast = lora_b_ids(model, ratio) if ratio else set()
+    groups = []  # the first two at the base rate, whatever they hold (the log reads the first)
+    for scale, members in ((1.0, [p for p in params if id(p) not in fast]), (ratio, [p for p in params if id(p) in fast])):
+        if members or not groups:
+            groups += [{"params": [p for p in members if p.ndim >= 2], "weight_decay": spec.weight_decay,
+                        "lr": spec.lr * scale, "lr_scale": scale},
+                       {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0,
+                        "lr": spec.lr * scale, "lr_scale": scale}]
     if spec.optimizer == "adafactor":
         from transformers.optimization import Adafactor
 
         return Adafactor(groups, lr=spec.lr, scale_parameter=True, relative_step=False, warmup_init=False)
     return torch.optim.AdamW(groups, lr=spec.lr, fused=device.type == "cuda")
+
+
+def lora_b_ids(model: torch.nn.Module | None, ratio: float) -> set[int]:
+    """ids of the parameters LoRA+ steps at ``ratio`` × lr: those the model's method modules declare."""
+    from peftlab.methods.base import AdapterModule
+
+    if model is None:
+        raise ValueError("train.loraplus_ratio: make_optimizer needs the model, whose methods declare their B factors")
+    fast = {id(p) for m in model.modules() if isinstance(m, AdapterModule) for p in m.lora_b_parameters()}
+    if not fast:
+        raise ConfigError(f"train.loraplus_ratio: {ratio:g} asks for LoRA+, but none of this model's methods has B "
+                          f"factors to step faster (LoRA, DoRA, PiSSA/OLoRA, AdaLoRA and VeRA have)")
+    return fast
 
 
 def process_state():
@@ -129,9 +156,10 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def make_accelerator(spec):
+def make_accelerator(spec, log_with: Optional[list] = None):
     """accelerate's Accelerator for ``spec``: its device, and ``spec.mixed_precision`` resolved for that
-    device (``peftlab.device.resolve_precision``; what it chose is ``accelerator.mixed_precision``)."""
+    device (``peftlab.device.resolve_precision``; what it chose is ``accelerator.mixed_precision``);
+    ``log_with``: its trackers (``peftlab.train.trackers``)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -146,7 +174,8 @@ def make_accelerator(spec):
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: 'cuda' asked for, but torch sees no CUDA device")
     precision = resolve_precision(spec.mixed_precision, "cpu" if cpu else "cuda")
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum, cpu=cpu)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum, cpu=cpu,
+                       log_with=log_with)
 
 
 @torch.no_grad()
@@ -191,9 +220,10 @@ class _Parallel:
             sharding.shard(model)
             params = [p for p in model.parameters() if p.requires_grad]
             # the optimizer stays ours: accelerate's FSDP2 prepare() insists on wrapping the model too
-            self.model, self.optimizer = model, make_optimizer(params, spec, accelerator.device)
+            self.model, self.optimizer = model, make_optimizer(params, spec, accelerator.device, model)
         else:
-            self.model, self.optimizer = accelerator.prepare(model, make_optimizer(params, spec, accelerator.device))
+            self.model, self.optimizer = accelerator.prepare(model, make_optimizer(params, spec, accelerator.device,
+                                                                                   model))
         self.params = params  # what the optimizer steps and the clipping measures
         self.inner = self.model if self.fsdp else accelerator.unwrap_model(self.model)
         self.strategy = "single" if n == 1 else f"{'fsdp' if self.fsdp else 'ddp'} x{n}"
@@ -228,8 +258,16 @@ def train(
     log_row: Callable[[dict], None] = lambda row: None,
     options: LoopOptions = LoopOptions(),
 ) -> TrainResult:
-    """Train the parameters of ``model`` that require grad; see the module docstring."""
-    accelerator = make_accelerator(spec)
+    """Train the parameters of ``model`` that require grad; see the module docstring. Every log row
+    also goes to the trackers ``spec.report_to`` names (``peftlab.train.trackers``)."""
+    names = tuple(getattr(spec, "report_to", None) or ())
+    tracking = options.tracking or Tracking(options.desc)
+    accelerator = make_accelerator(spec, **({"log_with": make_trackers(names, tracking)} if names else {}))
+    with tracked(accelerator, tracking, log_row) as log_row:
+        return _loop(model, plan, spec, accelerator, eval_plan, log_row, options)
+
+
+def _loop(model, plan: BatchPlan, spec, accelerator, eval_plan: Optional[BatchPlan], log_row, options: LoopOptions):
     device = accelerator.device
     reset_peak_memory(device)
     if spec.num_threads:
@@ -251,6 +289,7 @@ def train(
     model, optimizer, params = par.model, par.optimizer, par.params
     # the speed levers of spec (peftlab.train.fast), under the precision the accelerator resolved
     loss_of = training_loss(model, dataclasses.replace(spec, mixed_precision=accelerator.mixed_precision))
+    hooks = step_hooks(par.inner)  # methods' part in each step (AdaLoRA: a regulariser, rank allocation)
     plan.rank, plan.world = accelerator.process_index, accelerator.num_processes
 
     step, epoch, index, elapsed, tokens, cpu = 0, 0, 0, 0.0, 0, 0.0
@@ -289,7 +328,8 @@ def train(
             with accelerator.accumulate(model), accelerator.autocast():
                 loss = loss_of(batch)
                 if torch.isfinite(loss):
-                    accelerator.backward(loss)
+                    extra = [e for e in (h.extra_loss() for h in hooks) if e is not None]
+                    accelerator.backward(loss + sum(extra) if extra else loss)
                     window_loss += float(loss.detach())
                     window_n += 1
                 else:  # keep consuming micro-batches so accumulation stays aligned
@@ -316,8 +356,11 @@ def train(
             t0, c0 = time.perf_counter(), time.process_time()
             continue
         for g in optimizer.param_groups:
-            g["lr"] = spec.lr * lr_factor(step, elapsed, spec)
+            g["lr"] = spec.lr * g.get("lr_scale", 1.0) * lr_factor(step, elapsed, spec)
         optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            for hook in hooks:  # after the step, with the gradients still there (AdaLoRA's sensitivities)
+                hook.after_step(step, spec.max_steps)
         optimizer.zero_grad(set_to_none=True)
         if accelerator.optimizer_step_was_skipped:  # fp16: the scaled gradients overflowed
             _check_loss_scale(accelerator.scaler, step)

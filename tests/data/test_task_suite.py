@@ -17,7 +17,6 @@ from peftlab.data.pysource import (SourceFile, VerbatimIndex, build_source_tasks
                                    package_root, payload, write_tree)
 from peftlab.data.splits import SPLITS, DEFAULT_PERCENT, file_digest, split_of_digest
 from peftlab.errors import ConfigError, DataError
-from peftlab.evaluate.metrics import edit_similarity, exact_match, levenshtein
 from peftlab.tasks import get_task
 from peftlab.tasks.doc_match import DocMatchTask
 from peftlab.tasks.exception_type import ExceptionTypeTask, mask_raises
@@ -192,12 +191,13 @@ def test_line_completion_cuts_at_a_statement_and_keeps_the_end():
         _task_config({"name": "line_completion", "template": "{code}{code}"})
 
 
-def test_edit_similarity_and_exact_match_by_hand():
-    assert levenshtein("kitten", "sitting") == 3 and levenshtein("", "abc") == 3 and levenshtein("ab", "ab") == 0
-    # 1 - 3/7 and 1 - 0/6 ; whitespace runs collapse first ("x  =  1" == "x = 1")
-    assert edit_similarity(["kitten", "x  =  1"], ["sitting", "x = 1"]) == pytest.approx(100 * (4 / 7 + 1) / 2)
-    assert edit_similarity([""], [""]) == 100.0 and edit_similarity(["abc"], [""]) == 0.0
-    assert exact_match(["return  x", "return y"], ["return x", "return x"]) == 50.0
+def test_line_completion_scores_the_first_line_of_a_prediction():
+    """CodeXGLUE's pipeline stops generating at <EOL>: a prediction is its first line."""
+    task = LineCompletionTask()
+    ex = task.example({"func_name": "f", "path": "m.py", "line": 1, "context": "def f():", "indent": "    ",
+                       "target": "return x"})
+    assert task.metrics(["return x\n    y = 2"], [ex]) == {"exact_match": 100.0, "edit_sim": 100.0}
+    assert task.metrics(["\nreturn x"], [ex]) == {"exact_match": 0.0, "edit_sim": 0.0}
 
 
 # ---------------------------------------------------------------------- building, splitting

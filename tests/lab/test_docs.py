@@ -1,7 +1,8 @@
 """The README and docs/ say what is true of the repository.
 
-* The README's first ```python block runs as written (a tiny T5 from config: apply LoRA, train a few
-  steps, save and reload the adapter, merge), in a temporary directory.
+* The README's ```python blocks run as written, each in a temporary directory: a tiny T5 from config
+  (apply LoRA, train a few steps, save and reload the adapter, merge), then models without a family
+  table (Phi-3: LoRA in peft's words, peftlab's loop, export to peft; BERT: a Houlsby adapter).
 * Every relative link of README.md and docs/*.md points at a file that exists (and at a heading that
   exists, for a Markdown file's #anchor), every path they mention under ``benchmarks/``, ``configs/``,
   ``docs/``, ``models/``, ``peftlab/`` or ``tests/`` exists (globs and ``{a,b}`` expanded), and every
@@ -97,18 +98,23 @@ def _exists(path: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def readme_example() -> str:
-    for kind, lines in _blocks(README.read_text(encoding="utf-8")):
-        if kind == "code:python":
-            return "\n".join(lines)
-    pytest.fail("README.md has no ```python block")
+def readme_examples() -> list[str]:
+    return ["\n".join(lines) for kind, lines in _blocks(README.read_text(encoding="utf-8")) if kind == "code:python"]
 
 
-def test_the_readme_python_example_runs_as_written(readme_example, tmp_path, monkeypatch):
+# what each block writes where it runs
+WRITES = [("tiny-adapter", "tiny-merged"), ("phi3-peft",)]
+
+
+def test_the_readme_has_its_python_examples():
+    assert len(readme_examples()) == len(WRITES)
+
+
+@pytest.mark.parametrize("i", range(len(WRITES)))
+def test_the_readme_python_examples_run_as_written(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it writes its adapter and merged model where it runs
-    exec(compile(readme_example, str(README), "exec"), {"__name__": "__readme__"})
-    assert (tmp_path / "tiny-adapter").is_dir() and (tmp_path / "tiny-merged").is_dir()
+    exec(compile(readme_examples()[i], str(README), "exec"), {"__name__": "__readme__"})
+    assert all((tmp_path / name).is_dir() for name in WRITES[i])
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

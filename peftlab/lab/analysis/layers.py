@@ -86,7 +86,8 @@ def layer_importance(run_dir: Path, *, mode: Literal["reset", "zero"] = "reset",
         start = initial_parameters(cfg, saved)
     cfg = _scoring_config(cfg, rundir.read_metrics(run_dir) if (run_dir / rundir.METRICS).is_file() else {})
     causal = family.kind == "causal"
-    rows = load_examples(cfg.data, split or cfg.data.test_split, max_examples or cfg.eval.max_examples, causal)
+    rows = load_examples(cfg.data, split or cfg.data.test_split, max_examples or cfg.eval.max_examples, causal,
+                         loaded.tokenizer)
     score = _scorer(model, loaded.tokenizer, cfg, rows)
     baseline = score()
     layers = []
