@@ -19,6 +19,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 LOCK ?= requirements/lock.txt
 PYTEST_ARGS ?=
+PYTEST_JOBS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.peftlab-setup
 PINNED := $(if $(LOCK),-c $(LOCK))
@@ -28,8 +29,10 @@ PINNED := $(if $(LOCK),-c $(LOCK))
 quickstart: setup
 	$(BIN)/peftlab compare configs/quickstart --out runs/quickstart
 
+# two pytest workers (pytest-xdist): the suite's processes are single-threaded (tests/conftest.py),
+# so a 2-core machine runs it in about half the serial time; PYTEST_JOBS=0 runs it in one process
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 env: setup
 	$(BIN)/peftlab env

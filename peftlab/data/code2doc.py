@@ -28,7 +28,8 @@ from typing import Iterator, Sequence
 
 from peftlab.data.pycode import (clean_code, decode_source, dedent, python_files, python_tokens, stdlib_sources,
                                  summary_from_docstring)
-from peftlab.data.splits import SPLITS, file_digest, split_of_digest, write_atomically
+from peftlab.data.splits import SPLITS, file_digest, require_every_split, split_of_digest, write_atomically
+from peftlab.data.textfile import json_record, jsonl_lines, read_user_text
 from peftlab.errors import DataError
 
 # Bump when the records a build writes would change: the default corpus cache is keyed on it.
@@ -79,7 +80,7 @@ def read_codexglue_jsonl(
     examples: list[Code2DocExample] = []
     lineno = 0
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig", newline="\n") as f:  # JSON Lines breaks at "\n" only
             for lineno, line in enumerate(f, 1):
                 if max_examples is not None and len(examples) >= max_examples:
                     break
@@ -97,26 +98,12 @@ def _sampled(path: Path, target_field: str, n: int) -> list[Code2DocExample]:
 
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    try:
-        lines = [(i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
+    lines = jsonl_lines(read_user_text(path))
     if not lines:
         raise DataError(f"{path}: no examples (empty split)")
     if len(lines) > n:
         lines = random.Random(0).sample(lines, n)
     return [_example(json_record(ln, f"{path}:{i}"), target_field, f"{path}:{i}", i) for i, ln in lines]
-
-
-def json_record(line: str, where: str) -> dict:
-    """One JSON object from one line of a JSONL file; ``where`` (``path:line``) names it in errors."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
 
 
 def _example(record: dict, target_field: str, where: str, lineno: int) -> Code2DocExample:
@@ -245,6 +232,8 @@ def mine_documented(sources: Sequence[str | Path], *, percent: dict[str, int] | 
     kept, duplicates = _dedupe(per_split)
     if not any(kept.values()):
         raise DataError(f"no documented functions found in {', '.join(map(str, sources))}")
+    require_every_split({s: len(kept[s]) for s in SPLITS}, sum(len(v) for v in manifest_files.values()), sources,
+                        percent)
     return kept, {
         "python_version": platform.python_version(),
         "sources": [Path(s).as_posix() for s in sources],

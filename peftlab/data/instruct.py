@@ -37,6 +37,7 @@ from typing import Sequence
 from peftlab.data.code2doc import mine_documented, write_splits
 from peftlab.data.pycode import clean_code, stdlib_sources, summary_from_docstring
 from peftlab.data.splits import SPLITS
+from peftlab.data.textfile import jsonl_lines, read_user_text
 from peftlab.errors import DataError
 
 BUILDER_VERSION = 1  # bump when the records a build writes change: the stdlib cache is keyed on it
@@ -64,12 +65,7 @@ _FIELDS = {"dolly": ("instruction", "context", "response"), "alpaca": ("instruct
 def read_instruction_file(path: Path, fmt: str = "auto") -> list[InstructionRecord]:
     """Records of a dolly/Alpaca ``.jsonl`` file or an Alpaca-style ``.json`` list; errors name
     ``file:line`` (or ``file[index]``) and the missing field."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_user_text(Path(path))
     rows: list[tuple[str, int, object]] = []
     if Path(path).suffix == ".json":
         try:
@@ -80,12 +76,11 @@ def read_instruction_file(path: Path, fmt: str = "auto") -> list[InstructionReco
             raise DataError(f"{path}: expected a JSON list of records (Alpaca's format), got {type(data).__name__}")
         rows = [(f"{path}[{i}]", i + 1, r) for i, r in enumerate(data)]
     else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((f"{path}:{n}", n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        for n, line in jsonl_lines(text):
+            try:
+                rows.append((f"{path}:{n}", n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return [_record(rec, where, n, fmt) for where, n, rec in rows]

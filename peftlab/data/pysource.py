@@ -33,7 +33,8 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from peftlab.data.pycode import (TEST_DIR_NAMES, clean_code, decode_source, dedent, python_files, stdlib_sources,
                                  summary_from_docstring, wanted)
-from peftlab.data.splits import SPLITS, file_digest, split_of_digest, write_atomically
+from peftlab.data.splits import SPLITS, file_digest, require_every_split, split_of_digest, write_atomically
+from peftlab.data.textfile import jsonl_lines
 from peftlab.errors import DataError
 
 # Bump when what every task's records are built from changes; each task adds its own version.
@@ -217,6 +218,8 @@ def build_task_dir(sources: Sequence[str | Path], extractor: Extractor, out_dir:
     ((records, manifest),) = build_source_tasks(sources, [extractor], percent=percent, exclude_tests=exclude_tests).values()
     if not any(records.values()):
         raise DataError(f"no {extractor.name} examples found in {', '.join(map(str, sources))}")
+    require_every_split({s: len(records[s]) for s in SPLITS}, sum(len(v) for v in manifest["files"].values()),
+                        sources, percent, f"{extractor.name} examples")
     write_tree(Path(out_dir), payload(records, manifest))
     return manifest
 
@@ -225,7 +228,7 @@ def read_split(path: Path) -> list[dict]:
     """The records of one built split (a JSONL file); DataError naming the file if it is missing."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (build it with `peftlab data`)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for _, line in jsonl_lines(path.read_text(encoding="utf-8"))]
 
 
 # ------------------------------------------------------------------------------ cached builds

@@ -25,6 +25,29 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def require_every_split(counts: dict[str, int], files: int, sources, percent: dict[str, int] | None = None,
+                        what: str = "documented functions") -> None:
+    """Refuse a build that leaves a split empty whose share is not 0 (a run could not read it): it
+    says how many examples and files there were and how to get every split one."""
+    percent = percent or DEFAULT_PERCENT
+    empty = [s for s in SPLITS if not counts.get(s) and percent[s] > 0]
+    if empty:
+        shares = ",".join(str(percent[s]) for s in SPLITS)
+        raise DataError(f"{', '.join(map(str, sources))}: the {' and '.join(empty)} split"
+                        f"{'s are' if len(empty) > 1 else ' is'} empty ({sum(counts.values())} {what} in {files} "
+                        f"files; each file goes to one split by its content hash, {shares} percent to "
+                        f"train,valid,test): give more source files, or larger shares with --percent")
+
+
+def parse_percent(text: str) -> dict[str, int]:
+    """``"80,10,10"`` -> ``{"train": 80, "valid": 10, "test": 10}`` (checked: three whole numbers, sum 100)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or sum(map(int, parts)) != 100:
+        raise DataError(f"--percent {text!r}: give three whole percentages for train,valid,test that sum to 100, "
+                        f"e.g. 80,10,10")
+    return dict(zip(SPLITS, map(int, parts)))
+
+
 def split_of_digest(digest: str, percent: dict[str, int] | None = None) -> str:
     """Map a file digest to ``train``/``valid``/``test`` by its first 8 hex digits modulo 100."""
     percent = percent or DEFAULT_PERCENT

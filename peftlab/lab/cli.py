@@ -306,19 +306,22 @@ def _data(args) -> int:
         print(json.dumps({"out": str(args.out), "files": len(manifest["files"]), "bytes": manifest["bytes"],
                           "fingerprint": manifest["fingerprint"]}))
         return 0
+    from peftlab.data.splits import parse_percent
+
+    kw = {"exclude_tests": not args.include_tests, "percent": parse_percent(args.percent) if args.percent else None}
     if args.data_command == "instruct":
         from peftlab.data.instruct import build_instruct
 
-        manifest = build_instruct(args.sources, args.out, exclude_tests=not args.include_tests)
+        manifest = build_instruct(args.sources, args.out, **kw)
     elif args.data_command == "code2doc":
         from peftlab.data.code2doc import build_code2doc
 
-        manifest = build_code2doc(args.sources, args.out, exclude_tests=not args.include_tests)
+        manifest = build_code2doc(args.sources, args.out, **kw)
     else:
         from peftlab.data.pysource import build_task_dir
         from peftlab.tasks import get_task
 
-        manifest = build_task_dir(args.sources, get_task(args.data_command), args.out, exclude_tests=not args.include_tests)
+        manifest = build_task_dir(args.sources, get_task(args.data_command), args.out, **kw)
     print(json.dumps({"out": str(args.out), **manifest["counts"]}))
     return 0
 

@@ -160,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     cd.add_argument("sources", nargs="+", type=Path, help=_SOURCES)
     cd.add_argument("--out", type=Path, required=True, help=_SPLITS_OUT)
     cd.add_argument("--include-tests", action="store_true", help="also mine test directories")
+    cd.add_argument("--percent", default=None, help=_PERCENT)
     from peftlab.tasks.source import source_task_classes
 
     for task in source_task_classes():
@@ -167,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("sources", nargs="+", type=Path, help=_SOURCES)
         sp.add_argument("--out", type=Path, required=True, help=_SPLITS_OUT)
         sp.add_argument("--include-tests", action="store_true", help="also mine test directories")
+        sp.add_argument("--percent", default=None, help=_PERCENT)
 
     co = dsub.add_parser("corpus", help="build a pretraining corpus: the stdlib plus pinned PyPI packages, "
                                          "licence-checked and deduplicated (configs/pretrain/corpus-v2.yaml)")
@@ -182,11 +184,14 @@ def parser() -> argparse.ArgumentParser:
     ins.add_argument("sources", nargs="+", type=Path, help=_SOURCES)
     ins.add_argument("--out", type=Path, required=True, help=_SPLITS_OUT)
     ins.add_argument("--include-tests", action="store_true", help="also mine test directories")
+    ins.add_argument("--percent", default=None, help=_PERCENT)
     return p
 
 
 _SOURCES = "Python source trees or files to mine (test directories skipped unless --include-tests)"
 _SPLITS_OUT = "the directory for train/valid/test.jsonl and manifest.json"
+_PERCENT = ("TRAIN,VALID,TEST: the percent of source files in each split, assigned by content hash "
+            "(default 90,5,5); a small tree may need larger valid and test shares")
 _RUNS_DECODING = ("Each task decodes as the run chose on its validation split (eval.select; metrics.json's "
                   "\"decoding\"), or with its config's eval settings where it chose nothing; --num-beams, "
                   "--no-repeat-ngram-size and --max-new-tokens override that.")

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from peftlab.data.textfile import jsonl_lines
 from peftlab.lab import rundir
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.lab.excerpt import build_excerpt, excerpt_markdown, write_excerpt
@@ -223,7 +224,7 @@ def _backfill(metrics: dict, run_dir: Path) -> dict:
     """Fields added to metrics.json after a run was made, computed from the files it kept."""
     preds = run_dir / rundir.PREDICTIONS
     if "distinct_predictions" not in metrics and preds.exists():
-        outs = [json.loads(line)["prediction"] for line in preds.read_text().splitlines() if line.strip()]
+        outs = [json.loads(line)["prediction"] for _, line in jsonl_lines(preds.read_text(encoding="utf-8"))]
         metrics = dict(metrics, distinct_predictions=len(set(outs)) / max(len(outs), 1))
     return metrics
 

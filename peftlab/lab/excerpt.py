@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from peftlab.data.textfile import jsonl_lines
 from peftlab.lab import rundir
 
 ROWS = 3  # test rows shown
@@ -62,9 +63,7 @@ def head_rows(run_dir: Path, n: int = ROWS) -> str:
     if not path.is_file():
         return ""
     kept, per_task = [], {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
+    for _, line in jsonl_lines(path.read_text(encoding="utf-8")):
         row = json.loads(line)
         if not _is_row(row):
             continue
@@ -110,7 +109,7 @@ def _predictions(run_dir: Path) -> dict[str, dict]:
         path = run_dir / HEAD
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for _, line in jsonl_lines(path.read_text(encoding="utf-8"))]
     return {_key(r): r for r in rows if _is_row(r)}
 
 

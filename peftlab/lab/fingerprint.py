@@ -56,10 +56,17 @@ def fingerprint(data, split: str) -> list[dict]:
     return [{"task": t.describe(), **_digest(Path(p))} for t in data.tasks for p in t.split_files(split)]
 
 
-def record(run_dir: Path, data, splits: Iterable[str]) -> None:
+def record(run_dir: Path, data, splits: Iterable[str], base: Optional[dict] = None,
+           warnings: Iterable[str] = ()) -> None:
     """Write ``data.json`` (once: a resumed run keeps what the run first read, and warns when a
-    split changed since)."""
+    split changed since). ``warnings``: what ``data_warnings`` said of the data. ``base``: the base
+    model's record (``base_model_record``); a run resumed on other base weights than it started on
+    is refused (its checkpoints correct the first ones)."""
+    import json
+
+    from peftlab.errors import ModelError
     from peftlab.lab import rundir
+    from peftlab.models.identity import fingerprint_differences
 
     path = Path(run_dir) / DATA
     if path.is_file():
@@ -67,8 +74,15 @@ def record(run_dir: Path, data, splits: Iterable[str]) -> None:
             change = changed(run_dir, data, split)
             if change:
                 log.warning("%s", change["message"])
+        then = (json.loads(path.read_text()).get("base") or {}).get("weights") or {}
+        diffs = fingerprint_differences(then, (base or {}).get("weights") or {})
+        if diffs:
+            raise ModelError(f"{run_dir}: base model {base.get('name')} is not the weights this run started on "
+                             f"({'; '.join(diffs)}); its checkpoints continue training on those: restore them, "
+                             f"or start a new run")
         return
-    rundir.write_json(path, {"splits": {s: fingerprint(data, s) for s in dict.fromkeys(splits)}})
+    rundir.write_json(path, {"splits": {s: fingerprint(data, s) for s in dict.fromkeys(splits)},
+                             **({"base": base} if base else {}), **({"warnings": list(warnings)} if warnings else {})})
 
 
 def changed(run_dir: Path, data, split: str) -> Optional[dict]:

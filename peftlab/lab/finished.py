@@ -135,8 +135,14 @@ def _generate(cfg: RunConfig, loaded, texts: list[str], tail: str, settings: dic
     from peftlab.evaluate.generate import Decoding, generate_ids
 
     model, tok = loaded.model, loaded.tokenizer
-    ids, _, _ = prompt_ids(tok, texts, cfg.data.max_source_length, causal=not model.config.is_encoder_decoder,
-                           keep_tail=tail_tokens(tok, tail))
+    limit = cfg.data.max_source_length
+    ids, cut, longest = prompt_ids(tok, texts, limit, causal=not model.config.is_encoder_decoder,
+                                   keep_tail=tail_tokens(tok, tail))
+    if cut:  # what the model sees is not what was given: say so (as training and scoring count it)
+        log.warning("%s of %d inputs longer than the run's data.max_source_length (%d tokens, the longest %d): "
+                    "%s, as the run's training and scoring cut theirs",
+                    "one" if cut == 1 else cut, len(texts), limit, longest,
+                    "cut before the closing instruction the task adds" if tail else f"only its first {limit} tokens kept")
     dec = dataclasses.replace(Decoding.of(cfg.eval), **settings)
     return generate_ids(model, tok, ids, dec, batch_size=cfg.eval.batch_size, mixed_precision=cfg.train.mixed_precision)
 

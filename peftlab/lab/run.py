@@ -17,7 +17,8 @@ from peftlab.lab import fingerprint, rundir
 from peftlab.config import from_dict, read_yaml, to_dict
 from peftlab.device import hardware
 from peftlab.provenance import versions
-from peftlab.lab.rundata import check_lengths, encode_rows, for_decoder, load_examples, wants_task_ids
+from peftlab.lab.rundata import (check_lengths, data_warnings, encode_rows, for_decoder, load_examples,
+                                 wants_task_ids)
 from peftlab.schema import DataSpec, RunConfig
 from peftlab.train.trackers import Tracking
 
@@ -26,9 +27,15 @@ log = logging.getLogger(__name__)
 
 def base_model_record(cfg: RunConfig) -> dict:
     """What identifies the base model an adapter belongs to (seed matters for random init)."""
+    from peftlab.models.identity import weights_fingerprint
+    from peftlab.models.loading import resolve_model_name
+
     rec = {"name": cfg.model.name, "init": cfg.model.init, "config": dict(cfg.model.config)}
     if cfg.model.init == "random":
         rec["seed"] = cfg.train.seed
+    weights = weights_fingerprint(resolve_model_name(cfg.model.name), cfg.model.revision, cfg.model.init)
+    if weights is not None:  # which weights, not only which name (checked where the adapter is loaded)
+        rec["weights"] = weights
     return rec
 
 
@@ -201,7 +208,11 @@ def _train_and_score(cfg: RunConfig, run_dir: Path, progress: bool, resume: bool
     eval_rows = load_examples(d, d.eval_split, d.max_eval_examples)
     test = load_examples(d, d.test_split, cfg.eval.max_examples)
     if _is_main():
-        fingerprint.record(run_dir, d, (d.train_split, d.eval_split, d.test_split))
+        warnings = data_warnings(d, train_rows, test)
+        for warning in warnings:
+            log.warning("%s", warning)
+        fingerprint.record(run_dir, d, (d.train_split, d.eval_split, d.test_split), base_model_record(cfg),
+                           warnings=warnings)
     loaded, state = build(cfg)
     model, tok = loaded.model, loaded.tokenizer
     causal = loaded.family.kind == "causal"

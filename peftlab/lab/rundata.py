@@ -30,6 +30,29 @@ def load_examples(data: DataSpec, split: str, max_examples: Optional[int], causa
     return for_decoder(data, rows, tokenizer) if causal else rows
 
 
+def data_warnings(data: DataSpec, train_rows, test_rows) -> list[str]:
+    """What makes a task's test scores mean less than they seem, one sentence each: test inputs that
+    are also in train (scored on memory), and a classification split with one label only (a
+    constant answer is then perfect: accuracy and F1 100)."""
+    out = []
+    for t, task in enumerate(data.tasks):
+        train = [e for i, e in train_rows if i == t]
+        test = [e for i, e in test_rows if i == t]
+        seen = {e.source for e in train}
+        both = sum(e.source in seen for e in test)
+        if both:
+            out.append(f"{task.describe()}: {both} of {len(test)} test inputs ({100 * both / len(test):.1f}%) are "
+                       f"also train inputs: their scores measure memory, not generalisation")
+        if task.kind == "classification":
+            for split, rows in (("train", train), ("test", test)):
+                labels = {e.target for e in rows}
+                if len(labels) == 1:
+                    out.append(f"{task.describe()}: every {split} example has the label {next(iter(labels))!r}"
+                               + (": the model can only learn to say it" if split == "train" else
+                                  ": a constant answer scores accuracy and F1 100; the scores decide nothing"))
+    return out
+
+
 def for_decoder(data: DataSpec, rows, tokenizer=None) -> list:
     """``rows`` rendered as a decoder reads them (a task may word its prompt differently, or render
     it with the model's ``tokenizer``: a chat template)."""

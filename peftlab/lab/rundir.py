@@ -106,8 +106,16 @@ def read_status(run_dir: Path) -> dict:
         return {"state": "corrupt"}
 
 
+_STOP_FIELDS = ("resume", "last_checkpoint", "finished", "error")  # why and where a run stopped, and what next
+
+
 def set_status(run_dir: Path, state: str, **extra) -> None:
+    """Write ``state`` and ``extra`` into ``status.json``, keeping its other fields; a run that runs
+    again or completes drops what its last stop recorded (``resume`` advice, its checkpoint, its error)."""
     data = read_status(run_dir) if (run_dir / STATUS).exists() else {}
+    if state in ("running", "complete"):
+        for key in _STOP_FIELDS:
+            data.pop(key, None)
     data.update(extra, state=state, updated=now())
     write_json(run_dir / STATUS, data)
 
@@ -199,14 +207,16 @@ def stopped(run_dir: Path, exc: BaseException) -> BaseException:
         f"it continues from {ckpt.name}" if ckpt else "it starts again from step 0")
     resume = f"peftlab train --resume {run_dir}"
     state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-    error = f"{type(exc).__name__}: {exc}" if state == "failed" else f"interrupted ({exc or 'SIGINT'})"
+    # a bare KeyboardInterrupt (Ctrl-C) says nothing: name the signal (SIGTERM comes as Interrupted with its own)
+    why = str(exc) or signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+    error = f"{type(exc).__name__}: {exc}" if state == "failed" else f"interrupted ({why})"
     try:
         set_status(run_dir, state, error=error, finished=now(), last_checkpoint=str(ckpt) if ckpt else None,
                    resume=resume)
     except OSError as e:  # the disk that failed the run may fail this too: say so, keep the first error
         log.error("%s: could not record %r in %s (%s)", run_dir, state, STATUS, e.strerror)
     if isinstance(exc, KeyboardInterrupt):
-        out = Interrupted(f"{run_dir} stopped by {exc or 'SIGINT'}; {after}: {resume}",
+        out = Interrupted(f"{run_dir} stopped by {why}; {after}: {resume}",
                           getattr(exc, "signum", signal.SIGINT))
         out.__cause__ = exc
         return out

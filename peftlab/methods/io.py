@@ -112,6 +112,15 @@ def check_base(saved: dict, current: dict, where: str) -> None:
             return f"{b.get('name')} (init={b.get('init')}, config={b.get('config') or {}})"
 
         raise ModelError(f"{where}: adapter was saved for base model {ident(saved)}, not {ident(current)}")
+    from peftlab.models.identity import fingerprint_differences
+
+    diffs = fingerprint_differences(saved.get("weights") or {}, current.get("weights") or {})
+    if diffs:
+        hint = (f"set model.revision to the commit it recorded ({saved['weights']['commit']})"
+                if "commit" in saved["weights"] else "restore those weights")
+        raise ModelError(f"{where}: base model {saved.get('name')} is not the weights this adapter was trained on "
+                         f"({'; '.join(diffs)}); an adapter is a correction to one set of weights: {hint}, "
+                         f"or train again")
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, base_model: dict | None = None):

@@ -11,12 +11,11 @@ Scores: accuracy, macro-F1, and F1 of the positive class (label index 1) for bin
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from peftlab.data.code2doc import json_record
+from peftlab.data.textfile import csv_records, jsonl_records
 from peftlab.errors import DataError
 from peftlab.tasks.base import Example, TaskConfig, sample_rows
 
@@ -39,24 +38,10 @@ def find_split_file(root: Path, split: str) -> Path:
 def read_records(path: Path, fieldnames: Optional[Sequence[str]] = None) -> list[tuple[int, dict]]:
     """``(line number, record)`` rows of a JSONL, CSV or TSV file; errors name ``file:line``.
     ``fieldnames``: the columns of a CSV/TSV file without a header row (GLUE's CoLA)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first column's name
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 ({e.reason})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    rows: list[tuple[int, dict]] = []
     if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            rows.append((n, json_record(line, f"{path}:{n}")))
+        rows = jsonl_records(path)
     else:
-        reader = csv.DictReader(text.splitlines(), fieldnames=list(fieldnames) if fieldnames else None,
-                                delimiter="\t" if path.suffix == ".tsv" else ",",
-                                quoting=csv.QUOTE_NONE if path.suffix == ".tsv" else csv.QUOTE_MINIMAL)
-        for rec in reader:
-            rows.append((reader.line_num, rec))
+        rows = csv_records(path, tsv=path.suffix == ".tsv", fieldnames=fieldnames)
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return rows

@@ -68,13 +68,12 @@ class Code2DocTask(TaskConfig):
             return self.data_dir()
         import json
 
-        from peftlab.data.pysource import cross_project_dir
+        from peftlab.data.pysource import cross_project_dir, read_split
 
         stdlib = self.data_dir()
 
         def exclude():  # every key of the stdlib corpus's train and valid splits
-            return {self.name: {self.record_key(json.loads(line)) for s in ("train", "valid") for line in
-                                (stdlib / f"{s}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}}
+            return {self.name: {self.record_key(r) for s in ("train", "valid") for r in read_split(stdlib / f"{s}.jsonl")}}
 
         return cross_project_dir(self.test_source, [type(self)], exclude, stdlib / "cross") / self.name / "test.jsonl"
 

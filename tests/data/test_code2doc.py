@@ -223,7 +223,16 @@ def test_fixture_tree_is_meaningful():
     assert len(set(split.values())) == 3
 
 
-@pytest.mark.parametrize("percent", [None, SPREAD, {"train": 100, "valid": 0, "test": 0}])
+def test_a_build_that_leaves_a_split_empty_is_refused(tmp_path):
+    """The default 90/5/5 shares put none of the fixture's four files in test: no run could read it
+    (it used to be written empty, exit 0). A share of 0 is a split asked to be empty."""
+    with pytest.raises(DataError, match=r"srctree: the test split is empty \(8 documented functions in 4 files; "
+                                        r".*90,5,5 percent to train,valid,test\): give more source files"):
+        build_code2doc([SRCTREE], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("percent", [SPREAD, {"train": 100, "valid": 0, "test": 0}])
 def test_build_invariants(tmp_path, percent):
     manifest = build_code2doc([SRCTREE], tmp_path / "out", percent=percent)
     out = tmp_path / "out"
@@ -266,7 +275,7 @@ def test_build_is_deterministic_and_atomic(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(DataError, match="not a dataset peftlab wrote"):
-        build_code2doc([SRCTREE], tmp_path / "mine")
+        build_code2doc([SRCTREE], tmp_path / "mine", percent=SPREAD)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -274,7 +283,7 @@ def test_build_skips_undecodable_and_rejects_empty(tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(SRCTREE, tree)
     (tree / "latin1.py").write_bytes(b'def f():\n    """Caf\xe9 au lait, tr\xe8s bien."""\n    return 1\n')
-    manifest = build_code2doc([tree], tmp_path / "out", exclude_tests=False)
+    manifest = build_code2doc([tree], tmp_path / "out", exclude_tests=False, percent=SPREAD)
     assert [s["path"] for s in manifest["skipped_files"]] == ["broken.py", "latin1.py"]
     assert "UnicodeDecodeError" in manifest["skipped_files"][1]["reason"]
     names = [r["func_name"] for split in SPLITS for r in _lines(tmp_path / "out" / f"{split}.jsonl")]

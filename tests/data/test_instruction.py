@@ -170,7 +170,7 @@ def clamp_value(x, low, high):
 def test_cli_builds_the_set(tmp_path, capsys):
     from peftlab.lab.cli import main
 
-    assert main(["data", "instruct", str(SRCTREE), "--out", str(tmp_path / "ins")]) == 0
+    assert main(["data", "instruct", str(SRCTREE), "--out", str(tmp_path / "ins"), "--percent", "50,30,20"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert sum(out[s] for s in ("train", "valid", "test")) > 0 and (tmp_path / "ins" / "manifest.json").is_file()
 

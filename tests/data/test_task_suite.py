@@ -279,7 +279,7 @@ def test_cli_data_builds_a_task(tmp_path, capsys):
     from peftlab.lab.cli import main
 
     tree = _tree(tmp_path / "src")
-    assert main(["data", "line_completion", str(tree), "--out", str(tmp_path / "lc")]) == 0
+    assert main(["data", "line_completion", str(tree), "--out", str(tmp_path / "lc"), "--percent", "40,30,30"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"out", "train", "valid", "test"} and sum(out[s] for s in SPLITS) > 0
     assert sorted(p.name for p in (tmp_path / "lc").iterdir()) == ["manifest.json", "test.jsonl", "train.jsonl",

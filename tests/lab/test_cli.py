@@ -180,9 +180,16 @@ def test_merge_refuses_the_alignment_adapter(smoke_run, tmp_path, capsys):
 
 def test_data_code2doc_builds_codexglue_jsonl(tmp_path, capsys):
     out = tmp_path / "c2d"
-    assert main(["data", "code2doc", str(ROOT / "tests" / "fixtures" / "srctree"), "--out", str(out)]) == 0
+    tree = str(ROOT / "tests" / "fixtures" / "srctree")
+    # four files: with the default 90,5,5 shares the test split is empty, and no run could read it (issue 35)
+    assert main(["data", "code2doc", tree, "--out", str(out)]) == 2
+    assert "the test split is empty (8 documented functions in 4 files" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["data", "code2doc", tree, "--out", str(out), "--percent", "110,-5,5"]) == 2
+    assert "--percent '110,-5,5': give three whole percentages" in capsys.readouterr().err
+    assert main(["data", "code2doc", tree, "--out", str(out), "--percent", "40,40,20"]) == 0
     counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert counts["out"] == str(out) and sum(counts[s] for s in ("train", "valid", "test")) > 0
+    assert counts["out"] == str(out) and all(counts[s] > 0 for s in ("train", "valid", "test"))
     for split in ("train", "valid", "test"):
         lines = (out / f"{split}.jsonl").read_text().splitlines()
         assert len(lines) == counts[split]

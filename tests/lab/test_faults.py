@@ -273,9 +273,15 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, data, monkeypatch, capsys):
     run = tmp_path / "r"
     monkeypatch.setattr(peftlab.lab.run, "score", interrupted)
     assert train(run, data) == 130
-    assert status(run)["state"] == "interrupted" and "its adapter is saved" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert status(run)["state"] == "interrupted" and "its adapter is saved" in err
+    # a bare Ctrl-C names its signal (it printed "stopped by ;" and "interrupted ()")
+    assert f"{run} stopped by SIGINT; its adapter is saved" in err and status(run)["error"] == "interrupted (SIGINT)"
+    assert status(run)["resume"] == f"peftlab train --resume {run}"
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--quiet"]) == 0 and status(run)["state"] == "complete"
+    # a completed run carries no advice or error from the stop before
+    assert not {"resume", "last_checkpoint", "error"} & set(status(run)) and status(run)["resumed_from_step"] == 2
 
 
 _COMPARE_WAITING_FOR_A_FILE = r"""

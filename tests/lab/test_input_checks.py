@@ -285,7 +285,7 @@ def test_out_pointing_at_a_file_is_one_line(lora_run, tmp_path, data, capsys):
         ["export", str(lora_run), "--out", str(f)],
         ["merge", str(lora_run), "--out", str(f)],
         ["train", SMOKE, "--out", str(f / "below"), "--quiet", *tiny_args(data)],
-        ["data", "code2doc", str(ROOT / "tests" / "fixtures" / "srctree"), "--out", str(f)],
+        ["data", "code2doc", str(ROOT / "tests" / "fixtures" / "srctree"), "--out", str(f), "--percent", "40,40,20"],
         ["pretrain", str(ROOT / "configs" / "pretrain" / "mini-t5-v1.yaml"), "--out", str(f), "--quiet"],
     ]
     for command in commands:
@@ -371,3 +371,37 @@ def test_the_readme_peft_recipe_gives_peftlabs_outputs(tmp_path, data):
     _, ours = load_trained(run)
     # float32 on both sides: equal to rounding (a bf16 base differed by ~0.1 here)
     assert torch.allclose(_seq2seq_logits(model), _seq2seq_logits(ours.model.eval()), atol=1e-4)
+
+
+# ------------------------------------------------------- what makes scores mean less than they seem (35)
+
+
+def test_train_test_overlap_is_said_and_recorded(lora_run, caplog):
+    """The tiny data holds the same five functions in every split: every test input is a train input."""
+    warnings = json.loads((lora_run / "data.json").read_text())["warnings"]
+    assert warnings == ["code2doc: 3 of 3 test inputs (100.0%) are also train inputs: their scores measure "
+                        "memory, not generalisation"]
+
+
+def test_a_single_class_split_is_said(tmp_path, caplog):
+    rows = {"train": [("good film", "pos"), ("bad film", "neg")] * 3, "valid": [("fine film", "pos"), ("poor", "neg")],
+            "test": [("great film", "pos"), ("lovely film", "pos")]}
+    root = tmp_path / "sst"
+    root.mkdir()
+    for split, pairs in rows.items():
+        (root / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in pairs))
+    caplog.set_level("WARNING")
+    assert main(["train", SMOKE, "--out", str(tmp_path / "r"), "--quiet", *tiny_args(root),
+                 "data.task={name: classify, path: " + str(root) + "}", "methods=[{name: lora, r: 2}]"]) == 0
+    said = "every test example has the label 'pos': a constant answer scores accuracy and F1 100"
+    assert said in caplog.text
+    assert any(said in w for w in json.loads((tmp_path / "r" / "data.json").read_text())["warnings"])
+
+
+def test_generate_says_when_a_prompt_is_cut(lora_run, capsys, caplog):
+    caplog.set_level("WARNING")
+    assert main(["generate", str(lora_run), "--prompt", "def f(x): return x " * 5]) == 0
+    assert "longer than" not in caplog.text
+    assert main(["generate", str(lora_run), "--prompt", "def f(x): return x " * 100]) == 0
+    assert ("one of 1 inputs longer than the run's data.max_source_length (64 tokens, the longest" in caplog.text
+            and "only its first 64 tokens kept" in caplog.text)

@@ -99,3 +99,17 @@ def test_search_spec_errors_name_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match=r"search.yaml:\d+: space.0.name: unknown method 'loraa'"):
         load_search(spec)
     assert main(["search", str(spec), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_methods_the_model_cannot_take_are_refused_before_any_trial(tmp_path):
+    """Each value a trial can draw is applied on the meta device first: LLaMA-Adapter on a T5 base, or
+    LoRA on a module T5 does not have, used to fail every trial that drew it (issue 35)."""
+    from peftlab.lab.search.run import run_search
+
+    space = ("space:\n  - {name: lora, choose: {r: [2], targets: [[q, v], [gate_proj]]}}\n"
+             "  - {name: llama_adapter, choose: {length: [2]}}\n")
+    spec, out = write_search(tmp_path, space=space), tmp_path / "o"
+    with pytest.raises(ConfigError, match=r"(?s)checked before any run.*.lora with targets=\['gate_proj'\]. on "
+                                          r".*'llama_adapter' on .*does not support the 't5' family"):
+        run_search(spec, out, progress=False)
+    assert not out.exists()

@@ -96,8 +96,10 @@ def run_bench(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progres
     if failed:
         names = "; ".join(f"{r['dir']}: {r.get('error', '?')}" + (f" (log: {r['log']})" if r.get("log") else "")
                           for r in failed[:5])
-        raise BenchError(f"{len(failed)} of {len(index['runs'])} runs did not finish ({names}); rerun the same "
-                         f"command to retry them (finished runs are kept)")
+        raise BenchError(f"{len(failed)} of {len(index['runs'])} runs did not finish ({names}); an error in a run's "
+                         f"input or config fails again until it is fixed: fix what each says, then rerun the same "
+                         f"command, which continues them (finished runs are kept; a run stopped by a signal or a "
+                         f"full disk needs only the rerun)")
     return index
 
 

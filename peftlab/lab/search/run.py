@@ -64,6 +64,7 @@ def run_search(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progre
     import optuna
 
     search = load_search(path, overrides)
+    check_space(search)  # a method that cannot apply to the model would fail every trial that draws it
     out = Path(out)
     rundir.make_dir(out, "--out")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -83,6 +84,36 @@ def run_search(path: Path, out: Path, *, overrides: tuple[str, ...] = (), progre
 
             run_launched(study, search, out, Path(path), overrides, told=lambda: write_front(study, search, out))
         return write_front(study, search, out)
+
+
+def check_space(search: Search) -> None:
+    """Apply every value the space can draw to the model on the meta device before any trial: each
+    method with each of its choices (the other fields at their first), and all methods together;
+    one ``ConfigError`` names every pair that does not apply (``bench.preflight.check_applicable``)."""
+    from types import SimpleNamespace
+
+    from peftlab.lab.bench.preflight import check_applicable
+
+    def one(entry, **picked) -> dict:
+        first = {k: v[0] for k, v in entry.choose.items() if k != entry.per_layer}
+        if entry.per_layer is not None:
+            first[entry.per_layer] = next((v for v in entry.choose[entry.per_layer] if v != 0), 0)
+            first["layers"] = [0]
+        return {"name": entry.name, **entry.fixed, **first, **picked}
+
+    def run(methods: list[dict], label: str) -> SimpleNamespace:
+        return SimpleNamespace(config=trial_config(search, methods), method=label, task=search.task)
+
+    runs = []
+    for entry in search.spec.space:
+        runs.append(run([one(entry)], entry.name))
+        for field, values in entry.choose.items():
+            for value in values[1:]:
+                if not (field == entry.per_layer and value == 0):
+                    runs.append(run([one(entry, **{field: value})], f"{entry.name} with {field}={value!r}"))
+    if len(search.spec.space) > 1:
+        runs.append(run([one(e) for e in search.spec.space], "all the space's methods together"))
+    check_applicable(runs)
 
 
 PLAN = "search_plan.json"  # what the trials in this directory were made by (all but the number of trials)
