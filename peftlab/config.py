@@ -280,6 +280,9 @@ def _build(cls: type[T], data: Any, path: tuple, where: _Where) -> T:
         data, renamed = unaliased(cls, data)  # another library's names (peft's lora_alpha) -> peftlab's
     except FieldError as e:
         raise ConfigError(f"{where(path + (e.field,))}: {e}") from None
+    versioned = getattr(cls, "versioned", None)  # a schema whose defaults depend on the version it declares
+    if versioned is not None:
+        data = versioned(data)
     for key in data:
         if key in moved and key not in fields:
             errors.append(ConfigError(f"{where(path + (key,))}: {moved[key]}"))

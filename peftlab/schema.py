@@ -92,7 +92,8 @@ class TrainSpec:
     # speed levers (peftlab.train.fast); each trains the same weights as the plain path
     compile: bool = False  # torch.compile the model (inductor, CPU and GPU); the first steps compile
     fused_kernels: bool = True  # one-kernel forms of composed ops: LoRA's update, T5's tanh-GELU, RMSNorm; causal attention by blocks on CPU
-    fast_dropout: bool = False  # dropout with a cheaper random mask (same rate, another random stream)
+    # dropout with a cheaper random mask (same rate, another random stream; on by default from config version 2)
+    fast_dropout: bool = True
     # under bf16/fp16 autocast, store frozen linear weights in that dtype (what autocast casts them to
     # on every call anyway): less memory, no per-step casts; they stay so after training
     cast_frozen: bool = False
@@ -183,14 +184,54 @@ class EvalSpec:
                                                   f"got {self.perplexity_stride}")
 
 
+# The config schema's version. A version changes when a default does: a config that says
+# ``version: N`` (every run's config.yaml does) gets version N's defaults for the fields it leaves
+# out, so a run made under old defaults is rebuilt exactly from its config.yaml; a config that says
+# no version gets today's. VERSION_DEFAULTS holds, per earlier version, the defaults changed after it.
+CONFIG_VERSION = 2
+VERSION_DEFAULTS: dict[int, dict[str, dict[str, Any]]] = {
+    1: {"train": {"fast_dropout": False}},  # version 2 made the measured-neutral speed lever the default
+}
+
+# Train fields that change how fast a run goes or where it reports, not what it computes beyond the
+# tolerance the lever tests hold (tests/kernels/test_levers.py): a bench or compare reuses a finished
+# run that differs from the plan only in these (its config.yaml records what it ran with)
+RESULT_NEUTRAL_TRAIN = ("report_to", "report_project", "log_every", "checkpoint_every", "keep_checkpoints",
+                        "num_threads", "compile", "fused_kernels", "fast_dropout", "cast_frozen", "loss_chunk",
+                        "gradient_checkpointing")
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    version: int = CONFIG_VERSION  # the schema version its defaults are read under (CONFIG_VERSION above)
     model: ModelSpec = field(default_factory=ModelSpec)
     methods: list[MethodConfig] = field(default_factory=list)  # applied in order; [] = zero-shot
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     label: Optional[str] = None  # row name in comparison tables; default from the methods
+
+    def __post_init__(self):
+        from peftlab.config import FieldError
+
+        if not 1 <= self.version <= CONFIG_VERSION:
+            raise FieldError("version", f"config version {self.version} is not one this peftlab reads "
+                                        f"(1..{CONFIG_VERSION}); a newer peftlab wrote it")
+
+    @classmethod
+    def versioned(cls, data: dict) -> dict:
+        """``data`` with the defaults of the version it declares for the fields it leaves out."""
+        version = data.get("version", CONFIG_VERSION)
+        if not isinstance(version, int) or version >= CONFIG_VERSION:
+            return data
+        out = dict(data)
+        for v in sorted(VERSION_DEFAULTS):
+            if v < version:
+                continue
+            for section, defaults in VERSION_DEFAULTS[v].items():
+                given = out.get(section) if isinstance(out.get(section), dict) else {}
+                out[section] = {**{k: d for k, d in defaults.items() if k not in given}, **given}
+        return out
 
     def display_name(self) -> str:
         if self.label:

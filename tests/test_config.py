@@ -157,3 +157,36 @@ def test_a_config_extends_another_deep_merged_and_errors_name_the_file_that_set_
     (tmp_path / "sub" / "child.yaml").write_text("extends: ../nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"child.yaml:1: extends: no config"):
         load_config(RunConfig, tmp_path / "sub" / "child.yaml")
+
+
+def test_a_config_reads_the_defaults_of_the_version_it_declares(tmp_path):
+    """Version 2 turned fast_dropout on by default; a config.yaml that says version 1 (or a run's
+    config written before) keeps version 1's default for what it leaves out, so it rebuilds the same run."""
+    from peftlab.schema import CONFIG_VERSION
+
+    assert from_dict(RunConfig, {}).train.fast_dropout is True and from_dict(RunConfig, {}).version == CONFIG_VERSION
+    old = from_dict(RunConfig, {"version": 1, "train": {"lr": 0.01}})
+    assert old.train.fast_dropout is False and old.train.lr == 0.01 and old.version == 1
+    assert from_dict(RunConfig, {"version": 1, "train": {"fast_dropout": True}}).train.fast_dropout is True
+    assert to_dict(from_dict(RunConfig, {}))["version"] == CONFIG_VERSION  # every run's config.yaml says its version
+    assert from_dict(RunConfig, to_dict(old)) == old  # written and read back: the same run
+    with pytest.raises(ConfigError, match=r"version: config version 9 is not one this peftlab reads"):
+        from_dict(RunConfig, {"version": 9})
+
+
+def test_a_finished_run_is_reused_when_only_result_neutral_fields_differ(tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from peftlab.lab import rundir
+    from peftlab.lab.run import same_config
+
+    cfg = from_dict(RunConfig, {"version": 1})  # made under the old defaults
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text(yaml.safe_dump(to_dict(cfg)))
+    today = dataclasses.replace(cfg, version=2, train=dataclasses.replace(cfg.train, fast_dropout=True, log_every=3,
+                                                                           report_to=["tensorboard"]))
+    assert same_config(run, today)
+    assert not same_config(run, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=0.5)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from typing import Callable, Optional, Sequence
 
 from peftlab.evaluate.generate import Decoding
@@ -66,9 +67,12 @@ def score_selected(model, tokenizer, task, examples: Sequence, valid: Sequence, 
         return metrics, preds
     if not (space and valid and generates(task)):
         return score_task(model, tokenizer, task, examples, decoding=decoding, **kwargs)
+    started = time.perf_counter()
     best, table = select_decoding(
         task, decoding, space, lambda d: score_task(model, tokenizer, task, valid, decoding=d, **kwargs)[0])
+    selecting = time.perf_counter() - started
     metrics, preds = score_task(model, tokenizer, task, examples, decoding=best, **kwargs)
+    metrics["select_seconds"] = selecting  # the decoding grid on validation (eval_seconds: the test split)
     metrics["decoding"] = {k: getattr(best, k) for k in space}
     metrics["decoding_selection"] = table
     return metrics, preds

@@ -97,7 +97,8 @@ def evaluate_on(run_dir: Path, name: str, overrides: dict[str, Any], decoding: O
     chosen ones (``peftlab eval --num-beams``...), recorded per task as ``decoding``."""
     from peftlab.lab.floors import beats, task_floors
     from peftlab.lab.rundata import load_examples
-    from peftlab.lab.run import load_trained, score, with_floor_rows
+    from peftlab.lab.run import load_trained
+    from peftlab.lab.scoring import score, with_floor_rows
 
     run_dir = Path(run_dir)
     rundir.require_writable(run_dir, "an evaluation writes its scores there")

@@ -12,7 +12,8 @@ from typing import Optional
 
 from peftlab.lab import fingerprint, rundir
 from peftlab.errors import DataError
-from peftlab.lab.run import perplexity_scores, write_predictions, load_trained, perplexity_texts, score
+from peftlab.lab.run import load_trained
+from peftlab.lab.scoring import perplexity_scores, perplexity_texts, score, write_predictions
 from peftlab.lab.rundata import load_examples
 from peftlab.schema import RunConfig
 

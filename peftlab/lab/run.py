@@ -19,6 +19,7 @@ from peftlab.device import hardware
 from peftlab.provenance import versions
 from peftlab.lab.rundata import (check_lengths, data_warnings, encode_rows, for_decoder, load_examples,
                                  wants_task_ids)
+from peftlab.lab.scoring import perplexity_texts, scored
 from peftlab.schema import DataSpec, RunConfig
 from peftlab.train.trackers import Tracking
 
@@ -66,48 +67,6 @@ def run_methods(cfg: RunConfig) -> list:
         except FieldError as e:
             raise ConfigError(f"methods.{i}.{e.field}: {e}") from None
     return out
-
-
-def score(model, tokenizer, cfg: RunConfig, rows, valid_rows=(),
-          decodings: Optional[dict[str, dict]] = None, row_stats: Optional[dict] = None) -> tuple[dict, list[dict]]:
-    """Each task's metrics on its ``rows`` (see ``load_examples``), and the prediction rows.
-
-    One task: its metrics at the top level too (``bleu``, ``accuracy``...); always per task under
-    ``task_metrics``. With ``eval.select``, a generation task's decoding is chosen on its
-    ``valid_rows`` first (``peftlab.evaluate.select``). ``decodings`` (by task name: settings over
-    ``eval``'s, e.g. a finished run's recorded choice) fixes every task's decoding: none is chosen.
-    ``row_stats``: filled with each task's per-row statistics (``rows_record``), for intervals."""
-    from peftlab.data.seq2seq import tail_tokens
-    from peftlab.evaluate.generate import Decoding
-    from peftlab.evaluate.select import score_selected
-    from peftlab.tasks.base import sample_rows
-
-    multi = len(cfg.data.tasks) > 1
-    per_task, out_rows = {}, []
-    for t, task in enumerate(cfg.data.tasks):
-        examples = [e for i, e in rows if i == t]
-        if not examples:
-            continue
-        chosen = None if decodings is None else decodings.get(task.describe(), {})
-        selects = cfg.eval.select and chosen is None
-        valid = sample_rows([e for i, e in valid_rows if i == t], cfg.eval.select_examples) if selects else []
-        metrics, preds = score_selected(
-            model, tokenizer, task, examples, valid, space=cfg.eval.select, chosen=chosen,
-            max_source_length=cfg.data.max_source_length,
-            decoding=Decoding.of(cfg.eval), batch_size=cfg.eval.batch_size,
-            mixed_precision=cfg.train.mixed_precision, keep_tail=tail_tokens(tokenizer, task.prompt_tail),
-            task_id=t if multi and wants_task_ids(cfg) else None,
-        )
-        per_task[task.describe()] = metrics
-        if row_stats is not None:
-            row_stats[task.describe()] = rows_record(task, preds, examples, metrics)
-        out_rows += [{**({"task": task.describe()} if multi else {}), **e.meta, "prediction": p, "reference": e.target}
-                     for e, p in zip(examples, preds)]
-    flat = dict(next(iter(per_task.values()))) if len(per_task) == 1 else {
-        "eval_seconds": sum(m["eval_seconds"] for m in per_task.values()),
-        "eval_examples": sum(m["eval_examples"] for m in per_task.values())}
-    flat["task_metrics"] = per_task
-    return flat, out_rows
 
 
 def train_run(cfg: RunConfig, run_dir: Path, *, progress: bool = True, name: Optional[str] = None,
@@ -280,54 +239,6 @@ def _per_task(state, model, data: DataSpec) -> dict:
     return {"trainable_params_per_task": {"shared": split["shared"], "by_task": by_task}}
 
 
-def scored(cfg: RunConfig, run_dir: Path, model, tok, splits, trained: dict) -> dict:
-    """Score the test split (decoding chosen on validation when ``eval.select`` asks) and write
-    predictions; the metrics are ``trained``, the scores, the perplexity (``eval.perplexity``) and
-    the task floors."""
-    train_rows, eval_rows, test = splits
-    stats: dict = {}
-    scores, rows = score(model, tok, cfg, test, eval_rows, row_stats=stats)
-    ppl_texts = perplexity_texts(cfg, not model.config.is_encoder_decoder)
-    if ppl_texts:
-        scores.update(perplexity_scores(model, tok, cfg, ppl_texts))
-    write_predictions(run_dir, rows)
-    floor_rows: dict = {}
-    floors = _floors(cfg, train_rows, eval_rows, test, scores, floor_rows)
-    rundir.write_json(run_dir / rundir.ROW_STATS, with_floor_rows(stats, floor_rows))
-    return {
-        **with_scores(trained, scores),
-        "test_split": cfg.data.test_split,
-        "test_examples": scores["eval_examples"],
-        **floors,
-    }
-
-
-def rows_record(task, predictions, examples, metrics: dict) -> dict:
-    """``{"rows": [row id...], "metrics": {name: RowStats json}}``: the per-row statistics of the
-    task's metrics that reproduce its figures (``peftlab.evaluate.rows.checked``), and an id of each
-    row (its source and target) so that paired tests only pair the same rows."""
-    import hashlib
-
-    from peftlab.evaluate.rows import checked
-
-    ids = [hashlib.sha256(f"{e.source}\0{e.target}".encode()).hexdigest()[:12] for e in examples]
-    kept = checked(task.row_stats(predictions, examples), metrics)
-    return {"rows": ids, "metrics": {k: r.to_json() for k, r in kept.items()}}
-
-
-def with_floor_rows(stats: dict, floor_rows: dict) -> dict:
-    """The row-statistics file: per task, the method's and each floor's."""
-    return {"version": 1, "tasks": {t: {**rec, "floors": floor_rows.get(t, {})} for t, rec in stats.items()}}
-
-
-def with_scores(trained: dict, scores: dict) -> dict:
-    """The run's fields and its scores at top level; a score whose name is already a run field
-    (method_name's sub-token ``precision`` beside the training ``precision``, "bf16") stays only in
-    ``task_metrics``, never replacing what the run recorded."""
-    skip = {"eval_examples", "truncated_prompts"}
-    return {**trained, **{k: v for k, v in scores.items() if k not in skip and k not in trained}}
-
-
 def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
     """Resume a run whose training was over (its adapter saved) but whose scoring was not."""
     _, loaded = load_trained(run_dir)
@@ -337,48 +248,6 @@ def _score_trained(cfg: RunConfig, run_dir: Path) -> dict:
               load_examples(d, d.eval_split, d.max_eval_examples, causal, tok),
               load_examples(d, d.test_split, cfg.eval.max_examples, causal, tok))
     return scored(cfg, run_dir, loaded.model, tok, splits, rundir.read_trained(run_dir))
-
-
-def _floors(cfg: RunConfig, train_rows, valid_rows, test_rows, scores: dict, rows: Optional[dict] = None) -> dict:
-    """``floors`` (model-free baselines per task, on the same rows) and ``beats_floors`` for metrics.json;
-    ``rows`` is filled with each floor's per-row statistics."""
-    if not cfg.eval.floors:
-        return {}
-    from peftlab.lab.floors import beats, task_floors
-
-    floors = task_floors(cfg.data.tasks, train_rows, valid_rows, test_rows, rows=rows)
-    return {"floors": floors, "beats_floors": {t: beats(scores["task_metrics"][t], f) for t, f in floors.items()}}
-
-
-def perplexity_texts(cfg: RunConfig, causal: bool) -> Optional[list[str]]:
-    """The texts of ``eval.perplexity`` (None when unset); a seq2seq model is refused by name."""
-    from peftlab.errors import ConfigError
-    from peftlab.evaluate.perplexity import read_texts
-
-    if not cfg.eval.perplexity:
-        return None
-    if not causal:
-        raise ConfigError(f"eval.perplexity: perplexity needs a causal LM; {cfg.model.name} is an encoder-decoder")
-    return [text for _, text in read_texts(cfg.eval.perplexity)]
-
-
-def perplexity_scores(model, tok, cfg: RunConfig, texts: list[str], window: Optional[int] = None,
-                stride: Optional[int] = None) -> dict:
-    """``{"ppl", "ppl_tokens", ...}`` of ``model`` on ``texts`` with the run's window settings."""
-    from peftlab.errors import ConfigError
-    from peftlab.evaluate.perplexity import default_window, perplexity
-
-    if window is None:
-        window = cfg.eval.perplexity_window or default_window(model, cfg.data.max_source_length
-                                                              + cfg.data.max_target_length)
-    if stride is None:
-        stride = cfg.eval.perplexity_stride or max(window // 2, 1)
-    if window < 2 or not 1 <= stride <= window:
-        raise ConfigError(f"eval.perplexity: window must be >= 2 and stride in [1, window]; got window {window}, "
-                          f"stride {stride}")
-    out = perplexity(model, tok, texts, window=window, stride=stride, batch_size=cfg.eval.batch_size,
-                     mixed_precision=cfg.train.mixed_precision)
-    return {"ppl": out["ppl"], "ppl_tokens": out["tokens"], "ppl_window": out["window"], "ppl_stride": out["stride"]}
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -396,7 +265,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
 def load_trained(run_dir: Path, *, full_precision: bool = False):
     """A fresh base model with the run's saved adapter loaded: ``(cfg, LoadedModel)``.
 
-    ``full_precision``: load a quantized run's base unquantized (to merge or export into it)."""
+    ``full_precision``: load a quantized run's base unquantized (to merge or export into it); else
+    the model computes as the run scored it (``peftlab.train.fast.forward_levers``)."""
     import dataclasses
 
     from peftlab.methods.io import load_adapter
@@ -407,20 +277,22 @@ def load_trained(run_dir: Path, *, full_precision: bool = False):
     spec = dataclasses.replace(cfg.model, quantize="none") if full_precision else cfg.model
     loaded = load_model(spec, seed=cfg.train.seed)
     load_adapter(loaded.model, run_dir / rundir.ADAPTER, base_model_record(cfg))
+    if not full_precision:
+        from peftlab.train.fast import forward_levers
+
+        forward_levers(loaded.model, cfg.train)
     return cfg, loaded
-
-
-def write_predictions(run_dir: Path, rows: list[dict], name: str = rundir.PREDICTIONS) -> None:
-    rundir.write_text(run_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def same_config(run_dir: Path, cfg) -> bool:
     """Whether the run in ``run_dir`` was made with ``cfg`` (local paths resolved as a run records them)."""
     from peftlab.errors import ConfigError
 
-    def made_of(c) -> dict:  # where a run reports to changes nothing it makes
-        data = to_dict(c)
-        return {**data, "train": {k: v for k, v in data["train"].items() if k not in ("report_to", "report_project")}}
+    from peftlab.schema import RESULT_NEUTRAL_TRAIN
+
+    def made_of(c) -> dict:  # how fast a run went and where it reported change nothing it made
+        data = {k: v for k, v in to_dict(c).items() if k != "version"}
+        return {**data, "train": {k: v for k, v in data["train"].items() if k not in RESULT_NEUTRAL_TRAIN}}
 
     try:
         return made_of(load_run_config(run_dir)) == made_of(fingerprint.resolve_paths(cfg))

@@ -37,9 +37,11 @@ COMPILE_BACKEND = "inductor"  # the tests swap in "aot_eager" (same tracing, no 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
-    """``loss_of(batch)`` for ``model`` trained under ``spec`` (call it inside autocast), its
-    ``mixed_precision`` resolved ("bf16", "fp16" or "no", not "auto")."""
+def forward_levers(model: nn.Module, spec) -> None:
+    """The levers that change how ``model`` computes its forward pass (fused kernels, fast dropout and
+    attention), as training applies them. A run scores its test split on the model it trained, with
+    these on; a finished run reloaded to be scored again gets them too (``peftlab.lab.run.load_trained``),
+    or beam search could break a near-tie the other way (their results agree to ~1e-7, not bitwise)."""
     from peftlab.methods.base import AdapterModule
 
     from peftlab.kernels import gated, ops as kernels
@@ -54,6 +56,12 @@ def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
     if spec.fast_dropout:
         kernels.use_fast_dropout(model)
     kernels.use_fast_attention(getattr(model, "module", model), drop=spec.fast_dropout, blocks=spec.fused_kernels)
+
+
+def training_loss(model: nn.Module, spec) -> Callable[[dict], torch.Tensor]:
+    """``loss_of(batch)`` for ``model`` trained under ``spec`` (call it inside autocast), its
+    ``mixed_precision`` resolved ("bf16", "fp16" or "no", not "auto")."""
+    forward_levers(model, spec)
     if spec.cast_frozen and spec.mixed_precision in _AUTOCAST_DTYPES:
         cast_frozen_linears(model, _AUTOCAST_DTYPES[spec.mixed_precision])
     forward = torch.compile(model, backend=COMPILE_BACKEND) if spec.compile else model

@@ -52,6 +52,12 @@ def test_two_methods_two_tasks_two_seeds_finish_under_a_minute_with_a_full_repor
     assert all("–" not in ln for ln in main_rows)
     assert "| floor: majority class |" in report and "| floor: BM25 retrieval |" in report
     assert "| floor: best constant |" in report
+    # where each run's time went, and evaluation's share per method (issue 34)
+    seconds = json.loads((out / index["runs"][0]["dir"] / "metrics.json").read_text())["seconds"]
+    assert set(seconds) == {"train", "select", "test", "perplexity", "floors", "eval_share"}
+    assert seconds["train"] > 0 and seconds["test"] > 0 and 0 < seconds["eval_share"] < 1
+    assert "Where the time of 8 runs went (metrics.json `seconds`): train " in report
+    assert "Evaluation (selection + test) as a share of each run's train + scoring time, median per method: LoRA " in report
     for name in ("loss_curves", "score_vs_params", "score_vs_time", "peak_memory"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
         assert f"(plots/{name}.png)" in report

@@ -265,13 +265,13 @@ def test_sigterm_is_recorded_as_interrupted_and_resume_waits_for_a_live_owner(tm
 
 
 def test_ctrl_c_is_recorded_as_interrupted(tmp_path, data, monkeypatch, capsys):
-    import peftlab.lab.run
+    import peftlab.lab.scoring
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
     run = tmp_path / "r"
-    monkeypatch.setattr(peftlab.lab.run, "score", interrupted)
+    monkeypatch.setattr(peftlab.lab.scoring, "score", interrupted)
     assert train(run, data) == 130
     err = capsys.readouterr().err
     assert status(run)["state"] == "interrupted" and "its adapter is saved" in err
@@ -334,7 +334,7 @@ def test_two_trains_into_one_out_and_two_compares_into_one_out(tmp_path, data, c
 
 
 def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, data, monkeypatch, capsys):
-    import peftlab.lab.run
+    import peftlab.lab.scoring
     from peftlab.lab.compare import compare
 
     def interrupted(*a, **k):
@@ -344,7 +344,7 @@ def test_compare_resumes_an_interrupted_run_instead_of_starting_again(tmp_path, 
     cfgs.mkdir()
     (cfgs / "a.yaml").write_text(Path(SMOKE).read_text())
     out = tmp_path / "out"
-    monkeypatch.setattr(peftlab.lab.run, "score", interrupted)
+    monkeypatch.setattr(peftlab.lab.scoring, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compare([cfgs], out, overrides=tiny_args(data), progress=False, isolate=False)
     monkeypatch.undo()

@@ -207,18 +207,18 @@ def test_a_bad_test_split_fails_before_training(tmp_path, capsys, broken):
 
 
 def test_a_failure_in_scoring_keeps_the_adapter_and_the_run_resumable(tmp_path, data, monkeypatch, capsys):
-    import peftlab.lab.run
+    import peftlab.lab.scoring
 
-    real_score = peftlab.lab.run.score
+    real_score = peftlab.lab.scoring.score
 
     def broken(*a, **k):
         raise RuntimeError("scoring broke")
 
     run = tmp_path / "r"
-    monkeypatch.setattr(peftlab.lab.run, "score", broken)
+    monkeypatch.setattr(peftlab.lab.scoring, "score", broken)
     with pytest.raises(RuntimeError, match="scoring broke"):
         train(run, data)
-    monkeypatch.setattr(peftlab.lab.run, "score", real_score)
+    monkeypatch.setattr(peftlab.lab.scoring, "score", real_score)
     st = status(run)
     assert st["state"] == "failed" and "scoring broke" in st["error"]
     assert (run / "adapter" / "peftlab_adapter.safetensors").is_file() and (run / "trained.json").is_file()

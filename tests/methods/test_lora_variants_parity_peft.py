@@ -16,7 +16,7 @@ from peftlab.methods import apply_methods
 from peftlab.methods.dora import DoraConfig
 from peftlab.methods.lora import LoraConfig, LoraLinear
 from peftlab.schema import TrainSpec
-from peftlab.train.loop import make_optimizer
+from peftlab.train.optim import make_optimizer
 
 from conftest import logits
 from peft_pairs import (BUILD, PREFIX, TARGETS, assert_forward_and_step_match, assert_merges_match,

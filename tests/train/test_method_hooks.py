@@ -16,7 +16,8 @@ from peftlab.methods.base import StepHook
 from peftlab.methods.ia3 import IA3Config
 from peftlab.methods.lora import LoraConfig, LoraLinear
 from peftlab.schema import TrainSpec
-from peftlab.train.loop import LoopOptions, make_optimizer, train
+from peftlab.train.loop import LoopOptions, train
+from peftlab.train.optim import make_optimizer
 
 from test_train_loop import spec, tiny_data
 

@@ -12,7 +12,8 @@ from peftlab.methods.lora import LoraConfig
 from peftlab.models.t5 import T5
 from peftlab.schema import TrainSpec
 from peftlab.train.checkpoint import list_checkpoints
-from peftlab.train.loop import LoopOptions, TrainingError, jsonl_writer, lr_factor, train
+from peftlab.train.loop import LoopOptions, TrainingError, jsonl_writer, train
+from peftlab.train.optim import lr_factor
 
 
 def tiny_model(seed=0):

@@ -117,7 +117,7 @@ def _scoring_config(cfg, metrics: dict):
 
 
 def _scorer(model, tokenizer, cfg, rows):
-    from peftlab.lab.run import score
+    from peftlab.lab.scoring import score
 
     def run() -> dict[str, float]:
         scores, _ = score(model, tokenizer, cfg, rows)

@@ -103,13 +103,34 @@ def _code_line(res: Results) -> str:
 SHARED_CPU = 0.9  # a CPU run's cpu_share below this: other work shared its cores (quiet runs read ~0.99)
 
 
+def _time_split(res: Results) -> list[str]:
+    """Where the runs' time went (metrics.json ``seconds``): training, decoding selection on
+    validation, test scoring, floors; evaluation's share (selection + test) per method."""
+    parts = ("train", "select", "test", "perplexity", "floors")
+    timed = [r for r in res.runs if r.metrics and isinstance(r.metrics.get("seconds"), dict)]
+    if not timed:
+        return []
+    total = {p: sum(r.metrics["seconds"].get(p) or 0.0 for r in timed) for p in parts}
+    spent = sum(total.values()) or 1.0
+    out = [f"Where the time of {len(timed)} runs went (metrics.json `seconds`): "
+           + ", ".join(f"{p} {100 * v / spent:.0f}%" for p, v in total.items() if v) + "."]
+    by_method: dict[str, list[float]] = {}
+    for r in timed:
+        if r.metrics["seconds"].get("eval_share") is not None:
+            by_method.setdefault(r.method, []).append(r.metrics["seconds"]["eval_share"])
+    if by_method:
+        out.append("Evaluation (selection + test) as a share of each run's train + scoring time, median per method: "
+                   + "; ".join(f"{m} {100 * sorted(v)[len(v) // 2]:.0f}%" for m, v in by_method.items()) + ".")
+    return out
+
+
 def _timing(res: Results) -> list[str]:
     """The CPU share of the runs' timed steps, and the runs whose time columns shared the cores."""
     shares = [(r, r.metrics["cpu_share"]) for r in res.runs if r.metrics and r.metrics.get("cpu_share") is not None]
     if not shares:
-        return []
+        return _time_split(res)
     values = sorted(v for _, v in shares)
-    out = [f"CPU share of the timed training steps (process CPU time / wall time x threads; ~1: the run had "
+    out = _time_split(res) + [f"CPU share of the timed training steps (process CPU time / wall time x threads; ~1: the run had "
            f"the cores to itself), over {len(values)} runs: min {values[0]:.2f}, median "
            f"{values[len(values) // 2]:.2f}."]
     low = [(r, v) for r, v in shares if v < SHARED_CPU]

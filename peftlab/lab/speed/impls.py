@@ -76,7 +76,7 @@ def build_impl(name: str, base: build.Base, case: CaseSpec, precision: str, lr: 
     methods = methods_of(case, name)
     if name.startswith("peftlab"):
         from peftlab.train.fast import training_loss
-        from peftlab.train.loop import make_optimizer
+        from peftlab.train.optim import make_optimizer
 
         spec = peftlab_train_spec({**options_of(case, name), "mixed_precision": _mixed(precision), "lr": lr})
         model = build_model(name, base, case, copy=copy)
