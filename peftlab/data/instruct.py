@@ -37,7 +37,7 @@ from typing import Sequence
 from peftlab.data.code2doc import mine_documented, write_splits
 from peftlab.data.pycode import clean_code, stdlib_sources, summary_from_docstring
 from peftlab.data.splits import SPLITS
-from peftlab.data.textfile import jsonl_lines, read_user_text
+from peftlab.data.textfile import json_record, jsonl_lines, read_user_text
 from peftlab.errors import DataError
 
 BUILDER_VERSION = 1  # bump when the records a build writes change: the stdlib cache is keyed on it
@@ -76,11 +76,7 @@ def read_instruction_file(path: Path, fmt: str = "auto") -> list[InstructionReco
             raise DataError(f"{path}: expected a JSON list of records (Alpaca's format), got {type(data).__name__}")
         rows = [(f"{path}[{i}]", i + 1, r) for i, r in enumerate(data)]
     else:
-        for n, line in jsonl_lines(text):
-            try:
-                rows.append((f"{path}:{n}", n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        rows = [(f"{path}:{n}", n, json_record(line, f"{path}:{n}")) for n, line in jsonl_lines(text)]
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return [_record(rec, where, n, fmt) for where, n, rec in rows]
