@@ -35,8 +35,8 @@ from peftlab.config import FieldError
 from peftlab.errors import ConfigError
 from peftlab.methods.base import MethodConfig, StepHook
 from peftlab.methods.hooks.targets import peft_targets
-from peftlab.methods.hooks.weight_delta import (WeightLinear, like, merge_wrapped, refuse_merged, wrap_linears,
-                                                wrapped_modules)
+from peftlab.methods.hooks.weight_delta import (WeightLinear, check_targets, like, merge_wrapped, refuse_merged,
+                                                wrap_linears, wrapped_modules)
 
 
 class SVDLinear(WeightLinear):
@@ -176,8 +176,7 @@ class AdaLoraConfig(MethodConfig):
                 raise FieldError(beta, f"{beta} must be in (0, 1), got {getattr(self, beta)}")
         if self.dropout >= 1:
             raise FieldError("dropout", f"dropout must be in [0, 1), got {self.dropout}")
-        if isinstance(self.targets, str) or not self.targets:
-            raise FieldError("targets", f"targets must be a non-empty list of module names, got {self.targets!r}")
+        check_targets(self.targets)
 
     cannot_merge = None  # W + (α/r) P Λ Q is a weight of the same shape
 

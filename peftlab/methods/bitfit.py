@@ -24,11 +24,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import AdapterModule, BaseWeights, MethodConfig
 from peftlab.methods.hooks.targets import find_linears, is_fan_in_fan_out, linear_dims, linear_forward, replace_module
-from peftlab.methods.hooks.weight_delta import like
+from peftlab.methods.hooks.weight_delta import check_targets, like
 
 
 class AddedBias(AdapterModule):
@@ -61,8 +60,7 @@ class BitFitConfig(MethodConfig):
     norms: bool = True  # also train the norms' biases where they have them (LayerNorm's β)
 
     def __post_init__(self):
-        if isinstance(self.targets, str) or not self.targets:
-            raise FieldError("targets", f"targets must be a non-empty list of module names, got {self.targets!r}")
+        check_targets(self.targets)
 
     @property
     def cannot_merge(self) -> str | None:

@@ -22,11 +22,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.hooks.targets import peft_targets
-from peftlab.methods.hooks.weight_delta import WeightLinear, merge_wrapped, refuse_merged, wrap_linears, wrapped_modules
+from peftlab.methods.hooks.weight_delta import (WeightLinear, check_rank, check_targets, merge_wrapped, refuse_merged,
+                                                wrap_linears, wrapped_modules)
 
 _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
@@ -59,13 +59,8 @@ class LoHaConfig(MethodConfig):
     stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack
 
     def __post_init__(self):
-        if self.r < 1:
-            raise FieldError("r", f"r must be >= 1, got {self.r}")
-        from peftlab.config import positive
-
-        positive(self, "alpha")
-        if isinstance(self.targets, str) or not self.targets:
-            raise FieldError("targets", f"targets must be a non-empty list of module names, got {self.targets!r}")
+        check_rank(self)
+        check_targets(self.targets)
 
     cannot_merge = None  # W + ΔW is a weight of the same shape
 

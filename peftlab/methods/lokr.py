@@ -28,7 +28,8 @@ from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.hooks.targets import peft_targets
-from peftlab.methods.hooks.weight_delta import WeightLinear, merge_wrapped, refuse_merged, wrap_linears, wrapped_modules
+from peftlab.methods.hooks.weight_delta import (WeightLinear, check_rank, check_targets, merge_wrapped, refuse_merged,
+                                                wrap_linears, wrapped_modules)
 
 
 def factorization(dim: int, factor: int = -1) -> tuple[int, int]:
@@ -93,15 +94,10 @@ class LoKrConfig(MethodConfig):
     stacks: Optional[tuple[str, ...]] = None  # e.g. ("encoder",); None = every stack
 
     def __post_init__(self):
-        if self.r < 1:
-            raise FieldError("r", f"r must be >= 1, got {self.r}")
-        from peftlab.config import positive
-
-        positive(self, "alpha")
+        check_rank(self)
         if self.decompose_factor == 0 or self.decompose_factor < -1:
             raise FieldError("decompose_factor", f"decompose_factor must be -1 or >= 1, got {self.decompose_factor}")
-        if isinstance(self.targets, str) or not self.targets:
-            raise FieldError("targets", f"targets must be a non-empty list of module names, got {self.targets!r}")
+        check_targets(self.targets)
 
     cannot_merge = None  # W + ΔW is a weight of the same shape
 

@@ -31,7 +31,8 @@ from peftlab.config import FieldError
 from peftlab.errors import ModelError
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.hooks.targets import peft_targets
-from peftlab.methods.hooks.weight_delta import WeightLinear, merge_wrapped, refuse_merged, wrap_linears, wrapped_modules
+from peftlab.methods.hooks.weight_delta import (WeightLinear, check_targets, merge_wrapped, refuse_merged, wrap_linears,
+                                                wrapped_modules)
 
 
 def cayley(q: torch.Tensor, terms: int) -> torch.Tensor:
@@ -97,8 +98,7 @@ class OFTConfig(MethodConfig):
             raise FieldError("block_size", f"block_size must be >= 2, got {self.block_size}")
         if self.neumann_terms < 0:
             raise FieldError("neumann_terms", f"neumann_terms must be >= 0 (0 = exact), got {self.neumann_terms}")
-        if isinstance(self.targets, str) or not self.targets:
-            raise FieldError("targets", f"targets must be a non-empty list of module names, got {self.targets!r}")
+        check_targets(self.targets)
 
     cannot_merge = None  # W Rᵀ is a weight of the same shape
 

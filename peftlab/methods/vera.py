@@ -28,8 +28,8 @@ from torch import nn
 from peftlab.config import FieldError
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.hooks.targets import find_linears, linear_dims, peft_targets
-from peftlab.methods.hooks.weight_delta import (WeightLinear, like, merge_wrapped, refuse_merged, wrap_linears,
-                                                wrapped_modules)
+from peftlab.methods.hooks.weight_delta import (WeightLinear, check_targets, like, merge_wrapped, refuse_merged,
+                                                wrap_linears, wrapped_modules)
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -104,8 +104,7 @@ class VeraConfig(MethodConfig):
             raise FieldError("d_initial", f"d_initial must be > 0, got {self.d_initial}")
         if self.projection_seed < 0:
             raise FieldError("projection_seed", f"projection_seed must be >= 0, got {self.projection_seed}")
-        if isinstance(self.targets, str) or not self.targets:
-            raise FieldError("targets", f"targets must be a non-empty list of module names, got {self.targets!r}")
+        check_targets(self.targets)
 
     cannot_merge = None  # W + Λ_b B Λ_d A is a weight of the same shape
 

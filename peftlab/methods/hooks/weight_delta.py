@@ -128,3 +128,20 @@ def refuse_merged(wrapped: dict, method: str) -> None:
     """peft export holds the method's own tensors: a merged model has them in its weights instead."""
     if any(m.merged for m in wrapped.values()):
         raise ModelError(f"peft export: unmerge {method} first (the export holds its tensors, not merged weights)")
+
+
+def check_targets(targets) -> None:
+    """A method's ``targets``: a non-empty list of names (a bare string would be read letter by letter)."""
+    from peftlab.config import FieldError
+
+    if isinstance(targets, str) or not targets:
+        raise FieldError("targets", f"targets must be a non-empty list of module names, got {targets!r}")
+
+
+def check_rank(cfg) -> None:
+    """A low-rank method's ``r`` (>= 1) and ``alpha`` (> 0)."""
+    from peftlab.config import FieldError, positive
+
+    if cfg.r < 1:
+        raise FieldError("r", f"r must be >= 1, got {cfg.r}")
+    positive(cfg, "alpha")
