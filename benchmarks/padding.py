@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from peftlab.data.seq2seq import BatchPlan
 from peftlab.lab.rundata import encode_rows, load_examples
-from peftlab.lab.bench.spec import load_bench
+from peftlab.lab.bench.plan import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = (("configs/bench/suite-llama.yaml", True, "models/mini-llama"), ("configs/bench/suite-t5.yaml", False, "models/mini-t5"))

@@ -310,7 +310,7 @@ def test_choosing_an_engine_that_is_not_installed_says_which_extra(tmp_path, mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find(name, *a))
     spec = _spec(tmp_path, extra="launcher: ray\n")
     with pytest.raises(ConfigError, match=r"bench.yaml:\d+: launcher: ray needs ray, .*: pip install 'peftlab\[ray\]'"):
-        from peftlab.lab.bench.spec import load_bench
+        from peftlab.lab.bench.plan import load_bench
 
         load_bench(spec)
     spec = _spec(tmp_path)

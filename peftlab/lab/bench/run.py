@@ -45,7 +45,7 @@ from peftlab.config import to_dict
 from peftlab.errors import PeftlabError
 from peftlab.lab.evals import is_current
 from peftlab.lab.bench.preflight import check_applicable, plan_digest
-from peftlab.lab.bench.spec import Bench, PlannedRun, load_bench, slug
+from peftlab.lab.bench.plan import Bench, PlannedRun, load_bench, slug
 from peftlab.tasks import TaskConfig
 
 log = logging.getLogger(__name__)
